@@ -1,0 +1,33 @@
+# The two commands: `make bench` and `make test`. Both run the idempotent `make setup` first.
+VENV := .venv
+PY := $(VENV)/bin/python
+ISOBENCH := $(VENV)/bin/isobench
+PYTEST := $(VENV)/bin/pytest
+
+.PHONY: setup test unit integration bench report check clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PYTEST) -q tests
+
+unit: setup
+	$(PYTEST) -q tests/unit
+
+integration: setup
+	$(PYTEST) -q tests/integration tests/security
+
+bench: setup
+	$(ISOBENCH) bench --profile quick
+	$(ISOBENCH) report
+
+report: setup
+	$(ISOBENCH) report
+
+check: setup
+	$(ISOBENCH) bench --profile quick --values 3 --only startup,cpu,enforcement --out results/check
+	$(ISOBENCH) check results/check
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmark harness, results, statistics, report, compare/check, and the `isobench` CLI."""

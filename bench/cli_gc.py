@@ -1,0 +1,29 @@
+"""`isobench gc`: remove orphans of crashed runs in every area, by their ``isobench-`` names.
+
+Each area exposes ``gc(paths) -> list[str]`` (what it removed); areas that have not landed yet are
+simply absent from :data:`GC_AREAS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+GC_AREAS: tuple[str, ...] = ()
+
+
+def register(sub) -> None:
+    p = sub.add_parser("gc", help="remove orphaned containers, mounts, cgroups, links, rules, domains")
+    p.set_defaults(func=_gc)
+
+
+def _gc(args) -> int:
+    from runtime.paths import HostPaths
+
+    paths = HostPaths.from_env()
+    removed: list[str] = []
+    for name in GC_AREAS:
+        removed += importlib.import_module(name).gc(paths)
+    for item in removed:
+        print(f"removed {item}")
+    print(f"gc: {len(removed)} orphan(s) removed")
+    return 0

@@ -1,0 +1,1 @@
+"""isobench's own container runtime: images, namespaces, cgroups, networking, lifecycle."""

@@ -1,0 +1,97 @@
+"""Where isobench keeps state on the host.
+
+Every path derives from one state root (default ``/var/lib/isobench``, overridden by ``ISOBENCH_ROOT``)
+so tests can run against a private root and ``gc`` knows exactly what belongs to the project.
+Host objects are named ``isobench-<id>``; :data:`PREFIX` is that prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = "isobench-"
+DEFAULT_ROOT = Path("/var/lib/isobench")
+
+
+def new_id(nbytes: int = 6) -> str:
+    """A short random hex id; host object names are ``isobench-<id>``."""
+    return secrets.token_hex(nbytes)
+
+
+def host_name(obj_id: str) -> str:
+    """The host-visible name for an object id (cgroup, netns, domain, rule comment)."""
+    return obj_id if obj_id.startswith(PREFIX) else PREFIX + obj_id
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """All state-directory paths, from one root. Construct with :meth:`from_env` in production."""
+
+    root: Path
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    proc: Path = Path("/proc")
+
+    @classmethod
+    def from_env(cls) -> "HostPaths":
+        return cls(root=Path(os.environ.get("ISOBENCH_ROOT", str(DEFAULT_ROOT))))
+
+    # image store (OCI layout) and derived, content-addressed caches
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def layers(self) -> Path:
+        """Unpacked read-only layers, one dir per layer digest (overlayfs lowerdirs)."""
+        return self.root / "layers"
+
+    @property
+    def flat(self) -> Path:
+        """Flattened rootfs per image digest (native chroot, runc bundles, VM disks)."""
+        return self.root / "flat"
+
+    @property
+    def build_cache(self) -> Path:
+        return self.root / "build-cache"
+
+    @property
+    def base_cache(self) -> Path:
+        """Cached base rootfs tarballs (debootstrap output): outside the root so private test roots
+        share one minutes-long debootstrap. ``ISOBENCH_CACHE`` overrides /var/cache/isobench."""
+        return Path(os.environ.get("ISOBENCH_CACHE", "/var/cache/isobench")) / "base"
+
+    @property
+    def containers(self) -> Path:
+        return self.root / "containers"
+
+    @property
+    def volumes(self) -> Path:
+        return self.root / "volumes"
+
+    @property
+    def network(self) -> Path:
+        return self.root / "network"
+
+    @property
+    def vms(self) -> Path:
+        return self.root / "vms"
+
+    @property
+    def vm_artifacts(self) -> Path:
+        return self.root / "vm-artifacts"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    def ensure(self) -> "HostPaths":
+        for p in (self.root, self.tmp, self.locks):
+            p.mkdir(parents=True, exist_ok=True)
+        return self

@@ -1,0 +1,117 @@
+"""The only place that calls libc or changes the host directly.
+
+Mount, unshare, setns, pivot_root, sethostname and friends go through here so that pure logic elsewhere
+(spec conversion, validation, cgroup value rules, IPAM, domain XML) can be unit tested without root,
+and so every host effect is easy to find. Thin wrappers: they raise ``OSError`` with the errno and the
+argument that failed; callers turn that into an :class:`~runtime.errors.IsobenchError` with context.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import subprocess
+from typing import Sequence
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+# <linux/sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# <sys/mount.h>
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+
+# <sys/prctl.h>
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def _b(s: str | bytes | None) -> bytes | None:
+    if s is None:
+        return None
+    return s if isinstance(s, bytes) else s.encode()
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+           f"mount {source!r} on {target!r} ({fstype})")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), flags), f"umount {target!r}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), f"unshare(0x{flags:x})")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc.setns(fd, nstype), f"setns(fd={fd})")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(155, _b(new_root), _b(put_old)), f"pivot_root {new_root!r}")  # SYS_pivot_root x86_64
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), f"sethostname {name!r}")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(_libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4),
+                              ctypes.c_ulong(arg5)), f"prctl({option})")
+
+
+def mknod(path: str, mode: int, device: int) -> None:
+    os.mknod(path, mode, device)
+
+
+def write_file(path: str, data: str) -> None:
+    """Write a kernel interface file (cgroup, /proc) in one write(2), as the kernel expects."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def read_file(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def run(argv: Sequence[str], *, check: bool = True, timeout_s: float | None = None,
+        input_bytes: bytes | None = None, env: dict[str, str] | None = None,
+        capture: bool = True) -> subprocess.CompletedProcess:
+    """Run a host command (iptables, mkfs.ext4, runc, ...). Output captured as text."""
+    return subprocess.run(list(argv), check=check, timeout=timeout_s, input=input_bytes, env=env,
+                          stdout=subprocess.PIPE if capture else None,
+                          stderr=subprocess.PIPE if capture else None)

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One idempotent set-up for `make setup`: Debian packages the project drives, then .venv.
+# Seconds when already done: dpkg-query finds nothing missing and the venv stamp matches pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(
+  python3 python3-venv python3-dev gcc pkg-config make git
+  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev dnsmasq-base
+  busybox-static linux-image-amd64 runc iptables nftables iproute2 procps util-linux psmisc
+  e2fsprogs debootstrap skopeo umoci ca-certificates
+  sysbench fio iperf3 wrk stress-ng chromium
+)
+
+missing_host=""
+[ -r /etc/debian_version ] || missing_host+=" a Debian-like host (/etc/debian_version not found)"
+command -v apt-get >/dev/null 2>&1 || missing_host+=" apt-get"
+command -v dpkg-query >/dev/null 2>&1 || missing_host+=" dpkg-query"
+[ "$(id -u)" = 0 ] || missing_host+=" root (run as root: isobench creates namespaces, cgroups, bridges and libvirt domains)"
+if [ -n "$missing_host" ]; then
+  echo "isobench setup: cannot continue, missing:$missing_host" >&2
+  echo "isobench setup: packages it would install: ${PKGS[*]}" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$st" = installed ] || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "isobench setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Update once per machine (or when the lists are gone); apt-get install needs them.
+  if [ ! -e /var/lib/apt/periodic/isobench-updated ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then
+    apt-get update -q
+    mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/isobench-updated
+  fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PY=${PYTHON:-python3}
+stamp_want="$(sha256sum pyproject.toml | cut -d' ' -f1) $($PY -c 'import sys;print(sys.version.split()[0])')"
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.isobench-stamp 2>/dev/null)" != "$stamp_want" ]; then
+  echo "isobench setup: creating .venv"
+  $PY -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  echo "$stamp_want" > .venv/.isobench-stamp
+fi
+echo "isobench setup: ok (.venv/bin/isobench)"

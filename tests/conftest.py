@@ -1,0 +1,46 @@
+"""Test tiers: ``@pytest.mark.requires("root", "libvirt", ...)`` skips with the probe's reason where a
+feature is missing; integration and security tests get a private state root and a leak check."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests import hostprobe  # noqa: E402
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers(name="requires"):
+        for feat in mark.args:
+            ok, reason = hostprobe.feature(feat)
+            if not ok:
+                pytest.skip(f"requires {feat}: {reason}")
+
+
+@pytest.fixture(scope="session")
+def isobench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private state root for the whole test session (images built once, shared by tests)."""
+    root = Path(os.environ.get("ISOBENCH_TEST_ROOT") or tmp_path_factory.mktemp("isobench-root"))
+    os.environ["ISOBENCH_ROOT"] = str(root)
+    return root
+
+
+@pytest.fixture
+def paths(isobench_root: Path):
+    from runtime.paths import HostPaths
+
+    return HostPaths(root=isobench_root).ensure()
+
+
+@pytest.fixture
+def leak_check():
+    """Fails the test if it left any ``isobench``-named host object behind."""
+    before = hostprobe.host_objects()
+    yield
+    left = hostprobe.leaks(before, hostprobe.host_objects())
+    assert not left, f"test leaked host objects: {left}"

@@ -1,0 +1,139 @@
+"""Probes for the ``requires`` marker and the leak check every integration test ends with.
+
+``host_objects()`` lists what carries the project's name on the host: mounts, cgroups, links, network
+namespaces, firewall rules, libvirt domains and processes. Integration tests snapshot it before and
+after (tests run serially in CI, so the difference is what the test left behind).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+NAME = "isobench"
+
+
+def _out(argv: list[str], timeout_s: float = 10) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+@functools.cache
+def feature(name: str) -> tuple[bool, str]:
+    """(available, reason) for a host feature named in ``@pytest.mark.requires``."""
+    root = os.geteuid() == 0
+    checks = {
+        "root": (root, "needs root"),
+        "cgroup_v1": (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+                      and Path("/sys/fs/cgroup/cpu").exists(), "host has no cgroup v1 cpu/memory hierarchies"),
+        "cgroup_v2": (_v2_controllers(), "host has no cgroup v2 hierarchy with cpu and memory controllers"),
+        "runc": (shutil.which("runc") is not None, "runc not installed"),
+        "qemu": (shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 not installed"),
+        "busybox": (Path("/bin/busybox").exists(), "busybox-static not installed"),
+        "iptables": (shutil.which("iptables") is not None, "iptables not installed"),
+        "wrk": (shutil.which("wrk") is not None, "wrk not installed"),
+        "skopeo": (shutil.which("skopeo") is not None, "skopeo not installed"),
+        "libvirt": (_libvirt_ok(), "libvirt-python or libvirtd unavailable"),
+        "kvm": _kvm_ok(),
+        "chromium": (shutil.which("chromium") is not None, "chromium not installed"),
+    }
+    if name not in checks:
+        return False, f"unknown feature {name!r}"
+    return checks[name]
+
+
+def _v2_controllers() -> bool:
+    for cand in ("/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/unified/cgroup.controllers"):
+        try:
+            ctl = Path(cand).read_text().split()
+        except OSError:
+            continue
+        if "cpu" in ctl and "memory" in ctl:
+            return True
+    return False
+
+
+def _libvirt_ok() -> bool:
+    if os.geteuid() != 0:
+        return False
+    try:
+        from vmharness import daemons  # type: ignore[attr-defined]
+    except ImportError:
+        return shutil.which("libvirtd") is not None
+    try:
+        daemons.ensure_libvirtd()
+        return True
+    except Exception:  # noqa: BLE001 - a probe: any failure means "not available"
+        return False
+
+
+def _kvm_ok() -> tuple[bool, str]:
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm missing"
+    try:
+        from vmharness import accel  # type: ignore[attr-defined]
+    except ImportError:
+        return False, "accelerator probe not available"
+    try:
+        result = accel.probe_cached()
+    except Exception as exc:  # noqa: BLE001 - a probe
+        return False, f"KVM probe failed: {exc}"
+    return result.accel == "kvm", f"KVM probe chose {result.accel}: {result.reason}"
+
+
+def host_objects() -> dict[str, set[str]]:
+    """Everything named after the project that exists on the host right now."""
+    objs: dict[str, set[str]] = {}
+    try:
+        mi = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        mi = []
+    objs["mounts"] = {ln.split()[4] for ln in mi if NAME in ln}
+    cg: set[str] = set()
+    base = Path("/sys/fs/cgroup")
+    if base.exists():
+        for top in base.iterdir():
+            try:
+                for p in top.rglob(f"*{NAME}*"):
+                    if p.is_dir():
+                        cg.add(str(p))
+            except OSError:
+                pass
+    objs["cgroups"] = cg
+    objs["links"] = {ln.split(": ")[1].split("@")[0] for ln in _out(["ip", "-o", "link", "show"]).splitlines()
+                     if NAME in ln and ": " in ln}
+    objs["netns"] = {ln.split()[0] for ln in _out(["ip", "netns", "list"]).splitlines() if NAME in ln}
+    objs["rules"] = {ln.strip() for ln in (_out(["iptables-save"]) + _out(["nft", "list", "ruleset"])).splitlines()
+                     if NAME in ln and not ln.strip().startswith(("table", "chain", ":", "*", "#"))
+                     and "-N " not in ln and "-X " not in ln}
+    if shutil.which("virsh") and os.geteuid() == 0 and _libvirtd_running():
+        objs["domains"] = {d for d in _out(["virsh", "-c", "qemu:///system", "list", "--all", "--name"]).split()
+                           if NAME in d}
+    else:
+        objs["domains"] = set()
+    procs = set()
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"{NAME}-" in cmd and "pytest" not in cmd:
+            procs.add(f"{pid} {cmd.strip()[:120]}")
+    objs["processes"] = procs
+    return objs
+
+
+def _libvirtd_running() -> bool:
+    return Path("/var/run/libvirt/libvirt-sock").exists()
+
+
+def leaks(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, set[str]]:
+    return {k: after[k] - before.get(k, set()) for k in after if after[k] - before.get(k, set())}

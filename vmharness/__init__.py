@@ -1,0 +1,1 @@
+"""The same image as a KVM/QEMU (TCG fallback) virtual machine through libvirt."""
