@@ -1,14 +1,19 @@
 """`isobench gc`: remove orphans of crashed runs in every area, by their ``isobench-`` names.
 
-Each area exposes ``gc(paths) -> list[str]`` (what it removed); areas that have not landed yet are
-simply absent from :data:`GC_AREAS`.
+Each area exposes ``gc(paths) -> list[str]`` (what it removed), in :data:`GC_AREAS` order: containers
+first, because their monitors and mounts hold the cgroups, links and addresses the later areas free.
 """
 
 from __future__ import annotations
 
 import importlib
 
-GC_AREAS: tuple[str, ...] = ()
+GC_AREAS: tuple[str, ...] = (
+    "runtime.lifecycle.gc",  # monitors, mounts, container dirs (first: they hold the rest)
+    "runtime.cgroups.gc",
+    "runtime.network.gc",
+    "vmharness.gc",
+)
 
 
 def register(sub) -> None:
