@@ -1,0 +1,67 @@
+"""Host-wide leases: which ``isobench-<id>`` objects have a live owner.
+
+Host objects (cgroups, veths, netns, firewall rules, libvirt domains, mounts) are global, but state
+roots are not: tests and users may run several roots at once. ``gc`` must remove only *orphans*, so
+every creator takes a lease ``/run/isobench/leases/<id>.json`` naming the owner process (pid plus its
+start time, so a recycled pid is not mistaken for the owner) and the state root. An object is an
+orphan exactly when its id has no lease whose owner is alive. /run is a tmpfs: leases vanish at reboot
+together with the objects they guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from runtime.fsutil import atomic_write_json
+
+
+def lease_dir() -> Path:
+    return Path(os.environ.get("ISOBENCH_RUN_DIR", "/run/isobench")) / "leases"
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # field 22 (starttime), counted after the ")" that ends the command name
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def take(obj_id: str, pid: int | None = None, kind: str = "", root: str = "") -> None:
+    """Record that ``pid`` (default: this process) owns ``obj_id``. Re-taking moves the lease."""
+    owner = os.getpid() if pid is None else pid
+    atomic_write_json(lease_dir() / f"{obj_id}.json",
+                      {"id": obj_id, "pid": owner, "start": _start_time(owner), "kind": kind, "root": root})
+
+
+def release(obj_id: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (lease_dir() / f"{obj_id}.json").unlink()
+
+
+def is_live(obj_id: str) -> bool:
+    try:
+        rec = json.loads((lease_dir() / f"{obj_id}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return rec.get("start") is not None and _start_time(int(rec["pid"])) == rec["start"]
+
+
+def live_ids() -> set[str]:
+    d = lease_dir()
+    if not d.is_dir():
+        return set()
+    return {p.stem for p in d.glob("*.json") if is_live(p.stem)}
+
+
+def owner_alive(name: str) -> bool:
+    """True when a host object named ``isobench-<...>`` belongs to a live lease. Matches by prefix so
+    length-limited names (15-char interface names) still find their owner's full id."""
+    key = name.removeprefix("isobench-")
+    if not key:
+        return False
+    return any(i.startswith(key) or key.startswith(i) for i in live_ids())
