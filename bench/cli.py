@@ -20,7 +20,8 @@ COMMAND_MODULES = (
     "runtime.cli.container",   # run/ps/stop/kill/rm/logs/exec/inspect/stats/wait
     "runtime.network.cli",     # network ls/prune, port
     "vmharness.cli",           # vm run/ps/stop/rm/logs/inspect, doctor
-    "bench.cli_bench",         # bench, report, compare, check
+    "bench.cli_bench",         # bench
+    "bench.cli_report",        # report, compare, check
     "bench.cli_gc",            # gc (every area)
 )
 
