@@ -1,7 +1,155 @@
-"""CLI verbs of this area (placeholder until the area lands): ``register(subparsers)`` adds them."""
+"""The ``isobench image`` verbs: build, ls, inspect, rm, save, load, import.
+
+Thin wrappers over :mod:`runtime.image`; nothing heavy is imported at module level because this parser
+is built on every ``isobench`` start (container start latency is measured through the same CLI).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+
 
 def register(sub) -> None:
-    """Add this area's subcommands to the `isobench` parser."""
+    """Add ``image ...`` to the `isobench` parser."""
+    img = sub.add_parser("image", help="build and manage images (OCI layout store)")
+    verbs = img.add_subparsers(dest="image_cmd", metavar="VERB")
+    verbs.required = True
+
+    b = verbs.add_parser("build", help="build an image from a Dockerfile")
+    b.add_argument("-t", "--tag", required=True, metavar="NAME[:TAG]")
+    b.add_argument("-f", "--file", metavar="DOCKERFILE", help="default: CONTEXT/Dockerfile")
+    b.add_argument("--build-arg", action="append", default=[], metavar="K=V")
+    b.add_argument("--no-cache", action="store_true", help="do not reuse cached layers")
+    b.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
+    b.add_argument("context", metavar="CONTEXT")
+    b.set_defaults(func=_build)
+
+    ls = verbs.add_parser("ls", help="list images")
+    ls.add_argument("-q", "--quiet", action="store_true", help="only names")
+    ls.set_defaults(func=_ls)
+
+    ins = verbs.add_parser("inspect", help="show an image's manifest digest, config and layers as JSON")
+    ins.add_argument("name")
+    ins.set_defaults(func=_inspect)
+
+    rm = verbs.add_parser("rm", help="remove images")
+    rm.add_argument("names", nargs="+", metavar="NAME")
+    rm.set_defaults(func=_rm)
+
+    sv = verbs.add_parser("save", help="write an image as an OCI archive (tar of an OCI layout)")
+    sv.add_argument("name")
+    sv.add_argument("-o", "--output", required=True, metavar="FILE.tar")
+    sv.set_defaults(func=_save)
+
+    ld = verbs.add_parser("load", help="load images from an OCI archive (validated)")
+    ld.add_argument("-i", "--input", required=True, metavar="FILE.tar")
+    ld.set_defaults(func=_load)
+
+    im = verbs.add_parser("import", help="make a one-layer image from a rootfs directory or tar")
+    im.add_argument("source", metavar="ROOTFS_DIR_OR_TAR")
+    im.add_argument("name", metavar="NAME[:TAG]")
+    im.set_defaults(func=_import)
+
+
+def _store():
+    from runtime.image.store import ImageStore
+    from runtime.paths import HostPaths
+
+    return ImageStore(HostPaths.from_env().ensure())
+
+
+def _build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runtime.image.builder import BuildOptions, build
+    from runtime.errors import UsageError
+
+    build_args: dict[str, str] = {}
+    for kv in args.build_arg:
+        if "=" not in kv:
+            raise UsageError(f"--build-arg {kv!r}: expected KEY=VALUE")
+        k, v = kv.split("=", 1)
+        build_args[k] = v
+    ctx = Path(args.context)
+    opts = BuildOptions(context_dir=ctx, dockerfile=Path(args.file) if args.file else ctx / "Dockerfile",
+                        tag=args.tag, build_args=build_args, no_cache=args.no_cache)
+    out = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    rec = build(_store(), opts, log=out)
+    if args.quiet:
+        print(rec.manifest_digest)
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from runtime.units import format_bytes
+
+    images = _store().list()
+    if args.quiet:
+        for rec in images:
+            print(rec.name)
+        return 0
+    rows = [("NAME", "IMAGE ID", "LAYERS", "SIZE")]
+    for rec in images:
+        rows.append((rec.name, rec.short_id, str(len(rec.layers)),
+                     format_bytes(sum(lr.size_bytes for lr in rec.layers))))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    store = _store()
+    rec = store.resolve(args.name)
+    out = {
+        "Name": rec.name,
+        "Id": rec.manifest_digest,
+        "ConfigDigest": rec.config_digest,
+        "Layers": [{"Digest": lr.digest, "DiffID": lr.diff_id, "Size": lr.size_bytes} for lr in rec.layers],
+        "Config": rec.config,
+    }
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    store = _store()
+    for name in args.names:
+        store.remove(name)
+        print(f"Deleted: {name}")
+    return 0
+
+
+def _save(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runtime.image.transfer import save
+
+    store = _store()
+    rec = store.resolve(args.name)
+    save(store, rec, Path(args.output))
+    print(f"Saved {rec.name} ({rec.manifest_digest}) to {args.output}")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runtime.image.transfer import load
+
+    for rec in load(_store(), Path(args.input)):
+        print(f"Loaded image: {rec.name} ({rec.manifest_digest})")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runtime.image.transfer import import_rootfs
+
+    rec = import_rootfs(_store(), Path(args.source), args.name)
+    print(f"Imported {rec.name} ({rec.manifest_digest})")
+    return 0
