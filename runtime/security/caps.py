@@ -1,0 +1,156 @@
+"""Linux capabilities: Docker's default set, ``--cap-add``/``--cap-drop`` arithmetic, and the calls that
+apply it (bounding set, capset, ambient) in the container's init process.
+
+Root in a container is only as strong as its capabilities: Docker keeps 14 of ~41 (no CAP_SYS_ADMIN,
+CAP_SYS_MODULE, CAP_SYS_TIME, CAP_SYS_PTRACE, ...), so that ``mount``, ``insmod`` or ``date -s`` fail
+even for uid 0. The pure part (names, defaults, set arithmetic) is unit tested; the libc part is a few
+prctl/capset calls made in the already-forked child.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+from runtime.errors import SecurityError
+
+# <linux/capability.h>: name -> number. Names as users write them, without the CAP_ prefix.
+CAPS: dict[str, int] = {
+    "CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5,
+    "SETGID": 6, "SETUID": 7, "SETPCAP": 8, "LINUX_IMMUTABLE": 9, "NET_BIND_SERVICE": 10,
+    "NET_BROADCAST": 11, "NET_ADMIN": 12, "NET_RAW": 13, "IPC_LOCK": 14, "IPC_OWNER": 15,
+    "SYS_MODULE": 16, "SYS_RAWIO": 17, "SYS_CHROOT": 18, "SYS_PTRACE": 19, "SYS_PACCT": 20,
+    "SYS_ADMIN": 21, "SYS_BOOT": 22, "SYS_NICE": 23, "SYS_RESOURCE": 24, "SYS_TIME": 25,
+    "SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28, "AUDIT_WRITE": 29, "AUDIT_CONTROL": 30,
+    "SETFCAP": 31, "MAC_OVERRIDE": 32, "MAC_ADMIN": 33, "SYSLOG": 34, "WAKE_ALARM": 35,
+    "BLOCK_SUSPEND": 36, "AUDIT_READ": 37, "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
+}
+
+# Docker's default capability set (moby oci/caps/defaults.go), the same for build containers.
+DEFAULT_CAPS: frozenset[str] = frozenset({
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP",
+    "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+})
+
+# prctl options used here (<linux/prctl.h>)
+PR_CAPBSET_DROP = 24
+PR_SET_KEEPCAPS = 8
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def normalize(name: str) -> str:
+    """``cap_net_admin`` / ``CAP_NET_ADMIN`` / ``net_admin`` -> ``NET_ADMIN``; "ALL" stays "ALL"."""
+    n = name.strip().upper()
+    return n[4:] if n.startswith("CAP_") else n
+
+
+def _check_name(name: str, option: str) -> str:
+    n = normalize(name)
+    if n != "ALL" and n not in CAPS:
+        raise SecurityError(f"{option} {name!r}: unknown capability (known: {', '.join(sorted(CAPS))}, ALL)")
+    return n
+
+
+def effective_set(cap_add: tuple[str, ...] = (), cap_drop: tuple[str, ...] = (),
+                  privileged: bool = False, last_cap: int | None = None) -> frozenset[str]:
+    """The capability names a container keeps, Docker's way: start from the default set (all caps when
+    privileged), drop ``cap_drop`` ("ALL" drops everything), then add ``cap_add`` ("ALL" adds every cap
+    the kernel knows). Adding wins over dropping, as in Docker."""
+    known = {n for n, v in CAPS.items() if last_cap is None or v <= last_cap}
+    adds = {_check_name(c, "--cap-add") for c in cap_add}
+    drops = {_check_name(c, "--cap-drop") for c in cap_drop}
+    if privileged:
+        return frozenset(known)
+    kept = set() if "ALL" in drops else set(DEFAULT_CAPS) - drops
+    kept |= known if "ALL" in adds else adds
+    return frozenset(kept & known)
+
+
+def cap_last_cap() -> int:
+    """Highest capability number of the running kernel (bounding-set drops must cover all of them)."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return max(CAPS.values())
+
+
+def mask_of(names: frozenset[str]) -> int:
+    """64-bit capability mask of ``names``."""
+    m = 0
+    for n in names:
+        m |= 1 << CAPS[n]
+    return m
+
+
+def names_of(mask: int) -> frozenset[str]:
+    return frozenset(n for n, v in CAPS.items() if mask & (1 << v))
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "") -> int:
+    ret = _libc.prctl(option, arg2, arg3, 0, 0)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({what or option}): {os.strerror(err)}")
+    return ret
+
+
+def drop_bounding(keep_mask: int, last_cap: int) -> None:
+    """Remove every capability not in ``keep_mask`` from the bounding set (needs CAP_SETPCAP, which the
+    init still has: this runs before setuid and capset)."""
+    for cap in range(last_cap + 1):
+        if not keep_mask & (1 << cap):
+            _prctl(PR_CAPBSET_DROP, cap, what=f"PR_CAPBSET_DROP {cap}")
+
+
+def set_keepcaps(on: bool) -> None:
+    _prctl(PR_SET_KEEPCAPS, 1 if on else 0, what="PR_SET_KEEPCAPS")
+
+
+def clear_ambient() -> None:
+    try:
+        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT_CLEAR_ALL")
+    except OSError as exc:  # kernels before 4.3 have no ambient set: nothing to clear
+        if exc.errno != 22:
+            raise
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) on the calling thread with 64-bit masks (two 32-bit data words, version 3)."""
+    hdr = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_Data * 2)()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    if _libc.capset(ctypes.byref(hdr), data) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset(eff=0x{effective:x}, prm=0x{permitted:x}): {os.strerror(err)}")
+
+
+def capget(pid: int = 0) -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) masks of ``pid`` (0 = the calling thread)."""
+    hdr = _Header(_LINUX_CAPABILITY_VERSION_3, pid)
+    data = (_Data * 2)()
+    if _libc.capget(ctypes.byref(hdr), data) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capget({pid}): {os.strerror(err)}")
+    return tuple(data[0].__getattribute__(f) | (data[1].__getattribute__(f) << 32)  # type: ignore[return-value]
+                 for f in ("effective", "permitted", "inheritable"))
