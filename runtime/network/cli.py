@@ -1,7 +1,110 @@
-"""CLI verbs of this area (placeholder until the area lands): ``register(subparsers)`` adds them."""
+"""CLI verbs of the network area: ``network ls``, ``network prune``, ``network subnet``, ``port NAME``.
+
+Parser construction imports nothing heavy (``isobench run`` start-up is measured); handlers import
+the network modules when they run.
+"""
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
     """Add this area's subcommands to the `isobench` parser."""
+    net = sub.add_parser("network", help="the isobench0 bridge: list, prune, set the subnet")
+    verbs = net.add_subparsers(dest="network_command", metavar="VERB")
+    verbs.required = True
+    ls = verbs.add_parser("ls", help="show the bridge, its subnet and the allocated addresses and ports")
+    ls.set_defaults(func=_ls)
+    prune = verbs.add_parser("prune", help="remove orphans, then the bridge and its chains if unused")
+    prune.set_defaults(func=_prune)
+    subnet = verbs.add_parser("subnet", help="show or set the bridge subnet of this state root")
+    subnet.add_argument("cidr", nargs="?", help="e.g. 10.89.0.0/16 (default 10.88.0.0/16)")
+    subnet.set_defaults(func=_subnet)
+
+    port = sub.add_parser("port", help="list a container's published ports")
+    port.add_argument("name", metavar="NAME", help="container name or id (or id prefix)")
+    port.set_defaults(func=_port)
+
+
+def _paths():
+    from runtime.paths import HostPaths
+
+    return HostPaths.from_env()
+
+
+def _ls(args) -> int:
+    from runtime import leases
+    from runtime.network import bridge, ipam
+    from runtime.network.portmap import list_mappings
+    from runtime.network.portspec import short_mapping
+
+    paths = _paths()
+    cfg = bridge.load_config(paths)
+    state = "up" if bridge.bridge_exists(cfg.bridge) else "absent (created on first bridged run)"
+    print(f"NETWORK  BRIDGE     SUBNET           GATEWAY         STATE")
+    print(f"bridge   {cfg.bridge:<10} {cfg.subnet:<16} {str(cfg.gateway.ip):<15} {state}")
+    print(f"host     -          -                -               the host's own network stack")
+    print(f"none     -          -                -               loopback only")
+    allocs = ipam.allocations(paths)
+    if allocs:
+        print()
+        print(f"{'OWNER':<26} {'ADDRESS':<18} {'LIVE':<5} PORTS")
+        for owner, addr in sorted(allocs.items()):
+            ports = ", ".join(short_mapping(m) for m in list_mappings(owner, paths))
+            live = "yes" if leases.owner_alive(owner) else "no"
+            print(f"{owner:<26} {addr:<18} {live:<5} {ports}")
+    return 0
+
+
+def _prune(args) -> int:
+    from runtime.network.gc import prune
+
+    removed, users = prune(_paths())
+    for item in removed:
+        print(f"removed {item}")
+    if users:
+        print(f"network prune: bridge kept, in use by {len(users)} live owner(s): {', '.join(users[:5])}")
+    else:
+        print(f"network prune: {len(removed)} object(s) removed")
+    return 0
+
+
+def _subnet(args) -> int:
+    from runtime.network import bridge
+
+    paths = _paths()
+    cfg = bridge.set_subnet(paths, args.cidr) if args.cidr else bridge.load_config(paths)
+    print(f"{cfg.bridge} {cfg.subnet} gateway {cfg.gateway.ip}")
+    return 0
+
+
+def _port(args) -> int:
+    from runtime.network.portmap import list_mappings
+    from runtime.network.portspec import format_mapping
+
+    paths = _paths()
+    owner = resolve_owner(args.name, paths)
+    for m in list_mappings(owner, paths):
+        print(format_mapping(m))
+    return 0
+
+
+def resolve_owner(name: str, paths) -> str:
+    """A container name, id or unique id prefix -> the owner id the network records are keyed by."""
+    from runtime.errors import UsageError
+    from runtime.network import ipam, portmap
+
+    try:  # the runtime's own resolver knows names; absent until the runtime lands
+        from runtime.lifecycle import store  # type: ignore[attr-defined]
+
+        return store.resolve(name, paths).id  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        pass
+    owners = set(portmap.recorded_owners(paths)) | set(ipam.allocations(paths))
+    if name in owners:
+        return name
+    hits = sorted(o for o in owners if o.startswith(name))
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise UsageError(f"port {name}: no such container with a network in {paths.root}")
+    raise UsageError(f"port {name}: ambiguous, matches {', '.join(hits[:5])}")

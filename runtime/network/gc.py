@@ -1,8 +1,86 @@
-"""Orphan removal for this area, called by `isobench gc` (placeholder until the area lands)."""
+"""Orphan removal for networking, called by ``isobench gc``.
+
+Removes, host-wide, veths and firewall rules named/tagged ``isobench-<owner>`` whose owner has no live
+lease (a container monitor or VM harness that was ``kill -9``-ed), and in this state root the address
+allocations and port records of dead owners, plus host-wide address claims of dead owners. The bridge
+and its bridge-wide rules are never removed here: only ``isobench network prune`` removes them, and
+only when nobody uses them. A link or rule with a live owner (another state root, another test) is
+never touched.
+"""
 
 from __future__ import annotations
 
+import contextlib
 
-def gc(paths) -> list[str]:
-    """Remove this area's orphans of crashed runs by their ``isobench-`` names; return what was removed."""
-    return []
+from runtime.paths import HostPaths
+
+
+def gc(paths: HostPaths) -> list[str]:
+    """Remove this area's orphans; return what was removed (one description per object)."""
+    from runtime import leases
+    from runtime.network import bridge, firewall, ipam, portmap
+    from runtime.network.veth import delete_link, project_links
+
+    removed: list[str] = []
+    bridge_name = bridge.load_config(paths).bridge
+
+    # firewall rules by tag (any state root: rules are host-wide)
+    text = firewall.save("nat", "filter")
+    keep = {firewall.base_tag(bridge_name)}
+    doomed = {r.tag for r in firewall.parse_save(text)[1]
+              if r.tag.startswith(firewall.TAG_PREFIX) and r.tag not in keep and not r.tag.endswith("-base")
+              and not leases.owner_alive(r.tag)}
+    if doomed:
+        for r in firewall.remove_tagged(doomed, text):
+            removed.append(f"rule {r.table} {r.line}")
+
+    # veths (never the bridge, never taps: libvirt owns those)
+    for name, kind in project_links().items():
+        if kind == "veth" and not leases.owner_alive(name) and delete_link(name):
+            removed.append(f"link {name}")
+
+    # this root's allocations and port records
+    for owner, addr in ipam.allocations(paths).items():
+        if not leases.owner_alive(owner):
+            ipam.release_address(owner, paths)
+            removed.append(f"address {addr} of {owner}")
+    for owner in portmap.recorded_owners(paths):
+        if not leases.owner_alive(owner):
+            with contextlib.suppress(FileNotFoundError):
+                portmap.record_path(owner, paths).unlink()
+            removed.append(f"port record of {owner}")
+
+    # host-wide claims whose owner is dead (their root may be gone)
+    for addr in ipam.drop_orphan_claims(leases.owner_alive):
+        removed.append(f"address claim {addr}")
+    return removed
+
+
+def live_users(paths: HostPaths) -> list[str]:
+    """Owners with a live lease that use the bridge: allocations (any root, via claims), enslaved links."""
+    from runtime import leases
+    from runtime.network import bridge, ipam
+
+    name = bridge.load_config(paths).bridge
+    users = {o for o in ipam.all_claims().values() if o and leases.owner_alive(o)}
+    users |= {p for p in bridge.bridge_ports(name) if leases.owner_alive(p)}
+    # a tap or veth without an isobench lease still means someone else plugged into the bridge
+    users |= {p for p in bridge.bridge_ports(name) if not p.startswith("isobench")}
+    return sorted(users)
+
+
+def prune(paths: HostPaths) -> tuple[list[str], list[str]]:
+    """``isobench network prune``: gc, then remove the bridge and chains unless a live owner uses them.
+    Returns (what was removed, the live users that kept the bridge)."""
+    from runtime.network import bridge
+
+    removed = gc(paths)
+    users = live_users(paths)
+    if users:
+        return removed, users
+    name = bridge.load_config(paths).bridge
+    existed = bridge.bridge_exists(name)
+    bridge.remove_bridge(paths)
+    if existed:
+        removed.append(f"bridge {name} and chains ISOBENCH-*")
+    return removed, []
