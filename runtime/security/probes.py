@@ -128,12 +128,13 @@ PROBES: dict[str, Probe] = {
         sh("timeout 3 nc 127.0.0.1 {loopback_port} </dev/null 2>&1; true"), _no_word(LOOPBACK_TOKEN),
         "reach a host-only 127.0.0.1 listener without a port mapping", needs=("loopback_port",)),
     "cgroup_write": Probe(
-        # only the process's own cgroups (from /proc/self/cgroup), so a native run cannot disturb others
-        sh("for l in $(cat /proc/self/cgroup); do c=${l#*:}; ctl=${c%%:*}; p=${c#*:}; "
-           "for d in /sys/fs/cgroup/$ctl$p /sys/fs/cgroup/unified$p; do "
+        # only the process's own cgroups (from /proc/self/cgroup; the mount root is the own cgroup when
+        # the runtime binds or namespaces it), so a native run cannot disturb anyone else's limits
+        sh("n=0; for l in $(cat /proc/self/cgroup); do c=${l#*:}; ctl=${c%%:*}; p=${c#*:}; "
+           "for d in /sys/fs/cgroup/$ctl$p /sys/fs/cgroup/$ctl /sys/fs/cgroup/unified$p; do "
            "for f in pids.max memory.limit_in_bytes memory.max cpu.cfs_quota_us cpu.max; do "
-           "[ -f $d/$f ] || continue; v=$(cat $d/$f 2>/dev/null) || continue; "
-           "(echo \"$v\" > $d/$f) 2>/dev/null && echo WROTE $d/$f; done; done; done; true"),
+           "[ -f $d/$f ] || continue; v=$(cat $d/$f 2>/dev/null) || continue; n=$((n+1)); "
+           "(echo \"$v\" > $d/$f) 2>/dev/null && echo WROTE $d/$f; done; done; done; echo TRIED $n; true"),
         _no_word("WROTE"),
         "raise its own cgroup limits by writing cgroup files (writes back the current values)"),
     "ptrace_host": Probe(
