@@ -313,7 +313,10 @@ class Builder:
             try:
                 base = self.store.resolve(ref)
             except ImageError as exc:
-                raise self._fail(ins, f"unknown base image {ref!r} ({exc})") from exc
+                if str(exc).startswith("unknown image"):
+                    raise self._fail(ins, f"unknown base image {ref!r} (built-in bases: busybox, debian:bookworm, "
+                                          "scratch; others: isobench image ls)") from exc
+                raise self._fail(ins, f"base image {ref!r}: {exc}") from exc
             cfg = copy.deepcopy(base.config)
             stage = _Stage(alias, list(base.layers), cfg.get("config") or {}, cfg.get("history") or [],
                            _chain_key("", "FROM " + base.manifest_digest), {})

@@ -138,7 +138,10 @@ def _child(merged: Path, lowers: list[str], upper: Path, work: Path, argv: list[
     syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWPID)
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     syscalls.sethostname("isobench-build")
-    opts = f"lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work}"
+    # metacopy/redirect_dir off: the layer is a plain diff of ``upper``, so every changed file must be
+    # there with its data and renamed dirs must show up as copies (not as overlay-private xattrs)
+    opts = (f"lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work},"
+            "index=off,redirect_dir=off,metacopy=off")
     syscalls.mount("overlay", str(merged), "overlay", 0, opts)
     try:
         pid = os.fork()

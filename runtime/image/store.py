@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -34,6 +35,7 @@ MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MT_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+_GC_GRACE_S = 600  # blobs younger than this survive `rm` (in-flight builds)
 FIXED_CREATED = "2000-01-01T00:00:00Z"  # reproducible images: the same build gives the same digest
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -342,12 +344,15 @@ class ImageStore:
             live.add(man["config"]["digest"])
             live.update(d["digest"] for d in man.get("layers", []))
         cached = self._build_cache_blobs()
+        young = time.time() - _GC_GRACE_S
         for path in self.blobs.iterdir():
             if path.name.startswith("."):
                 continue
             digest = "sha256:" + path.name
-            if digest not in live and digest not in cached:
-                path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                # a concurrent build may have written a blob it has not yet recorded anywhere
+                if digest not in live and digest not in cached and path.stat().st_mtime < young:
+                    path.unlink()
 
     def _build_cache_blobs(self) -> set[str]:
         """Layer blobs the build cache points at stay, so `rm` then rebuild still hits the cache."""

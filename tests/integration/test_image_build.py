@@ -206,3 +206,17 @@ def test_build_error_is_builderror_with_location(paths, tmp_path, leak_check):
     ctx = _ctx(tmp_path, "FROM busybox\nCOPY nothere /x\n")
     with pytest.raises(BuildError, match=r"Dockerfile:2:"):
         _build(ImageStore(paths), ctx, "itest-err:1")
+
+
+def test_run_deletions_renames_and_opaque_dirs(paths, tmp_path, leak_check):
+    store = ImageStore(paths)
+    ctx = _ctx(tmp_path, "FROM busybox\nRUN mkdir -p /d/sub && echo a > /d/sub/f\n"
+                         "RUN mv /d /e && chown nobody /bin/busybox && rm -rf /var && mkdir /var && echo n > /var/only\n")
+    rec, _ = _build(store, ctx, "itest-overlay:1")
+    flat = store.flat_rootfs(rec)
+    assert not (flat / "d").exists() and (flat / "e" / "sub" / "f").read_text() == "a\n"
+    assert os.listdir(flat / "var") == ["only"]
+    assert os.stat(flat / "bin" / "busybox").st_uid == 65534
+    assert os.stat(flat / "bin" / "busybox").st_size > 100_000  # data copied up, not metadata-only
+    top = store.layer_dirs(rec)[-1]
+    assert os.getxattr(top / "var", "trusted.overlay.opaque") == b"y"

@@ -30,7 +30,9 @@ def _snapshot(root: Path) -> dict[str, bytes]:
         for dirpath, _, files in os.walk(base):
             for f in files:
                 p = Path(dirpath, f)
-                out[str(p.relative_to(root))] = p.read_bytes() if p.stat().st_size < 4096 else b"big"
+                st = p.lstat()
+                small_file = p.is_file() and not p.is_symlink() and st.st_size < 4096
+                out[str(p.relative_to(root))] = p.read_bytes() if small_file else str(st.st_mode).encode()
     return out
 
 

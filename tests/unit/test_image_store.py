@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -47,8 +48,14 @@ def test_layout_files_and_commit_resolve_list_remove(store):
     assert store.resolve(rec.manifest_digest).name == "app:1"
     assert store.resolve(rec.short_id).manifest_digest == rec.manifest_digest
     assert [r.name for r in store.list()] == ["app:1"]
+    young = store.blob_path(rec.manifest_digest)
     store.remove("app:1")
     assert store.list() == []
+    assert young.exists()  # blobs of in-flight builds survive a concurrent rm for a grace period
+    store.commit("app:1", {"config": {"Cmd": ["sh"]}}, [lay])
+    for p in store.blobs.iterdir():
+        os.utime(p, (1, 1))
+    store.remove("app:1")
     assert not store.has_blob(rec.manifest_digest)
     with pytest.raises(ImageError, match=r"unknown image 'app:1' \(try: isobench image ls\)"):
         store.resolve("app:1")
