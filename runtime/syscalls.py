@@ -80,6 +80,13 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(155, _b(new_root), _b(put_old)), f"pivot_root {new_root!r}")  # SYS_pivot_root x86_64
 
 
+def close_range_cloexec(first: int) -> None:
+    """Mark every fd >= ``first`` close-on-exec (close_range(2) with CLOSE_RANGE_CLOEXEC), so a container
+    inherits only the descriptors the runtime hands it on purpose."""
+    _check(_libc.syscall(436, ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(4)),
+           "close_range")
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, len(raw)), f"sethostname {name!r}")
