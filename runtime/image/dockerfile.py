@@ -324,7 +324,7 @@ def _substitute(text: str, i: int, env: dict[str, str], escape: str) -> tuple[st
 def parse_kv_pairs(text: str, env: dict[str, str], escape: str, what: str) -> list[tuple[str, str]]:
     """ENV/LABEL arguments: ``k=v k2="v 2"`` or the legacy single ``k value with spaces``."""
     words = split_words(text, env, escape)
-    if not words:
+    if not words or not text.strip():
         raise SubstitutionError(f"{what} requires KEY=VALUE")
     first_raw = text.strip().split(None, 1)[0]
     if "=" not in first_raw:

@@ -95,6 +95,26 @@ def _hex(digest: str) -> str:
     return digest.split(":", 1)[1]
 
 
+def _checked_digest(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"digest {value!r} is not a string")
+    _hex(value)
+    return value
+
+
+def _check_index(index: object, path: Path) -> None:
+    """index.json must be an object whose manifests are descriptors (a digest string, optional annotations)."""
+    ok = isinstance(index, dict) and isinstance(index.get("manifests", []), list)
+    if ok:
+        for m in index.get("manifests", []):
+            if not (isinstance(m, dict) and isinstance(m.get("digest"), str) and _DIGEST_RE.match(m["digest"])
+                    and isinstance(m.get("annotations", {}), dict)
+                    and isinstance(m.get("annotations", {}).get(REF_ANNOTATION, ""), str)):
+                raise ImageError(f"{path}: malformed manifest descriptor {json.dumps(m)[:120]}")
+    else:
+        raise ImageError(f"{path}: not an OCI index (expected an object with a 'manifests' list)")
+
+
 class ImageStore:
     """OCI layout + derived caches for one state root. Cheap to construct; safe across processes."""
 
@@ -205,13 +225,16 @@ class ImageStore:
 
     # ----------------------------------------------------------------- index
     def _read_index(self) -> dict:
+        path = self.root / "index.json"
         try:
-            with open(self.root / "index.json", "rb") as f:
-                return json.loads(f.read())
+            with open(path, "rb") as f:
+                index = json.loads(f.read())
         except FileNotFoundError:
             return {"schemaVersion": 2, "manifests": []}
         except ValueError as exc:
-            raise ImageError(f"{self.root / 'index.json'} is not valid JSON: {exc}") from exc
+            raise ImageError(f"{path} is not valid JSON: {exc}") from exc
+        _check_index(index, path)
+        return index
 
     def commit(self, name: str, config: dict, layers: Iterable[LayerRef],
                annotations: dict[str, str] | None = None) -> ImageRecord:
@@ -255,15 +278,22 @@ class ImageStore:
             manifest = self.read_json_blob(man_digest)
             try:
                 cfg_digest = manifest["config"]["digest"]
+                _hex(cfg_digest)
                 config = self.read_json_blob(cfg_digest)
-                diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+                if not isinstance(config, dict):
+                    raise ImageError(f"image {name}: config {cfg_digest} is not a JSON object")
+                rootfs = config.get("rootfs", {})
+                diff_ids = rootfs.get("diff_ids", []) if isinstance(rootfs, dict) else None
                 descs = manifest.get("layers", [])
+                if not isinstance(diff_ids, list) or not isinstance(descs, list):
+                    raise ImageError(f"image {name}: malformed layer lists in manifest {man_digest}")
                 if len(diff_ids) != len(descs):
                     raise ImageError(f"image {name}: manifest has {len(descs)} layers but config lists "
                                      f"{len(diff_ids)} diff_ids")
-                layers = tuple(LayerRef(d["digest"], diff, int(d["size"])) for d, diff in zip(descs, diff_ids))
-            except (KeyError, TypeError) as exc:
-                raise ImageError(f"image {name}: malformed manifest {man_digest}: missing {exc}") from exc
+                layers = tuple(LayerRef(_checked_digest(d["digest"]), _checked_digest(diff), int(d["size"]))
+                               for d, diff in zip(descs, diff_ids))
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                raise ImageError(f"image {name}: malformed manifest {man_digest} ({type(exc).__name__}: {exc})") from exc
             parts = (cfg_digest, man_digest, config, layers)
             self._record_cache[man_digest] = parts
         cfg_digest, _, config, layers = parts

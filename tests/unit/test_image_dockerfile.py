@@ -162,3 +162,9 @@ def test_parse_port(word, expected):
 def test_parse_port_rejects(word):
     with pytest.raises(D.SubstitutionError, match="EXPOSE"):
         D.parse_port(word)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x0c"])
+def test_kv_pairs_empty_or_whitespace_is_an_error(text):
+    with pytest.raises(D.SubstitutionError, match="requires KEY=VALUE"):
+        D.parse_kv_pairs(text, {}, "\\", "ENV")

@@ -141,3 +141,19 @@ def test_busybox_layer_is_reproducible(tmp_path):
         names = tf.getnames()
     assert "bin/busybox" in names and "bin/sh" in names and "etc/passwd" in names
     assert names == sorted(names, key=lambda n: n.split("/"))
+
+
+@pytest.mark.parametrize("index", ['{"manifests": [null]}', '[]', '{"manifests": {}}',
+                                   '{"manifests": [{"digest": "md5:x"}]}'])
+def test_malformed_index_is_a_one_line_image_error(store, index):
+    (store.root / "index.json").write_text(index)
+    with pytest.raises(ImageError, match="index.json"):
+        store.list()
+
+
+def test_malformed_manifest_is_a_one_line_image_error(store):
+    man = store.put_blob(canonical_json({"config": {"digest": "sha256:" + "0" * 64}, "layers": [1]}))
+    (store.root / "index.json").write_text(json.dumps(
+        {"manifests": [{"digest": man, "annotations": {"org.opencontainers.image.ref.name": "m:1"}}]}))
+    with pytest.raises(ImageError, match="m:1"):
+        store.resolve("m:1")
