@@ -1,0 +1,23 @@
+"""cgroups for isobench containers, on v1, v2 and hybrid hosts (detected at run time).
+
+Public API (the runtime core and the harness call these)::
+
+    detect(cgroup_root=Path("/sys/fs/cgroup")) -> CgroupLayout
+    create_cgroup(name, resources, layout=None) -> Cgroup
+    open_cgroup(name, layout=None) -> Cgroup
+    cgroup_namespace_supported(layout=None) -> bool
+    Cgroup.add_pid(pid) / .usage() -> CgroupUsage / .kill_all(sig) / .destroy() / .pids()
+"""
+
+from __future__ import annotations
+
+from runtime.cgroups.cgroup import Cgroup, CgroupUsage, create_cgroup, open_cgroup
+from runtime.cgroups.layout import CgroupLayout, detect
+
+__all__ = ["Cgroup", "CgroupLayout", "CgroupUsage", "cgroup_namespace_supported", "create_cgroup", "detect",
+           "open_cgroup"]
+
+
+def cgroup_namespace_supported(layout: CgroupLayout | None = None) -> bool:
+    """A cgroup namespace is only useful where the container sees one unified tree: pure v2 hosts."""
+    return (layout or detect()).version == "v2"

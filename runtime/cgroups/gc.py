@@ -1,8 +1,59 @@
-"""Orphan removal for this area, called by `isobench gc` (placeholder until the area lands)."""
+"""Orphan removal for cgroups, called by `isobench gc`.
+
+A crashed CLI or monitor can leave ``isobench-<id>`` cgroups behind in every hierarchy. Only orphans are
+removed: the name must carry the project's prefix, its lease owner (``runtime.leases.owner_alive``) must
+be dead — other state roots and tests on the same host own live cgroups — and any process still inside
+is killed first (it belongs to a dead owner, so nobody else will). Cgroups not named ``isobench-*`` are
+never looked at beyond their names.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from runtime import leases
+from runtime.cgroups.cgroup import UNIFIED, Cgroup
+from runtime.cgroups.layout import CgroupLayout, detect
+from runtime.errors import CgroupError
+from runtime.paths import PREFIX
+
+
+def _hierarchy_dirs(layout: CgroupLayout) -> dict[str, Path]:
+    dirs = dict(layout.v1)
+    if layout.unified is not None:
+        # on hybrid hosts other tools (runc) also make a twin in the controller-less v2 mount; a key other
+        # than UNIFIED keeps Cgroup reading usage from the v1 dirs
+        dirs[UNIFIED if layout.driver == "v2" else "unified-mount"] = layout.unified
+    return dirs
+
+
+def orphan_candidates(layout: CgroupLayout) -> dict[str, dict[str, Path]]:
+    """{name: {hierarchy: dir}} of every top-level ``isobench-*`` cgroup, in every hierarchy."""
+    found: dict[str, dict[str, Path]] = {}
+    for key, mount in _hierarchy_dirs(layout).items():
+        try:
+            entries = list(mount.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(PREFIX) and entry.is_dir():
+                found.setdefault(entry.name, {})[key] = entry
+    return found
+
 
 def gc(paths) -> list[str]:
-    """Remove this area's orphans of crashed runs by their ``isobench-`` names; return what was removed."""
-    return []
+    """Remove orphaned ``isobench-*`` cgroups (dead lease owner); return ``cgroup <name>`` for each."""
+    root = getattr(paths, "cgroup_root", None) or Path("/sys/fs/cgroup")
+    try:
+        layout = detect(Path(root))
+    except CgroupError:
+        return []  # no cgroupfs: nothing of ours can exist
+    removed: list[str] = []
+    for name, dirs in sorted(orphan_candidates(layout).items()):
+        if leases.owner_alive(name):
+            continue
+        cg = Cgroup(name, dirs, layout)
+        cg.kill_all()  # the owner is dead: whatever is left inside is an orphan too
+        cg.destroy()
+        removed.append(f"cgroup {name}")
+    return removed
