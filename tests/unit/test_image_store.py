@@ -152,7 +152,8 @@ def test_malformed_index_is_a_one_line_image_error(store, index):
 
 
 def test_malformed_manifest_is_a_one_line_image_error(store):
-    man = store.put_blob(canonical_json({"config": {"digest": "sha256:" + "0" * 64}, "layers": [1]}))
+    cfg = store.put_blob(canonical_json({"rootfs": {"diff_ids": ["x"]}}))
+    man = store.put_blob(canonical_json({"config": {"digest": cfg}, "layers": [1]}))
     (store.root / "index.json").write_text(json.dumps(
         {"manifests": [{"digest": man, "annotations": {"org.opencontainers.image.ref.name": "m:1"}}]}))
     with pytest.raises(ImageError, match="m:1"):
