@@ -96,9 +96,11 @@ def prepare(container_id: str, spec: NetworkSpec, paths: HostPaths,
         return NetworkPlan(container_id=container_id, mode=spec.mode)
     from runtime.network import bridge, ipam, portmap
 
-    ports = portmap.resolve(wanted_ports(spec, exposed_ports))  # before anything is created
-    info = bridge.ensure_bridge(paths)
     with contextlib.ExitStack() as undo:
+        # ports first: "host port in use" must fail before anything else is created
+        ports = portmap.resolve(container_id, wanted_ports(spec, exposed_ports))
+        undo.callback(portmap.release_ports, container_id, ports)
+        info = bridge.ensure_bridge(paths)
         addr = ipam.allocate_address(container_id, paths)
         undo.callback(ipam.release_address, container_id, paths)
         plan = NetworkPlan(container_id=container_id, mode="bridge", ports=ports, address=addr,

@@ -53,6 +53,8 @@ def gc(paths: HostPaths) -> list[str]:
     # host-wide claims whose owner is dead (their root may be gone)
     for addr in ipam.drop_orphan_claims(leases.owner_alive):
         removed.append(f"address claim {addr}")
+    for key in portmap.drop_orphan_port_claims(leases.owner_alive):
+        removed.append(f"port claim {key}")
     return removed
 
 

@@ -6,8 +6,9 @@ per request that Docker itself avoids with ``userland-proxy: false``; DNAT keeps
 kernel. Connections to 127.0.0.1 are covered by DNAT in OUTPUT plus ``route_localnet=1`` on the bridge
 and a MASQUERADE of locally-sourced traffic entering the bridge (see :mod:`runtime.network.firewall`).
 The price: nothing listens on the host port, so the "port in use" check is done explicitly before a
-container starts — a bind test on the host address (a host process owns the port) and a look at the
-project's DNAT rules (another container, any state root, owns it).
+container starts: a host-wide claim file per port (``/run/isobench/ports/tcp-18080``, created with
+``O_EXCL``: another container of any state root owns it) and a bind test on the host address (a host
+process owns it). Claims make the check atomic without a lock or an ``iptables-save`` on the start path.
 
 Each owner's published ports are recorded in ``network/ports/<owner>.json`` *before* the rules are
 added, so ``isobench port`` and ``ps`` can list them and a crash in between still leaves a record;
@@ -18,17 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import os
 import socket
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from runtime.errors import NetworkError
-from runtime.fsutil import atomic_write_json, file_lock, read_json
+from runtime.fsutil import atomic_write_json, read_json
 from runtime.paths import HostPaths
 from runtime.spec import PortMapping
-
-EPHEMERAL_RANGE = (32768, 60999)
-
 
 def record_path(owner_id: str, paths: HostPaths) -> Path:
     return paths.network / "ports" / f"{owner_id}.json"
@@ -65,92 +65,171 @@ def bind_free(host_ip: str, port: int, proto: str) -> bool:
     return True
 
 
-def _overlaps(ip_a: str, ip_b: str) -> bool:
-    return not ip_a or not ip_b or ip_a == ip_b
+def claims_dir() -> Path:
+    from runtime import leases
+
+    return leases.lease_dir().parent / "ports"
 
 
-def conflict(m: PortMapping, used: Iterable[tuple[str, int, str, str]]) -> str | None:
-    """The tag of a DNAT rule already publishing ``m``'s host port (same protocol, overlapping ip)."""
-    for proto, port, ip, tag in used:
-        if proto == m.protocol and port == m.host_port and _overlaps(ip, m.host_ip):
-            return tag
-    return None
+def _claim_file(proto: str, port: int) -> Path:
+    return claims_dir() / f"{proto}-{port}"
 
 
-def random_port(host_ip: str, proto: str, avoid: set[tuple[str, int]]) -> int:
-    """A free host port from the kernel's ephemeral range (bind to port 0), not in ``avoid``."""
+def port_claim_owner(proto: str, port: int) -> str | None:
+    try:
+        return json.loads(_claim_file(proto, port).read_text()).get("owner")
+    except (OSError, ValueError):
+        return None
+
+
+def claim_port(owner_id: str, proto: str, port: int) -> bool:
+    """Take the host-wide claim on ``port/proto`` (O_EXCL file, atomic across processes and state
+    roots); True when taken now or already held by ``owner_id``."""
+    d = claims_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(_claim_file(proto, port), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        return port_claim_owner(proto, port) == owner_id
+    with os.fdopen(fd, "w") as f:
+        json.dump({"owner": owner_id}, f)
+    return True
+
+
+def release_port(owner_id: str, proto: str, port: int) -> None:
+    if port_claim_owner(proto, port) == owner_id:
+        with contextlib.suppress(FileNotFoundError):
+            _claim_file(proto, port).unlink()
+
+
+def all_port_claims() -> dict[str, str]:
+    """Host-wide: "proto-port" -> owner id."""
+    d = claims_dir()
+    if not d.is_dir():
+        return {}
+    out = {}
+    for p in d.iterdir():
+        proto, _, port = p.name.partition("-")
+        if port.isdigit():
+            out[p.name] = port_claim_owner(proto, int(port)) or ""
+    return out
+
+
+def drop_orphan_port_claims(alive) -> list[str]:
+    """Remove port claims whose owner is not alive; return their "proto-port" keys."""
+    import time
+
+    removed = []
+    for key, owner in all_port_claims().items():
+        path = claims_dir() / key
+        if not owner:
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - path.stat().st_mtime < 60:
+                    continue  # being written right now
+        if not owner or not alive(owner):
+            _unlink(path)
+            removed.append(key)
+    return removed
+
+
+def random_port(owner_id: str, host_ip: str, proto: str) -> int:
+    """A free host port from the kernel's ephemeral range (bind to port 0), claimed for the owner."""
     for _ in range(64):
         with socket.socket(socket.AF_INET, _sock_type(proto)) as s:
             s.bind((host_ip or "0.0.0.0", 0))
             port = s.getsockname()[1]
-        if (proto, port) not in avoid:
+        if claim_port(owner_id, proto, port):
             return port
     raise NetworkError(f"no free {proto} host port found on {host_ip or '0.0.0.0'}")
 
 
-def resolve(ports: Sequence[PortMapping], saved: str | None = None) -> tuple[PortMapping, ...]:
-    """Check every fixed host port is free and give random ones (host_port 0) a free port.
-    Raises ``NetworkError("host port 18080/tcp is already in use")`` before anything is created."""
-    if not ports:
-        return ()
-    from runtime.network import firewall
-
-    text = firewall.save("nat") if saved is None else saved
-    used = firewall.dnat_ports(text)
-    avoid = {(p, port) for p, port, _, _ in used}
-    seen: dict[tuple[str, int], PortMapping] = {}
+def resolve(owner_id: str, ports: Sequence[PortMapping]) -> tuple[PortMapping, ...]:
+    """Claim every host port for ``owner_id``, checking it is free, and give random ones (host_port 0)
+    a free port. Raises ``NetworkError("host port 18080/tcp is already in use")`` before anything is
+    created; on failure the claims taken here are given back."""
     out: list[PortMapping] = []
-    for m in ports:
-        if m.host_port == 0:
-            m = PortMapping(random_port(m.host_ip, m.protocol, avoid | set(seen)), m.container_port,
-                            m.protocol, m.host_ip)
-        else:
-            key = (m.protocol, m.host_port)
-            if key in seen and _overlaps(seen[key].host_ip, m.host_ip):
-                raise NetworkError(f"host port {m.host_port}/{m.protocol} is published twice")
-            owner = conflict(m, used)
-            if owner is not None:
-                raise NetworkError(f"host port {m.host_port}/{m.protocol} is already in use by {owner}")
-            if not bind_free(m.host_ip, m.host_port, m.protocol):
-                raise NetworkError(f"host port {m.host_port}/{m.protocol} is already in use")
-        seen[(m.protocol, m.host_port)] = m
-        out.append(m)
+    with contextlib.ExitStack() as undo:
+        for m in ports:
+            if m.host_port == 0:
+                m = PortMapping(random_port(owner_id, m.host_ip, m.protocol), m.container_port,
+                                m.protocol, m.host_ip)
+                undo.callback(release_port, owner_id, m.protocol, m.host_port)
+            else:
+                if any(o.protocol == m.protocol and o.host_port == m.host_port for o in out):
+                    raise NetworkError(f"host port {m.host_port}/{m.protocol} is published twice")
+                fresh = port_claim_owner(m.protocol, m.host_port) != owner_id
+                if not claim_port(owner_id, m.protocol, m.host_port):
+                    holder = port_claim_owner(m.protocol, m.host_port) or "another owner"
+                    raise NetworkError(f"host port {m.host_port}/{m.protocol} is already in use by "
+                                       f"{firewall_tag(holder)}")
+                if fresh:
+                    undo.callback(release_port, owner_id, m.protocol, m.host_port)
+                if not bind_free(m.host_ip, m.host_port, m.protocol):
+                    raise NetworkError(f"host port {m.host_port}/{m.protocol} is already in use")
+            out.append(m)
+        undo.pop_all()
     return tuple(out)
+
+
+def firewall_tag(owner_id: str) -> str:
+    from runtime.network.firewall import owner_tag
+
+    return owner_tag(owner_id)
 
 
 def publish_ports(owner_id: str, target_ip: str, ports: tuple[PortMapping, ...],
                   paths: HostPaths) -> tuple[PortMapping, ...]:
-    """DNAT each host port to ``target_ip``; returns the mappings with host ports resolved."""
+    """DNAT each host port to ``target_ip``; returns the mappings with host ports resolved. Ports
+    already claimed by :func:`resolve` for this owner (``prepare``) are not checked twice."""
     if not ports:
         return ()
-    from runtime.network import bridge, firewall
+    from runtime.network import firewall
 
     tag = firewall.owner_tag(owner_id)
-    # the host lock makes "check then add" atomic against other owners publishing the same port
-    with file_lock(bridge.host_lock_path()):
-        resolved = resolve(ports)
+    with contextlib.ExitStack() as undo:
+        resolved = resolve(owner_id, ports)
+        undo.callback(release_ports, owner_id, resolved)
         atomic_write_json(record_path(owner_id, paths),
                           {"owner": owner_id, "target_ip": target_ip, "ports": [_to_json(m) for m in resolved]})
-        try:
-            firewall.apply(firewall.restore_text(firewall.port_rules(tag, resolved, target_ip)),
-                           f"ports of {tag}")
-        except NetworkError:
-            with contextlib.suppress(FileNotFoundError):
-                record_path(owner_id, paths).unlink()
-            raise
+        undo.callback(_unlink, record_path(owner_id, paths))
+        firewall.apply(firewall.restore_text(firewall.port_rules(tag, resolved, target_ip)), f"ports of {tag}")
+        undo.pop_all()
     return resolved
 
 
+def release_ports(owner_id: str, ports: Iterable[PortMapping]) -> None:
+    for m in ports:
+        release_port(owner_id, m.protocol, m.host_port)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 def unpublish_ports(owner_id: str, paths: HostPaths) -> None:
-    """Remove the owner's rules (by tag) and its record; idempotent and free when nothing was published."""
+    """Remove the owner's rules, port claims and record; idempotent, free when nothing was published.
+    The rules are deleted from the record (one exec); if that fails (a rule already gone, a record
+    from an older layout) every rule with the owner's tag is found by ``iptables-save`` instead."""
     rec = record_path(owner_id, paths)
     if not rec.exists():
         return
     from runtime.network import firewall
 
-    firewall.remove_tagged({firewall.owner_tag(owner_id)})
-    with contextlib.suppress(FileNotFoundError):
-        rec.unlink()
+    tag = firewall.owner_tag(owner_id)
+    try:
+        raw = read_json(rec)
+        ports = tuple(_from_json(d) for d in raw.get("ports", ()))
+        text = firewall.restore_text(firewall.port_rules(tag, ports, raw["target_ip"]))
+        firewall.apply(text.replace("\n-A ", "\n-D "), f"removing ports of {tag}")
+    except (OSError, ValueError, KeyError, NetworkError):
+        ports = ()
+        firewall.remove_tagged({tag})
+    release_ports(owner_id, ports)
+    for key, holder in all_port_claims().items():  # claims the record did not list (crash mid-publish)
+        if holder == owner_id:
+            _unlink(claims_dir() / key)
+    _unlink(rec)
 
 
 def list_mappings(owner_id: str, paths: HostPaths) -> tuple[PortMapping, ...]:
