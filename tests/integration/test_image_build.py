@@ -220,3 +220,36 @@ def test_run_deletions_renames_and_opaque_dirs(paths, tmp_path, leak_check):
     assert os.stat(flat / "bin" / "busybox").st_size > 100_000  # data copied up, not metadata-only
     top = store.layer_dirs(rec)[-1]
     assert os.getxattr(top / "var", "trusted.overlay.opaque") == b"y"
+
+
+def test_add_tar_globs_dockerignore_chmod(paths, tmp_path, leak_check):
+    import tarfile as _tar
+
+    store = ImageStore(paths)
+    ctx = _ctx(tmp_path, "FROM busybox\nADD bundle.tar.gz /opt/\nCOPY *.txt /txt/\nCOPY --chmod=700 . /ctx/\n"
+                         "ADD plain.bin /opt/plain.bin\n",
+               {"a.txt": "a", "b.txt": "b", "secret.key": "k", ".dockerignore": "*.key\n", "plain.bin": "raw"})
+    payload = tmp_path / "payload"
+    (payload / "dir").mkdir(parents=True)
+    (payload / "dir" / "inner.txt").write_text("inside")
+    with _tar.open(ctx / "bundle.tar.gz", "w:gz") as tf:
+        tf.add(payload / "dir", arcname="dir")
+    rec, _ = _build(store, ctx, "itest-add:1")
+    flat = store.flat_rootfs(rec)
+    assert (flat / "opt" / "dir" / "inner.txt").read_text() == "inside"
+    assert (flat / "opt" / "plain.bin").read_text() == "raw"
+    assert sorted(os.listdir(flat / "txt")) == ["a.txt", "b.txt"]
+    assert (flat / "ctx" / "Dockerfile").exists() and not (flat / "ctx" / "secret.key").exists()
+    assert os.stat(flat / "ctx" / "a.txt").st_mode & 0o777 == 0o700
+
+
+@pytest.mark.slow
+def test_debian_base_with_run_step(paths, tmp_path, leak_check):
+    """debian:bookworm comes from the machine-wide debootstrap cache (made once, minutes, if missing)."""
+    store = ImageStore(paths)
+    ctx = _ctx(tmp_path, "FROM debian:bookworm\nRUN dpkg-query -W -f='${Package}\\n' > /pkgs && id -u > /uid\n")
+    rec, _ = _build(store, ctx, "itest-debian:1")
+    flat = store.flat_rootfs(rec)
+    assert "bash" in (flat / "pkgs").read_text().split()
+    assert (flat / "uid").read_text() == "0\n"
+    assert (paths.base_cache / "debian-bookworm-minbase.tar.gz").exists()

@@ -158,3 +158,18 @@ def test_malformed_manifest_is_a_one_line_image_error(store):
         {"manifests": [{"digest": man, "annotations": {"org.opencontainers.image.ref.name": "m:1"}}]}))
     with pytest.raises(ImageError, match="m:1"):
         store.resolve("m:1")
+
+
+def test_gc_removes_orphaned_temp_dirs_only(tmp_path):
+    from runtime.image import gc as image_gc
+
+    paths = HostPaths(root=tmp_path / "r").ensure()
+    (paths.layers / ".tmp-abcdef012345-x").mkdir(parents=True)
+    (paths.layers / "abcdef").mkdir()
+    old = paths.tmp / "isobench-build-old"
+    old.mkdir()
+    os.utime(old, (1, 1))
+    (paths.tmp / "isobench-build-new").mkdir()
+    removed = image_gc.gc(paths)
+    assert len(removed) == 2
+    assert (paths.layers / "abcdef").exists() and (paths.tmp / "isobench-build-new").exists()
