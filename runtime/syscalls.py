@@ -87,6 +87,19 @@ def close_range_cloexec(first: int) -> None:
            "close_range")
 
 
+def link_up(ifname: str) -> None:
+    """Set IFF_UP on an interface of the caller's network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS ioctls:
+    bringing up ``lo`` this way costs microseconds, netlink libraries cost an import)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        req = struct.pack("16sH22x", ifname.encode(), 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock.fileno(), 0x8913, req))[1]
+        fcntl.ioctl(sock.fileno(), 0x8914, struct.pack("16sH22x", ifname.encode(), flags | 0x1))
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, len(raw)), f"sethostname {name!r}")
