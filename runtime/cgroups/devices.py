@@ -43,3 +43,13 @@ def device_of_path(path: str, sysfs: Path = Path("/sys")) -> tuple[int, int]:
     """The whole disk holding the file system of ``path`` (by ``st_dev``): what to throttle for a file."""
     st_dev = os.stat(path).st_dev
     return whole_disk(os.major(st_dev), os.minor(st_dev), sysfs)
+
+
+def device_node(major: int, minor: int, sysfs: Path = Path("/sys")) -> str:
+    """``(254, 0)`` -> ``/dev/vda`` (from the device's uevent DEVNAME), for messages and throttle specs."""
+    uevent = sysfs / "dev" / "block" / f"{major}:{minor}" / "uevent"
+    try:
+        fields = dict(line.split("=", 1) for line in uevent.read_text().splitlines() if "=" in line)
+    except OSError as exc:
+        raise CgroupError(f"block device {major}:{minor} is unknown to {sysfs}: {exc.strerror}") from exc
+    return f"/dev/{fields['DEVNAME']}"

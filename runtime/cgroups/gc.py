@@ -10,6 +10,7 @@ never looked at beyond their names.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Collection
 
 from runtime import leases
 from runtime.cgroups.cgroup import UNIFIED, Cgroup
@@ -41,8 +42,9 @@ def orphan_candidates(layout: CgroupLayout) -> dict[str, dict[str, Path]]:
     return found
 
 
-def gc(paths) -> list[str]:
-    """Remove orphaned ``isobench-*`` cgroups (dead lease owner); return ``cgroup <name>`` for each."""
+def gc(paths, names: Collection[str] | None = None) -> list[str]:
+    """Remove orphaned ``isobench-*`` cgroups (dead lease owner); return ``cgroup <name>`` for each.
+    ``names`` restricts the sweep (tests use it so they never race other suites' objects)."""
     root = getattr(paths, "cgroup_root", None) or Path("/sys/fs/cgroup")
     try:
         layout = detect(Path(root))
@@ -50,7 +52,7 @@ def gc(paths) -> list[str]:
         return []  # no cgroupfs: nothing of ours can exist
     removed: list[str] = []
     for name, dirs in sorted(orphan_candidates(layout).items()):
-        if leases.owner_alive(name):
+        if (names is not None and name not in names) or leases.owner_alive(name):
             continue
         cg = Cgroup(name, dirs, layout)
         cg.kill_all()  # the owner is dead: whatever is left inside is an orphan too
