@@ -172,8 +172,9 @@ class LayerView:
                 break
         return None
 
-    def resolve(self, rel: str) -> str:
-        """``rel`` with symlinks in its directory part resolved inside the image (like secure_join)."""
+    def resolve(self, rel: str, *, follow_last: bool = False) -> str:
+        """``rel`` with symlinks in its directory part (and the last component when ``follow_last``)
+        resolved inside the image, like secure_join."""
         parts = [p for p in rel.split("/") if p not in ("", ".")]
         resolved: list[str] = []
         hops = 0
@@ -184,7 +185,7 @@ class LayerView:
                     resolved.pop()
                 continue
             cand = self.find("/".join(resolved + [comp]))
-            if parts and cand is not None and cand.is_symlink():
+            if (parts or follow_last) and cand is not None and cand.is_symlink():
                 hops += 1
                 if hops > 40:
                     raise BuildError(f"too many symlinks resolving /{rel} in the image")
@@ -561,11 +562,12 @@ class Builder:
                 rel_in_root = os.path.relpath(path, root)
                 skip = _make_skip(ignore, rel_in_root) if ignore else None
                 if add and path.is_file() and not path.is_symlink() and _is_archive(path):
-                    target = view.resolve(dest_abs)
+                    target = view.resolve(dest_abs, follow_last=view.is_dir(dest_abs))
                     for e in _archive_entries(path, target, ins, self):
                         entries[e[0].name] = e
                 elif path.is_dir():
-                    target = view.resolve(dest_abs)
+                    # COPY dir /lib where /lib -> usr/lib: copy into usr/lib, keep the symlink
+                    target = view.resolve(dest_abs, follow_last=view.is_dir(dest_abs))
                     st = path.stat()
                     if target:
                         entries[target] = (L.make_info(target, tarfile.DIRTYPE, chmod or st.st_mode,
