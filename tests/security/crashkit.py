@@ -1,0 +1,119 @@
+"""Tools for the crash-safety and load tests: run the real CLI, kill it with SIGKILL at a chosen moment,
+and audit a state root afterwards (image store digests, leftover temp files, mounts, processes).
+
+The CLI runs as ``python -m bench.cli`` with ``ISOBENCH_ROOT`` pointing at a private state root, so the
+audit only looks at what these tests made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli_env(root: Path) -> dict[str, str]:
+    return {**os.environ, "ISOBENCH_ROOT": str(root), "PYTHONPATH": str(REPO)}
+
+
+def isobench(argv: list[str], root: Path, timeout_s: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", *argv], cwd=REPO, env=cli_env(root),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"isobench {' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    return proc
+
+
+@dataclass(frozen=True)
+class Trial:
+    verb: str
+    argv: tuple[str, ...]
+    delay_s: float
+    killed: bool        # False: the command had already finished when the kill was due
+    exit_code: int | None
+
+
+def kill_at(verb: str, argv: list[str], root: Path, delay_s: float, timeout_s: float = 60) -> Trial:
+    """Start ``isobench argv``, SIGKILL the CLI process after ``delay_s`` (only that pid: what its
+    children do next is exactly what crash safety is about), and reap it."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *argv], cwd=REPO, env=cli_env(root),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + delay_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    code = proc.wait(timeout=timeout_s)
+    return Trial(verb, tuple(argv), delay_s, killed, None if killed else code)
+
+
+def timed(argv: list[str], root: Path) -> float:
+    t0 = time.monotonic()
+    isobench(argv, root)
+    return time.monotonic() - t0
+
+
+def store_problems(root: Path) -> list[str]:
+    """Every way the OCI store under ``root`` is not valid: index.json must parse and point at present
+    manifests; every blob's content must hash to its name."""
+    problems: list[str] = []
+    images = root / "images"
+    if not images.exists():
+        return problems
+    try:
+        index = json.loads((images / "index.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"index.json unreadable: {exc}"]
+    blobs = images / "blobs" / "sha256"
+    for m in index.get("manifests", []):
+        digest = m.get("digest", "")
+        if not (blobs / digest.removeprefix("sha256:")).exists():
+            problems.append(f"index names {digest} but the blob is missing")
+    if blobs.exists():
+        for b in blobs.iterdir():
+            if b.name.startswith("."):
+                continue
+            h = hashlib.sha256()
+            with open(b, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            if h.hexdigest() != b.name:
+                problems.append(f"blob {b.name} has content digest {h.hexdigest()}")
+    return problems
+
+
+def leftovers(root: Path) -> dict[str, list[str]]:
+    """What a crash left under ``root`` that gc should have removed: temp files/dirs, mounts below the
+    root, processes whose command line mentions the root."""
+    out: dict[str, list[str]] = {"tmp": [], "partial_files": [], "mounts": [], "processes": []}
+    tmp = root / "tmp"
+    if tmp.exists():
+        out["tmp"] = sorted(str(p) for p in tmp.iterdir())
+    for dirpath, dirnames, filenames in os.walk(root):
+        # unpacked layers and rootfs trees are content, not state files: do not descend into them
+        dirnames[:] = [d for d in dirnames if d not in ("rootfs", "diff", "merged", "upper", "work")
+                       and not Path(dirpath, d).is_mount()]
+        out["partial_files"] += [str(Path(dirpath, f)) for f in filenames if f.startswith(".tmp-")]
+    mi = Path("/proc/self/mountinfo").read_text().splitlines()
+    out["mounts"] = [ln.split()[4] for ln in mi if str(root) in ln.split()[4]]
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if str(root) in cmd or f"ISOBENCH_ROOT={root}".encode() in env:
+            out["processes"].append(f"{pid} {cmd[:100]}")
+    return {k: v for k, v in out.items() if v}
