@@ -1,0 +1,129 @@
+"""Assembles ``report.html``: one self-contained page (inline CSS, plots as base64 PNG, no URLs).
+
+The page is a Jinja2 template (autoescaped, strict about undefined names) fed with tables that
+pandas Stylers rendered; nothing here concatenates HTML. A run that lacks a benchmark still renders:
+every section says "not measured" for what is missing, so partial runs stay readable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from markupsafe import Markup
+
+from bench.report import plots, tables
+from bench.results import Run, load_run
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    title: str
+    caption: str
+    png_base64: str | None   # None: nothing measured to draw
+
+
+def template_env():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _figure(key: str, title: str, caption: str, fig) -> Figure:
+    return Figure(key, title, caption, plots.to_png_base64(fig) if fig is not None else None)
+
+
+def _banner(meta: dict) -> list[tuple[str, str]]:
+    accel = str(meta.get("accelerator") or "unknown")
+    reason = meta.get("accelerator_reason")
+    return [
+        ("host", f"{meta.get('hostname', '?')} — {meta.get('cpu_model', '?')}, {meta.get('cpu_count', '?')} CPUs"),
+        ("kernel", str(meta.get("kernel", "?"))),
+        ("cgroup version", str(meta.get("cgroup_version", "?"))),
+        ("VM accelerator", f"{accel} ({reason})" if reason else accel),
+        ("profile", str(meta.get("profile", "?"))),
+        ("run", f"{meta.get('started_utc', '?')} → {meta.get('finished_utc', '?')}"),
+        ("python", str(meta.get("python", "?"))),
+    ]
+
+
+def build_context(run: Run) -> dict:
+    """Everything the template shows, computed from a loaded run."""
+    summary = tables.metric_summary(run.samples)
+    meta, facts = run.meta or {}, run.facts or {}
+    benchmarks = list(dict.fromkeys(summary["benchmark"]))
+    per_benchmark = [(b, Markup(tables.style(tables.benchmark_table(summary, b), f"metric-{b}")))
+                     for b in benchmarks]
+    versions = meta.get("versions") or {}
+    figures = {
+        "phases": _figure("phases", "Boot and start phases",
+                          "Where the time goes between create and the workload running: the VM's boot "
+                          "phases (seconds) beside the container runtimes' start phases (milliseconds).",
+                          plots.phases_figure(facts)),
+        "startup": _figure("startup", "Start-up distributions",
+                           "Every measured start-up value per environment (box: quartiles; log scale).",
+                           plots.startup_figure(run.samples)),
+        "footprint": _figure("footprint", "Footprint vs number of instances",
+                             "Host memory per instance and in total as more instances run at once.",
+                             plots.footprint_figure(run.samples)),
+        "overhead": _figure("overhead", "Overhead against native",
+                            "Cost factor of each environment against native per metric "
+                            "(direction-aware: right of 1 is worse), with bootstrap 95% CIs of the "
+                            "ratio of medians.",
+                            plots.overhead_figure(summary)),
+    }
+    accel = str(meta.get("accelerator") or "").lower()
+    return {
+        "title": f"isobench report — {meta.get('hostname', run.path.name)}",
+        "run_dir": str(run.path),
+        "generated_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "is_fixture": str(meta.get("profile", "")).lower() == "fixture",
+        "is_tcg": accel == "tcg",
+        "accelerator": accel or "unknown",
+        "banner": _banner(meta),
+        "versions": sorted((str(k), str(v)) for k, v in versions.items()),
+        "image_digests": sorted((str(k), str(v)) for k, v in (meta.get("image_digests") or {}).items()),
+        "weight": Markup(tables.style(tables.weight_performance(summary, facts), "weight",
+                                      verdict_columns=list(tables.ENVIRONMENTS),
+                                      wrap_columns=list(tables.ENVIRONMENTS), wrap_min_width="8em")),
+        "namespaces": Markup(tables.style(tables.namespace_matrix(facts), "namespaces",
+                                          verdict_columns=list(tables.ENVIRONMENTS),
+                                          wrap_columns=list(tables.ENVIRONMENTS))),
+        "has_isolation": bool(facts.get("isolation")),
+        "enforcement": Markup(tables.style(tables.enforcement_table(facts), "enforcement",
+                                           verdict_columns=["held"], wrap_columns=["evidence"])),
+        "has_enforcement": bool(facts.get("enforcement")),
+        "ephemerality": Markup(tables.style(tables.ephemerality_table(facts), "ephemerality",
+                                            verdict_columns=["file written, no volume"],
+                                            kept_columns=["file written to a volume"],
+                                            wrap_columns=["evidence"])),
+        "has_ephemerality": bool(facts.get("ephemerality")),
+        "port_mapping": Markup(tables.style(tables.port_mapping_table(facts), "ports")),
+        "has_port_mapping": bool(facts.get("port_mapping")),
+        "port_cost": Markup(tables.style(tables.port_mapping_cost(summary), "portcost")),
+        "has_port_cost": bool((summary["benchmark"] == "network").any()),
+        "platform": Markup(tables.style(tables.platform_table(facts, meta), "platform",
+                                        wrap_columns=["containers (course notes)", "VMs"])),
+        "per_benchmark": per_benchmark,
+        "failures": Markup(tables.style(tables.failures_table(run.failures), "failures",
+                                        wrap_columns=["error"])),
+        "n_failures": len(run.failures or []),
+        "n_samples": int(len(run.samples)),
+        "figures": figures,
+    }
+
+
+def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Render ``RUN_DIR/report.html`` (or ``out``) and return its path."""
+    run = load_run(run_dir)
+    html = template_env().get_template("report.html.j2").render(**build_context(run))
+    target = Path(out) if out else run.path / "report.html"
+    from runtime.fsutil import atomic_write_bytes
+
+    atomic_write_bytes(target, html.encode("utf-8"))
+    return target

@@ -1,0 +1,370 @@
+"""The report's tables as pandas DataFrames, and their pandas Stylers.
+
+Two families: the per-metric statistics (generic over whatever benchmarks and metrics a run holds)
+and the course-notes tables (Weight & Performance, Isolation, Ephemeral nature, Port mapping,
+Running across systems), which map the notes' rows to measured metrics and facts. That mapping is
+the one fixed list here; a metric the run does not have shows as "not measured" rather than
+breaking the page. HTML comes only from ``Styler.to_html()`` (cell text escaped).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from math import isfinite
+
+import pandas as pd
+
+from bench.report import stats
+from bench.results import ENVIRONMENTS
+from runtime.units import format_bytes
+
+NOT_MEASURED = "not measured"
+NAMESPACES = {  # facts key -> the course notes' wording
+    "pid": "Process IDs (PIDs)",
+    "hostname": "Hostnames",
+    "network": "Network stacks",
+    "user": "User IDs (UIDs)",
+    "ipc": "Inter-process communication (IPC)",
+    "filesystem": "File systems",
+}
+SUMMARY_COLUMNS = ["benchmark", "metric", "environment", "unit", "direction", "n", "median", "ci_low",
+                   "ci_high", "cv_pct", "ratio_native", "ratio_ci_low", "ratio_ci_high"]
+_N_SUFFIX = re.compile(r"^(?P<base>.+)_n(?P<n>\d+)$")
+
+
+# ---------------------------------------------------------------- formatting helpers
+
+def fmt_num(value) -> str:
+    """Human precision: 3 significant digits but never scientific notation for big numbers."""
+    if value is None or not isinstance(value, (int, float)) or not isfinite(value):
+        return "—"
+    a = abs(value)
+    if a >= 100:
+        return f"{value:,.0f}"
+    if a >= 10:
+        return f"{value:.1f}"
+    if a >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def fmt_value(value, unit: str) -> str:
+    if value is None or not isinstance(value, (int, float)) or not isfinite(value):
+        return NOT_MEASURED
+    if unit in ("bytes", "B"):
+        return format_bytes(value)
+    if unit == "ms" and abs(value) >= 1000:
+        return f"{value / 1000:.2f} s"
+    return f"{fmt_num(value)} {unit}".strip()
+
+
+def fmt_ratio(value) -> str:
+    if value is None or not isinstance(value, (int, float)) or not isfinite(value):
+        return "—"
+    return f"×{fmt_num(value)}"
+
+
+def env_order(envs) -> list[str]:
+    """Known environments in their canonical order, then any others alphabetically."""
+    envs = list(dict.fromkeys(envs))
+    return [e for e in ENVIRONMENTS if e in envs] + sorted(e for e in envs if e not in ENVIRONMENTS)
+
+
+def metric_n(metric: str) -> tuple[str, int] | None:
+    """``mem_delta_per_instance_mib_n8`` -> (``mem_delta_per_instance_mib``, 8)."""
+    m = _N_SUFFIX.match(metric)
+    return (m["base"], int(m["n"])) if m else None
+
+
+# ---------------------------------------------------------------- per-metric statistics
+
+def metric_summary(samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per (benchmark, metric, environment): n, median, bootstrap 95% CI of the median,
+    coefficient of variation and the ratio of medians to native (with a bootstrap CI)."""
+    rows = []
+    if samples.empty:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    groups = {k: g for k, g in samples.groupby(["benchmark", "metric", "environment"], sort=False)}
+    for (bench, metric, env), g in groups.items():
+        s = stats.summarize(g["value"])
+        native = groups.get((bench, metric, "native"))
+        ratio = rlo = rhi = float("nan")
+        if native is not None and env != "native":
+            nat_median = stats.summarize(native["value"]).median
+            if nat_median and isfinite(nat_median):
+                ratio = s.median / nat_median
+                rlo, rhi = stats.bootstrap_ratio_ci(g["value"], native["value"])
+        elif env == "native":
+            ratio = 1.0
+        rows.append({"benchmark": bench, "metric": metric, "environment": env,
+                     "unit": str(g["unit"].iloc[0]), "direction": str(g["direction"].iloc[0]),
+                     "n": s.n, "median": s.median, "ci_low": s.ci_low, "ci_high": s.ci_high,
+                     "cv_pct": s.cv_pct, "ratio_native": ratio, "ratio_ci_low": rlo, "ratio_ci_high": rhi})
+    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    order = {e: i for i, e in enumerate(env_order(df["environment"]))}
+    df["_env"] = df["environment"].map(order)
+    return df.sort_values(["benchmark", "metric", "_env"], kind="stable").drop(columns="_env") \
+             .reset_index(drop=True)
+
+
+def lookup(summary: pd.DataFrame, benchmark: str, metric: str, environment: str) -> dict | None:
+    hit = summary[(summary["benchmark"] == benchmark) & (summary["metric"] == metric)
+                  & (summary["environment"] == environment)]
+    return None if hit.empty else hit.iloc[0].to_dict()
+
+
+def benchmark_table(summary: pd.DataFrame, benchmark: str) -> pd.DataFrame:
+    """The displayed per-metric table of one benchmark (strings, ready for a Styler)."""
+    part = summary[summary["benchmark"] == benchmark]
+    out = []
+    for r in part.to_dict("records"):
+        better = "lower" if r["direction"] == "lower" else "higher"
+        ci = (f"{fmt_num(r['ci_low'])} – {fmt_num(r['ci_high'])}" if isfinite(r["ci_low"]) else "—")
+        out.append({"metric": r["metric"], "environment": r["environment"],
+                    "unit": f"{r['unit']} ({better} better)", "median": fmt_num(r["median"]),
+                    "95% CI of median": ci,
+                    "CV %": fmt_num(r["cv_pct"]) if isfinite(r["cv_pct"]) else "—",
+                    "ratio to native": fmt_ratio(r["ratio_native"]) if r["environment"] != "native" else "1",
+                    "n": int(r["n"])})
+    return pd.DataFrame(out, columns=["metric", "environment", "unit", "median", "95% CI of median",
+                                      "CV %", "ratio to native", "n"])
+
+
+# ---------------------------------------------------------------- course notes: weight & performance
+
+@dataclass(frozen=True)
+class NotesRow:
+    aspect: str
+    measure: str
+    benchmark: str
+    metric: str          # "<base>_n*" picks the largest N present
+    notes_containers: str
+    notes_vms: str
+
+
+WEIGHT_ROWS = (
+    NotesRow("Size", "on-disk size", "footprint", "disk_bytes", "Lightweight", "Heavy (full OS)"),
+    NotesRow("Startup", "create → exit", "startup", "create_to_exit_ms", "Seconds", "Minutes"),
+    NotesRow("Startup", "create → first HTTP reply", "startup", "create_to_http_ms", "Seconds", "Minutes"),
+    NotesRow("Resources", "memory per instance (PSS)", "footprint", "pss_per_instance_mib",
+             "Efficient", "High overhead"),
+    NotesRow("Resources", "host memory per instance, N instances", "footprint",
+             "mem_delta_per_instance_mib_n*", "Efficient", "High overhead"),
+    NotesRow("Resources", "instances started per second", "footprint", "instances_per_s",
+             "Efficient", "High overhead"),
+    NotesRow("Resources", "CPU throughput, 1 CPU", "cpu", "events_per_s_1cpu", "Efficient", "High overhead"),
+    NotesRow("Resources", "CPU throughput, all CPUs", "cpu", "events_per_s_allcpu", "Efficient",
+             "High overhead"),
+    NotesRow("Resources", "memory bandwidth", "memory", "bandwidth_mib_s", "Efficient", "High overhead"),
+)
+
+
+def _resolve_metric(summary: pd.DataFrame, benchmark: str, metric: str) -> str:
+    if not metric.endswith("_n*"):
+        return metric
+    base = metric[:-3]
+    ns = [p[1] for m in summary.loc[summary["benchmark"] == benchmark, "metric"].unique()
+          if (p := metric_n(m)) and p[0] == base]
+    return f"{base}_n{max(ns)}" if ns else metric
+
+
+def weight_performance(summary: pd.DataFrame, facts: dict) -> pd.DataFrame:
+    envs = env_order(list(ENVIRONMENTS) + list(summary["environment"].unique()))
+    sizes = facts.get("sizes") or {}
+    rows = []
+    for spec in WEIGHT_ROWS:
+        metric = _resolve_metric(summary, spec.benchmark, spec.metric)
+        measure = spec.measure.replace("N instances", f"{metric_n(metric)[1]} instances") \
+            if metric_n(metric) else spec.measure.replace(", N instances", "")
+        row = {"aspect": spec.aspect, "measured as": measure,
+               "course notes: containers / VMs": f"{spec.notes_containers} / {spec.notes_vms}"}
+        medians = {}
+        for env in envs:
+            hit = lookup(summary, spec.benchmark, metric, env)
+            if hit is None and spec.metric == "disk_bytes" and env in sizes:
+                hit = {"median": float(sizes[env].get("bytes", float("nan"))), "unit": "bytes",
+                       "ratio_native": float("nan")}
+            if hit is None:
+                row[env] = NOT_MEASURED
+                continue
+            medians[env] = hit["median"]
+            text = fmt_value(hit["median"], hit["unit"])
+            if env != "native" and isfinite(hit.get("ratio_native", float("nan"))):
+                text += f" ({fmt_ratio(hit['ratio_native'])} native)"
+            row[env] = text
+        vm, ct = medians.get("vm"), medians.get("container")
+        row["VM ÷ container"] = fmt_ratio(vm / ct) if vm is not None and ct else "—"
+        rows.append(row)
+    if sizes:
+        rows.append({"aspect": "Size", "measured as": "what was counted",
+                     "course notes: containers / VMs": "", **{env: str(sizes.get(env, {}).get("what", NOT_MEASURED))
+                                          for env in envs}, "VM ÷ container": ""})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- course notes: isolation
+
+def namespace_matrix(facts: dict) -> pd.DataFrame:
+    """Rows: the notes' namespaces; columns: environments; cell: verdict + evidence."""
+    iso = facts.get("isolation") or {}
+    envs = env_order(iso.keys())
+    rows = []
+    for key, label in NAMESPACES.items():
+        row = {"namespace": label}
+        for env in envs:
+            cell = (iso.get(env) or {}).get(key)
+            if cell is None:
+                row[env] = NOT_MEASURED
+            else:
+                verdict = "isolated" if cell.get("isolated") else "shared with host"
+                row[env] = f"{verdict}: {cell.get('evidence', '')}".rstrip(": ")
+        rows.append(row)
+    # namespaces the harness measured beyond the notes' list (e.g. cgroup, time)
+    extra = sorted({k for env in iso.values() for k in (env or {}) if k not in NAMESPACES})
+    for key in extra:
+        row = {"namespace": key}
+        for env in envs:
+            cell = (iso.get(env) or {}).get(key)
+            row[env] = NOT_MEASURED if cell is None else \
+                f"{'isolated' if cell.get('isolated') else 'shared with host'}: {cell.get('evidence', '')}"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["namespace", *envs])
+
+
+def enforcement_table(facts: dict) -> pd.DataFrame:
+    rows = []
+    for e in facts.get("enforcement") or []:
+        asked, measured = e.get("asked"), e.get("measured")
+        acc = (measured / asked) if isinstance(asked, (int, float)) and asked and \
+            isinstance(measured, (int, float)) else float("nan")
+        rows.append({"environment": e.get("environment", "?"), "limit": e.get("limit", "?"),
+                     "asked": fmt_num(asked), "measured": fmt_num(measured), "unit": e.get("unit", ""),
+                     "measured ÷ asked": fmt_ratio(acc), "held": "held" if e.get("held") else "NOT held",
+                     "evidence": e.get("evidence", "")})
+    return pd.DataFrame(rows, columns=["environment", "limit", "asked", "measured", "unit",
+                                       "measured ÷ asked", "held", "evidence"])
+
+
+# ---------------------------------------------------------------- course notes: ephemerality
+
+def _survived(value) -> str:
+    return {True: "survived", False: "lost", None: "not tested"}.get(value, str(value))
+
+
+def ephemerality_table(facts: dict) -> pd.DataFrame:
+    eph = facts.get("ephemerality") or {}
+    rows = [{"environment": env, "file written, no volume": _survived(eph[env].get("without_volume_survived")),
+             "file written to a volume": _survived(eph[env].get("with_volume_survived")),
+             "evidence": eph[env].get("evidence", "")} for env in env_order(eph.keys())]
+    return pd.DataFrame(rows, columns=["environment", "file written, no volume", "file written to a volume",
+                                       "evidence"])
+
+
+# ---------------------------------------------------------------- course notes: port mapping
+
+def port_mapping_table(facts: dict) -> pd.DataFrame:
+    rows = [{"environment": p.get("environment", "?"), "protocol": p.get("protocol", "tcp"),
+             "host": p.get("host", "?"), "→": "→", "target": p.get("target", "?")}
+            for p in facts.get("port_mapping") or []]
+    return pd.DataFrame(rows, columns=["environment", "protocol", "host", "→", "target"])
+
+
+def port_mapping_cost(summary: pd.DataFrame, benchmark: str = "network") -> pd.DataFrame:
+    """Network metrics per environment, with the ratio to native (loopback, no mapping) as the cost."""
+    part = summary[summary["benchmark"] == benchmark]
+    envs = env_order(part["environment"].unique())
+    rows = []
+    for metric, g in part.groupby("metric", sort=False):
+        unit = str(g["unit"].iloc[0])
+        direction = str(g["direction"].iloc[0])
+        row = {"metric": metric, "unit": f"{unit} ({direction} better)"}
+        for env in envs:
+            hit = lookup(summary, benchmark, metric, env)
+            if hit is None:
+                row[env] = NOT_MEASURED
+            elif env == "native":
+                row[env] = fmt_num(hit["median"])
+            else:
+                row[env] = f"{fmt_num(hit['median'])} ({fmt_ratio(hit['ratio_native'])})"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["metric", "unit", *envs])
+
+
+# ---------------------------------------------------------------- course notes: running across systems
+
+def platform_table(facts: dict, meta: dict) -> pd.DataFrame:
+    plat = facts.get("platform") or {}
+    accel = meta.get("accelerator") or "unknown"
+    host = f"this host: {plat.get('os', 'Linux')}, kernel {plat.get('kernel') or meta.get('kernel', '?')}"
+    return pd.DataFrame([
+        {"platform": "Linux", "containers (course notes)": "Native kernel support",
+         "VMs": "hypervisor (KVM)"},
+        {"platform": "Windows/macOS", "containers (course notes)": "Linux VM required", "VMs": "hypervisor"},
+        {"platform": host,
+         "containers (course notes)": plat.get("container_execution", NOT_MEASURED),
+         "VMs": f"{plat.get('vm_execution', NOT_MEASURED)} [accelerator: {accel}]"},
+    ])
+
+
+def failures_table(failures: list) -> pd.DataFrame:
+    return pd.DataFrame([{"benchmark": f.get("benchmark", "?"), "environment": f.get("environment", "?"),
+                          "error": f.get("error", "")} for f in failures or []],
+                        columns=["benchmark", "environment", "error"])
+
+
+# ---------------------------------------------------------------- styling (pandas Styler only)
+
+_TABLE_CSS = [
+    {"selector": "th", "props": "text-align:left;"},
+]
+
+
+def _base_styler(df: pd.DataFrame, table_id: str):
+    return (df.style.hide(axis="index")
+            .format(escape="html", na_rep="—")
+            .set_uuid(table_id)
+            .set_table_attributes('class="data"')
+            .set_table_styles(_TABLE_CSS))
+
+
+_GOOD = {"held", "lost", "faster", "pass"}
+_BAD = {"NOT held", "survived", "slower", "FAIL", "missing"}
+
+
+def _cell_class(value) -> str:
+    text = str(value)
+    if text in (NOT_MEASURED, "not tested", "skipped"):
+        return "color:#888;font-style:italic;"
+    if text.startswith("isolated") or text in _GOOD:
+        return "background-color:#e3f4e1;"
+    if text.startswith("shared with host") or text in _BAD:
+        return "background-color:#fbe3d6;"
+    return ""
+
+
+def _expect_kept(value) -> str:
+    """For the volume column: surviving is what the notes promise."""
+    return {"survived": "background-color:#e3f4e1;", "lost": "background-color:#fbe3d6;"}.get(
+        str(value), _cell_class(value))
+
+
+def style(df: pd.DataFrame, table_id: str, *, verdict_columns: list[str] | None = None,
+          wrap_columns: list[str] | None = None, kept_columns: list[str] | None = None,
+          wrap_min_width: str = "12em") -> str:
+    """HTML of one table: escaped cells, verdict colouring, long-text columns allowed to wrap.
+    ``kept_columns`` invert the survived/lost colours (a volume should keep data)."""
+    st = _base_styler(df, table_id)
+    if kept_columns:
+        cols = [c for c in dict.fromkeys(kept_columns) if c in df.columns]
+        if cols and not df.empty:
+            st = st.map(_expect_kept, subset=cols)
+    if verdict_columns:
+        cols = [c for c in dict.fromkeys(verdict_columns) if c in df.columns]
+        if cols and not df.empty:
+            st = st.map(_cell_class, subset=cols)
+    if wrap_columns:
+        cols = [c for c in dict.fromkeys(wrap_columns) if c in df.columns]
+        if cols and not df.empty:
+            st = st.set_properties(subset=cols, **{"white-space": "normal", "min-width": wrap_min_width})
+    return st.to_html()
