@@ -1,0 +1,109 @@
+"""libvirtd and virtlogd, started by isobench when they are not running.
+
+These machines have no systemd (no socket activation), so the harness starts the daemons itself with
+``-d`` (they daemonize and outlive the CLI, and are reused by every later run and by other state
+roots). Starting is idempotent and serialized by a host-wide lock so two CLIs never start two copies.
+A daemon counts as running when its socket accepts a connection, not merely when the socket file exists
+(a crashed daemon leaves its socket behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from runtime.errors import VMError
+from runtime.fsutil import file_lock
+
+URI = "qemu:///system"
+LIBVIRT_SOCK = Path("/var/run/libvirt/libvirt-sock")
+VIRTLOGD_SOCK = Path("/var/run/libvirt/virtlogd-sock")
+START_TIMEOUT_S = 15.0
+LOCK = Path("/run/isobench/libvirtd-start.lock")
+HOW_TO_START = "start it with `libvirtd -d` (and `virtlogd -d`)"
+
+_conn = None
+
+
+def socket_alive(path: Path) -> bool:
+    """True when something accepts connections on the unix socket ``path``."""
+    if not path.exists():
+        return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _start(binary: str, sock: Path) -> None:
+    exe = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
+    if exe is None:
+        raise VMError(f"{binary} not found; install the Debian package libvirt-daemon-system")
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()  # stale socket of a crashed daemon
+    # -d daemonizes: the daemon is reparented away from us and keeps running for later runs
+    res = subprocess.run([exe, "-d"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, timeout=START_TIMEOUT_S, start_new_session=True)
+    if res.returncode != 0:
+        raise VMError(f"libvirtd is not reachable at {URI}: `{binary} -d` failed: "
+                      f"{(res.stderr or '').strip()[-200:]}; {HOW_TO_START}")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if socket_alive(sock):
+            return
+        time.sleep(0.05)
+    raise VMError(f"libvirtd is not reachable at {URI}: {binary} started but {sock} did not answer within "
+                  f"{START_TIMEOUT_S:.0f} s; {HOW_TO_START}")
+
+
+def ensure_libvirtd() -> None:
+    """Make sure virtlogd and libvirtd answer on their sockets, starting them if needed."""
+    if socket_alive(LIBVIRT_SOCK) and socket_alive(VIRTLOGD_SOCK):
+        return
+    if os.geteuid() != 0:
+        raise VMError(f"libvirtd is not reachable at {URI} and only root can start it; {HOW_TO_START} as root")
+    with file_lock(LOCK):
+        if not socket_alive(VIRTLOGD_SOCK):
+            _start("virtlogd", VIRTLOGD_SOCK)
+        if not socket_alive(LIBVIRT_SOCK):
+            _start("libvirtd", LIBVIRT_SOCK)
+
+
+def connect():
+    """A (process-wide, reused) libvirt connection to qemu:///system, starting the daemons if needed."""
+    global _conn
+    import libvirt
+
+    if _conn is not None:
+        try:
+            if _conn.isAlive():
+                return _conn
+        except libvirt.libvirtError:
+            pass
+        _conn = None
+    ensure_libvirtd()
+    # libvirt prints every error to stderr by default; we raise them as one-line VMErrors instead
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        _conn = libvirt.open(URI)
+    except libvirt.libvirtError as exc:
+        raise VMError(f"libvirtd is not reachable at {URI}: {exc.get_error_message()}; {HOW_TO_START}") from exc
+    return _conn
+
+
+def libvirt_version() -> str:
+    """libvirt library version as text (e.g. 9.0.0)."""
+    import libvirt
+
+    v = libvirt.getVersion()
+    return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
