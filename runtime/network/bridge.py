@@ -101,11 +101,11 @@ def set_subnet(paths: HostPaths, text: str) -> NetworkConfig:
     """Configure the bridge subnet for this state root (checked against host routes now)."""
     net = parse_subnet(text)
     cfg = NetworkConfig(bridge=load_config(paths).bridge, subnet=str(net))
+    check_overlap(net, host_routes(), cfg.bridge)
     current = bridge_address(cfg.bridge)
     if current is not None and current != cfg.gateway:
         raise NetworkError(f"bridge {cfg.bridge} exists with {current}; run `isobench network prune` "
                            f"before changing the subnet to {net}")
-    check_overlap(net, host_routes(), cfg.bridge)
     atomic_write_json(config_path(paths), {"bridge": cfg.bridge, "subnet": cfg.subnet})
     return cfg
 
