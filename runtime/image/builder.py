@@ -792,7 +792,7 @@ def _archive_entries(path: Path, dest: str, ins: D.Instruction, b: Builder) -> l
                     data = f.read() if f is not None else b""
                 out.append((info, data))
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BuildError(f"{label}: cannot read archive: {exc}") from exc
+        raise BuildError(f"{label}: cannot read archive ({type(exc).__name__})") from exc
     return out
 
 

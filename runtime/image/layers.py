@@ -323,7 +323,7 @@ def iter_blob_members(blob: Path, digest: str, label: str, *, strict: bool = Fal
             got = _finish_hash(hr)
             if got != digest:
                 raise ImageError(f"blob {digest} is corrupt: content digest is {got}") from exc
-            raise ImageError(f"{label}: unreadable layer tar: {exc}") from exc
+            raise ImageError(f"{label}: unreadable layer tar ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
         got = "sha256:" + hr.sha.hexdigest()
         if got != digest:
             raise ImageError(f"blob {digest} is corrupt: content digest is {got}")

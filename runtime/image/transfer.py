@@ -133,7 +133,7 @@ def _extract_outer(archive: Path, staging: Path) -> None:
                     if src is not None:
                         shutil.copyfileobj(src, out, 1 << 20)
     except (tarfile.TarError, EOFError) as exc:
-        raise ImageError(f"{label}: not a readable tar archive: {exc}") from exc
+        raise ImageError(f"{label}: not a readable tar archive ({type(exc).__name__})") from exc
 
 
 def _read_verified(blobs: Path, digest: str, label: str) -> bytes:
@@ -213,7 +213,7 @@ def _tar_entries(src: Path) -> Iterator[L.Entry]:
                     data = f.read() if f is not None else b""
                 yield info, data
     except (tarfile.TarError, EOFError) as exc:
-        raise ImageError(f"{label}: not a readable tar archive: {exc}") from exc
+        raise ImageError(f"{label}: not a readable tar archive ({type(exc).__name__})") from exc
 
 
 def import_rootfs(store: ImageStore, src: Path, name: str) -> ImageRecord:
