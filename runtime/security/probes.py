@@ -18,6 +18,7 @@ API (kept simple on purpose)::
         exit_code, output = <run argv in the environment>
         blocked = PROBES[name].blocked_if(exit_code, output)
     helper = build_helper(dest_dir)            # needs gcc; mount dest_dir at HELPER_DIR (ro)
+    blocked = run_all(execute, ctx)            # execute(name, probe, argv) -> (exit_code, output)
     print(format_table({"isobench": {...name: bool}, "runc": {...}}))
 """
 
@@ -76,7 +77,8 @@ def _failed(code: int, out: str) -> bool:
 
 
 def _helper_blocked(code: int, out: str) -> bool:
-    return "DENIED" in out or ("OK" not in out and "REACHED" not in out)
+    # only an explicit refusal counts: a helper that did not run must not pass as "blocked"
+    return "DENIED" in out
 
 
 def _no_word(word: str) -> Callable[[int, str], bool]:
@@ -207,6 +209,19 @@ def host_context(state_root: str = "/var/lib/isobench") -> Iterator[dict[str, ob
         srv.close()
         marker.kill()
         marker.wait()
+
+
+def run_all(execute: Callable[[str, Probe, list[str]], tuple[int, str]], ctx: dict[str, object],
+            names: list[str] | None = None) -> dict[str, bool]:
+    """Run probes through ``execute(name, probe, argv) -> (exit_code, output)`` (the environment's way
+    of running a command in the busybox image, with the helper mounted when ``probe.needs_helper`` and
+    ``probe.cap_drop`` applied where the environment supports it); returns name -> blocked."""
+    out = {}
+    for name in names or list(PROBES):
+        probe = PROBES[name]
+        code, text = execute(name, probe, render(probe.argv, ctx))
+        out[name] = bool(probe.blocked_if(code, text))
+    return out
 
 
 def build_helper(dest_dir: Path) -> Path:
