@@ -1,0 +1,272 @@
+"""Start a container's first process: fork, namespaces, rootfs, sync with the parent, execve.
+
+This is the latency-critical start path (headline metric: start of ``true`` under 10 ms), so it is
+one ``fork`` of the calling process with no subprocesses, no polling and no imports:
+
+* The *parent* creates the PID namespace just around ``fork`` (``unshare(CLONE_NEWPID)`` changes only
+  ``pid_for_children``; ``setns`` back right after), so the child *is* PID 1 and the parent can
+  ``waitpid`` it directly: one fork instead of runc's fork+clone+exec of itself.
+* The child unshares mount/UTS/IPC/net(/cgroup), builds the rootfs (``runtime.rootfs.mounts``),
+  pivots, and reports ``R`` on a close-on-exec pipe; the parent meanwhile has put it in its cgroup
+  and, on ``R``, attaches the network and writes uid maps, then answers ``G``. The child execs; the
+  pipe's EOF tells the parent the exec happened (an error before exec arrives as ``E <message>``).
+* With ``--init`` PID 1 stays a tiny init (forwards signals, reaps zombies) and forks the workload.
+
+The child never returns into the caller's code: every path ends in ``execve`` or ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from runtime import namespaces, syscalls
+from runtime.errors import ContainerError
+from runtime.rootfs.mounts import RootfsPlan, setup as setup_rootfs
+
+# exit codes in the style of Docker / a shell
+EXIT_SETUP_FAILED = 125
+EXIT_CANNOT_EXEC = 126
+EXIT_NOT_FOUND = 127
+
+# Signals the --init process forwards to the workload (SIGKILL/SIGSTOP cannot be caught).
+FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
+                     signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything the child needs, computed by the parent before fork."""
+
+    container_id: str
+    hostname: str
+    argv: tuple[str, ...]
+    env: tuple[str, ...]
+    workdir: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    rootfs: RootfsPlan
+    unshare_flags: int
+    cgroupns: bool = False
+    userns_remap: bool = False
+    loopback_up: bool = True     # --network none: the child brings lo up itself (no netlink import)
+    init: bool = False
+
+
+@dataclass
+class Spawned:
+    pid: int
+    timings_ns: dict[str, int] = field(default_factory=dict)
+
+
+def exit_code_of(status: int) -> int:
+    """waitpid status -> shell-style code: exit N -> N, killed by signal N -> 128+N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return 128 + os.WSTOPSIG(status)
+
+
+def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
+          on_forked: Callable[[int], None], on_ready: Callable[[int], None]) -> Spawned:
+    """Fork the container's PID 1 and run it up to ``execve``.
+
+    ``on_forked(pid)`` runs while the child builds its rootfs (join the cgroup); ``on_ready(pid)`` runs
+    once its namespaces and root exist (attach the network). Either raising kills the child."""
+    timings: dict[str, int] = {}
+    r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
+    r_go, w_go = os.pipe2(os.O_CLOEXEC)
+    pidns = namespaces.own_pidns_fd()
+    syscalls.unshare(syscalls.CLONE_NEWPID)
+    try:
+        pid = os.fork()
+    except BaseException:
+        syscalls.setns(pidns, syscalls.CLONE_NEWPID)
+        raise
+    if pid == 0:  # the container's PID 1
+        code = EXIT_SETUP_FAILED
+        try:
+            os.close(r_ready)
+            os.close(w_go)
+            _child(plan, security, stdio, r_go, w_ready)
+        except BaseException as exc:  # noqa: BLE001 - report any setup failure to the parent, then exit
+            _report(w_ready, f"E {_describe(exc)}\n")
+        finally:
+            os._exit(code)
+    syscalls.setns(pidns, syscalls.CLONE_NEWPID)  # our next forks are ordinary again
+    timings["forked"] = time.perf_counter_ns()
+    os.close(w_ready)
+    os.close(r_go)
+    try:
+        on_forked(pid)
+        timings["cgroup"] = time.perf_counter_ns()
+        os.write(w_go, b"C")
+        msg = _read_line(r_ready)
+        if not msg.startswith("R "):
+            raise ContainerError(_failure(plan, msg, pid))
+        stamps = msg.split()
+        timings["namespaces"], timings["rootfs"] = int(stamps[1]), int(stamps[2])
+        if plan.userns_remap:
+            namespaces.write_id_maps(pid)
+        on_ready(pid)
+        timings["network"] = time.perf_counter_ns()
+        os.write(w_go, b"G")
+        os.close(w_go)
+        w_go = -1
+        rest = _read_all(r_ready)  # EOF: the exec happened (or the child exited)
+        if rest.startswith("E "):
+            raise ContainerError(_failure(plan, rest, pid))
+        timings["exec"] = time.perf_counter_ns()
+    except BaseException:
+        _kill_and_reap(pid)
+        raise
+    finally:
+        os.close(r_ready)
+        if w_go >= 0:
+            os.close(w_go)
+    return Spawned(pid=pid, timings_ns=timings)
+
+
+def _failure(plan: LaunchPlan, msg: str, pid: int) -> str:
+    text = msg[2:].strip() if msg.startswith("E ") else "container init exited during set-up"
+    return f"container {plan.container_id}: {text}"
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _read_line(fd: int) -> str:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace")
+
+
+def _read_all(fd: int) -> str:
+    buf = b""
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return buf.decode(errors="replace")
+        buf += chunk
+
+
+def _report(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.replace("\n", " ").strip().encode()[:3900] + b"\n")
+    except OSError:
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename or exc.args[-1]})" if exc.filename else str(exc)
+    return str(exc) or type(exc).__name__
+
+
+# ----------------------------------------------------------------------------- child side
+
+def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go: int, w_ready: int) -> None:
+    # Python ignores SIGPIPE/SIGXFSZ; ignored dispositions survive execve, so restore the defaults.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    got = b""
+    if plan.cgroupns:  # the namespace's root is the cgroup we are in at unshare: wait for the join
+        got = os.read(r_go, 1)
+    syscalls.unshare(plan.unshare_flags)
+    if plan.loopback_up:  # before pivot_root: the ioctl helpers import from the host's Python
+        syscalls.link_up("lo")
+    t_ns = time.perf_counter_ns()
+    setup_rootfs(plan.rootfs)
+    from runtime import security as sec_mod  # already imported by the parent (prepare); no cost
+
+    sec_mod.prepare_mounts_in_child(security)
+    syscalls.sethostname(plan.hostname)
+    t_rootfs = time.perf_counter_ns()
+    if plan.userns_remap:  # last: mounts above were made by real root, owned by the host's userns
+        syscalls.unshare(syscalls.CLONE_NEWUSER)
+    os.write(w_ready, f"R {t_ns} {t_rootfs}\n".encode())
+    while b"G" not in got:
+        chunk = os.read(r_go, 16)
+        if not chunk:
+            raise ContainerError("the runtime went away before the container started")
+        got += chunk
+    os.close(r_go)
+    stdin, stdout, stderr = stdio
+    os.dup2(stdin, 0)
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    os.makedirs(plan.workdir, exist_ok=True)
+    os.chdir(plan.workdir)
+    syscalls.close_range_cloexec(3)  # only 0-2 (and the sync pipe until exec) reach the workload
+    env = dict(e.partition("=")[::2] for e in plan.env)
+    if plan.init:
+        _run_init(plan, security, env, w_ready)
+    _exec_workload(plan, security, env)
+
+
+def _exec_workload(plan: LaunchPlan, security: object, env: dict[str, str]) -> None:
+    from runtime import security as sec_mod
+
+    sec_mod.enter(security, plan.uid, plan.gid, plan.groups)
+    argv = list(plan.argv)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        msg, code = f'isobench: exec: "{argv[0]}": executable file not found in $PATH\n', EXIT_NOT_FOUND
+    except PermissionError:
+        msg, code = f'isobench: exec: "{argv[0]}": permission denied\n', EXIT_CANNOT_EXEC
+    except OSError as exc:
+        msg, code = f'isobench: exec: "{argv[0]}": {exc.strerror}\n', EXIT_CANNOT_EXEC
+    try:
+        os.write(2, msg.encode())
+    finally:
+        os._exit(code)
+
+
+def _run_init(plan: LaunchPlan, security: object, env: dict[str, str], w_ready: int) -> None:
+    """PID 1 with ``--init``: fork the workload, forward signals to it, reap every zombie, exit with the
+    workload's code. Never returns."""
+    child = os.fork()
+    if child == 0:
+        _exec_workload(plan, security, env)
+    code = EXIT_SETUP_FAILED
+    try:
+        os.close(w_ready)  # the workload's copy closes at its exec: the parent's EOF
+        # Not dumpable: container processes cannot open /proc/1/exe (the host interpreter).
+        syscalls.prctl(4, 0)  # PR_SET_DUMPABLE
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, lambda s, _f: _forward(child, s))
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            if pid == child:
+                code = exit_code_of(status)
+                break
+    finally:
+        os._exit(code)
+
+
+def _forward(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,81 @@
+"""Which namespaces a container gets, and the user-namespace id maps.
+
+Kept apart from the start path so the rules (which flags for which config, what ``--userns=remap``
+maps to) are pure and unit tested, while the start path only calls ``unshare`` with the result.
+
+Ordering (see ``runtime.lifecycle.process``): the PID namespace is created by the *parent* just
+around ``fork`` so the forked child is PID 1 directly (one fork instead of two); the child unshares
+mount/UTS/IPC/net (+cgroup) itself, and the user namespace last, after every mount, because mounts
+made by real root stay owned by the initial user namespace (proc and sysfs cannot be mounted from a
+child user namespace whose PID namespace belongs to the host).
+"""
+
+from __future__ import annotations
+
+import os
+
+from runtime import syscalls
+from runtime.spec import ContainerConfig
+
+# --userns=remap: container uid/gid 0..65535 become host 100000..165535 (Docker's dockremap default
+# range size; a fixed base keeps files written to volumes predictable).
+REMAP_HOST_BASE = 100_000
+REMAP_SIZE = 65_536
+
+# Namespaces every container gets, by name as in /proc/<pid>/ns (used by exec to join them).
+BASE_NAMESPACES: dict[str, int] = {
+    "mnt": syscalls.CLONE_NEWNS,
+    "uts": syscalls.CLONE_NEWUTS,
+    "ipc": syscalls.CLONE_NEWIPC,
+}
+
+
+def child_flags(config: ContainerConfig, cgroupns: bool) -> int:
+    """unshare(2) flags the child calls first (everything except PID, made by the parent, and USER,
+    made last)."""
+    flags = syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC
+    if config.network.mode != "host":
+        flags |= syscalls.CLONE_NEWNET
+    if cgroupns:
+        flags |= syscalls.CLONE_NEWCGROUP
+    return flags
+
+
+def joined_namespaces(config_network_mode: str, userns_remap: bool, cgroupns: bool) -> list[str]:
+    """Names under /proc/<pid>/ns that ``exec`` joins, in setns order (user first, mnt last)."""
+    names = ["user"] if userns_remap else []
+    names += ["ipc", "uts"]
+    if config_network_mode != "host":
+        names.append("net")
+    if cgroupns:
+        names.append("cgroup")
+    names += ["pid", "mnt"]
+    return names
+
+
+def id_map_line(host_base: int = REMAP_HOST_BASE, size: int = REMAP_SIZE) -> str:
+    """One uid_map/gid_map line: container 0 -> ``host_base``, ``size`` ids."""
+    return f"0 {host_base} {size}\n"
+
+
+def write_id_maps(pid: int, host_base: int = REMAP_HOST_BASE, size: int = REMAP_SIZE) -> None:
+    """Map root of ``pid``'s new user namespace to the unprivileged host range (parent side)."""
+    line = id_map_line(host_base, size)
+    syscalls.write_file(f"/proc/{pid}/uid_map", line)
+    syscalls.write_file(f"/proc/{pid}/gid_map", line)
+
+
+def host_uid(container_uid: int, userns_remap: bool) -> int:
+    return container_uid + REMAP_HOST_BASE if userns_remap else container_uid
+
+
+_PIDNS_FD: int | None = None
+
+
+def own_pidns_fd() -> int:
+    """An fd on this process's PID namespace, kept open to switch ``pid_for_children`` back after the
+    parent made a new PID namespace for the next fork."""
+    global _PIDNS_FD
+    if _PIDNS_FD is None:
+        _PIDNS_FD = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    return _PIDNS_FD

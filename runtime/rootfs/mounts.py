@@ -1,0 +1,162 @@
+"""Mount the container's root (child side): overlay, volumes, /proc, /dev, /sys, /etc files, pivot_root.
+
+The plan is computed in the parent (pure data, survives fork); :func:`setup` only issues syscalls so
+the child's part of the start path stays a few milliseconds. Paths inside the new root are resolved
+with :func:`secure_join` so an image symlink (``/data -> /etc``) cannot redirect a mount to the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from runtime import syscalls as S
+
+# name: (major, minor) -- the set runc gives every container
+DEVICES: dict[str, tuple[int, int]] = {
+    "null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0),
+}
+DEV_LINKS: dict[str, str] = {
+    "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx",
+}
+_NOSUID_NODEV_NOEXEC = S.MS_NOSUID | S.MS_NODEV | S.MS_NOEXEC
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    """One volume: ``kind`` bind (also named volumes, by their host dir) or tmpfs."""
+
+    kind: str
+    source: str
+    destination: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class RootfsPlan:
+    lowerdirs: tuple[str, ...]        # image layers, lowest first
+    upper: str
+    work: str
+    merged: str
+    mounts: tuple[MountPlan, ...] = ()
+    etc_files: tuple[tuple[str, str], ...] = ()   # (container path, host file) bind-mounted
+    read_only: bool = False
+
+
+def overlay_options(lowerdirs: tuple[str, ...], upper: str, work: str) -> str:
+    """overlayfs wants the *topmost* lowerdir first."""
+    return f"lowerdir={':'.join(reversed(lowerdirs))},upperdir={upper},workdir={work}"
+
+
+def secure_join(root: str, path: str, _depth: int = 0) -> str:
+    """``root``/``path`` with every symlink resolved as if ``root`` were ``/`` (never escapes)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    cur = ""  # relative to root, no leading slash
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            cur = os.path.dirname(cur)
+            continue
+        nxt = f"{cur}/{part}" if cur else part
+        full = f"{root}/{nxt}"
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            cur = nxt
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > 40:
+                raise OSError(errno.ELOOP, f"too many symlinks resolving {path!r} in the container")
+            target = os.readlink(full)
+            if target.startswith("/"):
+                cur = ""
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        cur = nxt
+    return f"{root}/{cur}" if cur else root
+
+
+def _ensure(path: str, is_dir: bool) -> None:
+    if os.path.lexists(path):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if is_dir:
+        os.mkdir(path, 0o755)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+
+def _bind(source: str, target: str, read_only: bool, recursive: bool = True) -> None:
+    S.mount(source, target, None, S.MS_BIND | (S.MS_REC if recursive else 0))
+    if read_only:
+        S.mount(None, target, None, S.MS_BIND | S.MS_REMOUNT | S.MS_RDONLY | S.MS_NOSUID | S.MS_NODEV)
+
+
+def mount_dev(root: str) -> None:
+    """A tmpfs /dev with the standard nodes, a private devpts, /dev/shm, /dev/mqueue and fd links."""
+    dev = f"{root}/dev"
+    _ensure(dev, True)
+    S.mount("tmpfs", dev, "tmpfs", S.MS_NOSUID, "mode=755,size=65536k")
+    for name, (major, minor) in DEVICES.items():
+        S.mknod(f"{dev}/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+        os.chmod(f"{dev}/{name}", 0o666)
+    for name, target in DEV_LINKS.items():
+        os.symlink(target, f"{dev}/{name}")
+    os.mkdir(f"{dev}/pts")
+    S.mount("devpts", f"{dev}/pts", "devpts", S.MS_NOSUID | S.MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620")
+    os.mkdir(f"{dev}/shm", 0o1777)
+    S.mount("shm", f"{dev}/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
+    os.mkdir(f"{dev}/mqueue")
+    S.mount("mqueue", f"{dev}/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
+    # /dev/console: without a terminal there is none to give; /dev/null keeps programs that open it
+    # working without handing the host console to the container.
+    os.close(os.open(f"{dev}/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    S.mount(f"{dev}/null", f"{dev}/console", None, S.MS_BIND)
+
+
+def mount_sys(root: str) -> None:
+    target = f"{root}/sys"
+    _ensure(target, True)
+    try:  # a fresh sysfs shows this network namespace's interfaces
+        S.mount("sysfs", target, "sysfs", _NOSUID_NODEV_NOEXEC | S.MS_RDONLY)
+    except OSError:  # host network namespace (--network host): the kernel refuses a new sysfs
+        _bind("/sys", target, read_only=True)
+
+
+def setup(plan: RootfsPlan) -> None:
+    """Build the root at ``plan.merged`` and pivot into it. Caller: the child, in its own mount ns."""
+    S.mount(None, "/", None, S.MS_REC | S.MS_PRIVATE)  # nothing propagates back to the host
+    root = plan.merged
+    S.mount("overlay", root, "overlay", 0, overlay_options(plan.lowerdirs, plan.upper, plan.work))
+    for m in plan.mounts:
+        target = secure_join(root, m.destination)
+        if m.kind == "tmpfs":
+            _ensure(target, True)
+            S.mount("tmpfs", target, "tmpfs", S.MS_NOSUID | S.MS_NODEV | (S.MS_RDONLY if m.read_only else 0),
+                    "mode=1777")
+        else:
+            _ensure(target, os.path.isdir(m.source))
+            _bind(m.source, target, m.read_only)
+    proc = secure_join(root, "/proc")
+    _ensure(proc, True)
+    S.mount("proc", proc, "proc", _NOSUID_NODEV_NOEXEC)
+    mount_dev(root)
+    mount_sys(root)
+    for dest, host_file in plan.etc_files:
+        target = secure_join(root, dest)
+        if os.path.islink(target):
+            continue  # dangling symlink (e.g. systemd-resolved style): leave the image's choice alone
+        _ensure(target, False)
+        S.mount(host_file, target, None, S.MS_BIND)
+    os.chdir(root)
+    S.pivot_root(".", ".")            # old root stacked under the new one ...
+    S.umount(".", S.MNT_DETACH)       # ... and detached: the host's tree is gone from this namespace
+    os.chdir("/")
+    if plan.read_only:
+        S.mount(None, "/", None, S.MS_BIND | S.MS_REMOUNT | S.MS_RDONLY)
