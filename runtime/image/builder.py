@@ -11,9 +11,7 @@ failed build leaves the image index unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fnmatch
 import glob
 import hashlib
 import json
