@@ -84,6 +84,21 @@ class Cgroup:
             except OSError as exc:
                 raise CgroupError(f"cannot move pid {pid} into {d}: {exc.strerror}") from exc
 
+    def join_self(self) -> None:
+        """Move the *calling* process in; meant for a freshly forked, single-threaded child before exec.
+
+        Faster than ``add_pid`` from the parent on v1: a v1 write of "0" (self) to ``tasks`` moves one
+        thread without the kernel's global threadgroup lock, whose first write after idle waits for an
+        RCU grace period (~10 ms measured here) — the whole start-up budget. For the one thread of a
+        just-forked child, one thread is the whole process. v2 has no such file for domain cgroups, so
+        there it writes ``cgroup.procs``."""
+        target = "cgroup.procs" if self.layout.driver == "v2" else "tasks"
+        for d in self._dirs():
+            try:
+                fs.write(d / target, "0")
+            except OSError as exc:
+                raise CgroupError(f"cannot join {d}: {exc.strerror}") from exc
+
     def pids(self) -> list[int]:
         """Processes in the cgroup (union over hierarchies)."""
         found: dict[int, None] = {}

@@ -2,12 +2,12 @@
 
 ``cgroup_factory`` makes real ``isobench-<id>`` cgroups with a lease held by the test process (so a
 concurrent ``isobench gc`` leaves them alone), and always kills, reaps and removes what it made.
-``spawn`` starts a plain process that joins a cgroup before it execs, as the runtime does for a container.
+``spawn`` starts a plain process that joins a cgroup itself before it execs (``Cgroup.join_self``), as a
+container's init does.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -41,7 +41,7 @@ class Made:
         """Start ``argv`` inside ``cg`` (it joins between fork and exec, so it never runs outside)."""
         kwargs.setdefault("stdout", subprocess.DEVNULL)
         kwargs.setdefault("stderr", subprocess.DEVNULL)
-        proc = subprocess.Popen(argv, preexec_fn=lambda: cg.add_pid(os.getpid()), **kwargs)
+        proc = subprocess.Popen(argv, preexec_fn=cg.join_self, **kwargs)
         self.procs.append(proc)
         return proc
 
