@@ -90,14 +90,23 @@ def close_range_cloexec(first: int) -> None:
 def link_up(ifname: str) -> None:
     """Set IFF_UP on an interface of the caller's network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS ioctls:
     bringing up ``lo`` this way costs microseconds, netlink libraries cost an import)."""
+    import _socket  # the C module: ``socket`` itself costs milliseconds of imports
     import fcntl
-    import socket
     import struct
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         req = struct.pack("16sH22x", ifname.encode(), 0)
         flags = struct.unpack("16sH22x", fcntl.ioctl(sock.fileno(), 0x8913, req))[1]
         fcntl.ioctl(sock.fileno(), 0x8914, struct.pack("16sH22x", ifname.encode(), flags | 0x1))
+    finally:
+        sock.close()
+
+
+def set_process_name(name: str) -> None:
+    """prctl(PR_SET_NAME): the name ``ps``/``top`` show (at most 15 bytes are kept)."""
+    raw = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(PR_SET_NAME, raw, 0, 0, 0), f"prctl(PR_SET_NAME, {name!r})")
 
 
 def sethostname(name: str) -> None:
