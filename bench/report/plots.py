@@ -4,6 +4,9 @@ Every ``*_figure`` function takes the loaded run's pieces (samples DataFrame, su
 returns a :class:`matplotlib.figure.Figure`, or ``None`` when the run holds nothing to draw, so the
 report can say "not measured" instead of drawing an empty axis. :func:`to_png_base64` turns a figure
 into the inline image the self-contained page embeds (PNG: no fonts, no namespace URLs, no network).
+
+Figures are built without pyplot on an explicit Agg canvas: no display, no global figure registry
+to leak, and a notebook's own backend (inline) is left alone.
 """
 
 from __future__ import annotations
@@ -11,16 +14,12 @@ from __future__ import annotations
 import base64
 import io
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: report rendering never needs a display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from bench.report.tables import env_order, metric_n  # noqa: E402
+from bench.report.tables import env_order, metric_n
 
 ENV_COLORS = {"native": "#7f7f7f", "container": "#1f77b4", "runc": "#2ca02c", "vm": "#d62728"}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
@@ -32,14 +31,15 @@ def env_color(env: str) -> str:
 
 
 def _new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:
-    fig, axes = plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)
     return fig, list(axes[0])
 
 
 def to_png_base64(fig: Figure, dpi: int = 110) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -191,7 +191,7 @@ def footprint_figure(samples: pd.DataFrame, benchmark: str = "footprint") -> Fig
         ax.set_yscale("log")
         ax.set_xticks(sorted(df["n"].unique()))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=9)
+        ax.legend(fontsize=9, loc="best")
     ax1.set_title(f"{base}: per instance", fontsize=11)
     ax2.set_title("total host memory", fontsize=11)
     fig.tight_layout()

@@ -191,7 +191,7 @@ def weight_performance(summary: pd.DataFrame, facts: dict) -> pd.DataFrame:
             medians[env] = hit["median"]
             text = fmt_value(hit["median"], hit["unit"])
             if env != "native" and isfinite(hit.get("ratio_native", float("nan"))):
-                text += f" ({fmt_ratio(hit['ratio_native'])} native)"
+                text += f" ({fmt_ratio(hit['ratio_native'])})"
             row[env] = text
         vm, ct = medians.get("vm"), medians.get("container")
         row["VM ÷ container"] = fmt_ratio(vm / ct) if vm is not None and ct else "—"

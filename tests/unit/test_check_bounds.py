@@ -1,0 +1,105 @@
+"""`isobench check`: bounds pass on the fixture, fail on a bad run, missing measurements fail
+unless optional, malformed bounds files are usage errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.check import check_run, load_bounds, parse_bounds
+from bench.cli import main
+from bench.results import load_run
+from runtime.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "results" / "fixtures" / "quick-tcg"
+BOUNDS = ROOT / "results" / "bounds.toml"
+
+
+def test_committed_bounds_pass_on_fixture(capsys):
+    assert main(["check", str(FIXTURE), "--bounds", str(BOUNDS)]) == 0
+    out = capsys.readouterr().out
+    assert "container CPU within 5% of native" in out and "floor" in out and "ceiling" in out
+    assert "FAIL" not in out and "-> OK" in out
+
+
+def _copy(tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    return run
+
+
+def test_slow_container_cpu_and_unheld_memory_fail(tmp_path, capsys):
+    run = _copy(tmp_path)
+    csv = run / "samples.csv"
+    lines = csv.read_text().splitlines()
+    out_lines = [lines[0]]
+    for line in lines[1:]:
+        f = line.split(",")
+        if f[0] == "cpu" and f[1] == "container" and f[2] == "events_per_s_1cpu":
+            f[3] = repr(float(f[3]) * 0.8)
+        out_lines.append(",".join(f))
+    csv.write_text("\n".join(out_lines) + "\n")
+    facts = json.loads((run / "facts.json").read_text())
+    for e in facts["enforcement"]:
+        if e["environment"] == "container" and e["limit"] == "memory":
+            e["held"] = False
+    (run / "facts.json").write_text(json.dumps(facts))
+    assert main(["check", str(run), "--bounds", str(BOUNDS)]) == 1
+    out = capsys.readouterr().out
+    failed = {line.split("  ")[0] for line in out.splitlines() if " FAIL " in line + " "}
+    assert failed == {"container CPU within 5% of native", "memory limit held (container)"}
+
+
+BOUND_TOML = """
+[[bound]]
+name = "container start no slower than runc"
+kind = "ratio"
+benchmark = "startup"
+metric = "create_to_exit_ms"
+environment = "container"
+reference = "runc"
+ceiling = 1.0
+"""
+
+
+def test_missing_metric_fails_unless_optional(tmp_path):
+    run = _copy(tmp_path)
+    lines = (run / "samples.csv").read_text().splitlines()
+    (run / "samples.csv").write_text("\n".join(l for l in lines if ",runc," not in l) + "\n")
+    loaded = load_run(run)
+    [r] = check_run(loaded, parse_bounds(BOUND_TOML)).results
+    assert r.verdict == "missing"
+    assert not check_run(loaded, parse_bounds(BOUND_TOML)).ok
+    report = check_run(loaded, parse_bounds(BOUND_TOML + "optional = true\n"))
+    assert report.results[0].verdict == "skipped" and report.ok
+
+
+def test_missing_notes_recorded_failure(tmp_path):
+    bounds = parse_bounds(BOUND_TOML.replace('"startup"', '"disk"').replace('"runc"', '"vm"'))
+    [r] = check_run(load_run(FIXTURE), bounds).results
+    assert r.verdict == "missing" and "timed out" in r.detail
+
+
+@pytest.mark.parametrize("text,match", [
+    ("not toml [", "invalid TOML"),
+    ("x = 1", "no \\[\\[bound\\]\\]"),
+    (BOUND_TOML.replace('kind = "ratio"', 'kind = "speed"'), "kind 'speed'"),
+    (BOUND_TOML.replace("ceiling = 1.0", ""), "neither floor nor ceiling"),
+    (BOUND_TOML + "colour = 1\n", "unknown keys colour"),
+    (BOUND_TOML + "floor = 2.0\n", "floor 2.0 above ceiling"),
+])
+def test_bad_bounds_rejected(text, match):
+    with pytest.raises(UsageError, match=match):
+        parse_bounds(text)
+
+
+def test_bounds_file_missing(tmp_path, capsys):
+    assert main(["check", str(FIXTURE), "--bounds", str(tmp_path / "none.toml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_committed_bounds_parse():
+    names = [b.name for b in load_bounds(BOUNDS)]
+    assert "VM start slower than container start" in names and "--cpus accuracy within 10% (container)" in names
