@@ -138,9 +138,10 @@ def isobench_available() -> tuple[bool, str]:
 
 
 def run_isobench(argv: list[str], helper_dir: Path, cap_drop: tuple[str, ...] = (), extra: tuple[str, ...] = (),
-                 timeout_s: float = 60) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--rm", "--network", "none",
-           "-v", f"{helper_dir}:{probes.HELPER_DIR}:ro"]
+                 timeout_s: float = 60, with_helper: bool = True) -> tuple[int, str]:
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--rm", "--network", "none"]
+    if with_helper:
+        cmd += ["-v", f"{helper_dir}:{probes.HELPER_DIR}:ro"]
     for c in cap_drop:
         cmd += ["--cap-drop", c]
     cmd += list(extra) + ["busybox", *argv]
