@@ -18,8 +18,7 @@ pytestmark = pytest.mark.requires("root", "busybox")
 # What a runtime's *defaults* are known not to stop, and why (the suite still runs and reports them).
 KNOWN_GAPS: dict[str, dict[str, str]] = {
     "runc": {"keyctl": "runc's default config.json has no seccomp profile, and keyrings are not namespaced"},
-    "hooks": {"device_node": "Docker keeps CAP_MKNOD; the device cgroup (runtime's cgroups layer), absent in "
-                             "this bare hooks-only container, is what stops opening the node"},
+    "hooks": {},
     "isobench": {},
 }
 

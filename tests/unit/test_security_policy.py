@@ -159,3 +159,13 @@ def test_mask_lists_cover_the_issue():
         assert path in masks.MASKED_PATHS
     for path in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"):
         assert path in masks.READONLY_PATHS
+
+
+def test_device_nodes_refused_without_sys_admin():
+    """Stricter than Docker (no device cgroup in isobench): mknod only of files, FIFOs and sockets."""
+    prof = _default_profile()
+    assert "mknod" not in prof.allowed_names() and "mknodat" not in prof.allowed_names()
+    kinds = {(r.names[0], r.args[0].index, r.args[0].value_two) for r in prof.rules
+             if r.names[0] in ("mknod", "mknodat") and r.args}
+    assert kinds == {(n, i, k) for n, i in (("mknod", 1), ("mknodat", 2)) for k in (0, 0o100000, 0o010000, 0o140000)}
+    assert {"mknod", "mknodat"} <= _default_profile(caps.DEFAULT_CAPS | {"SYS_ADMIN"}).allowed_names()
