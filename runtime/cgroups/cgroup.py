@@ -100,11 +100,13 @@ class Cgroup:
                 raise CgroupError(f"cannot join {d}: {exc.strerror}") from exc
 
     def pids(self) -> list[int]:
-        """Processes in the cgroup (union over hierarchies)."""
+        """Processes in the cgroup and its sub-cgroups (runc nests its own ``ctr`` below; a container with a
+        cgroup namespace may make more), as a union over hierarchies."""
         found: dict[int, None] = {}
-        for d in self._dirs():
-            for tok in _read(d / "cgroup.procs").split():
-                found[int(tok)] = None
+        for top in self._dirs():
+            for d in _subtree(top):
+                for tok in _read(d / "cgroup.procs").split():
+                    found[int(tok)] = None
         return list(found)
 
     # -- usage --------------------------------------------------------------------------------------
@@ -173,6 +175,16 @@ class Cgroup:
         deadline = time.monotonic() + DESTROY_TIMEOUT_S
         for d in reversed(self._dirs()):
             _remove_tree(d, deadline)
+
+
+def _subtree(d: Path) -> list[Path]:
+    """``d`` and every cgroup below it (only this cgroup's own subtree is walked, never the whole tree)."""
+    out = [d]
+    try:
+        out += [q for p in d.iterdir() if p.is_dir() for q in _subtree(p)]
+    except FileNotFoundError:
+        pass
+    return out
 
 
 def _remove_tree(d: Path, deadline: float) -> None:

@@ -19,8 +19,11 @@ from runtime.errors import CgroupError
 from runtime.paths import PREFIX
 
 
+MAX_DEPTH = 4  # other runtimes nest under a parent (runc: the caller's own cgroup, libvirt: machine/)
+
+
 def _hierarchy_dirs(layout: CgroupLayout) -> dict[str, Path]:
-    dirs = dict(layout.v1)
+    dirs = {**layout.v1, **layout.named}
     if layout.unified is not None:
         # on hybrid hosts other tools (runc) also make a twin in the controller-less v2 mount; a key other
         # than UNIFIED keeps Cgroup reading usage from the v1 dirs
@@ -28,17 +31,27 @@ def _hierarchy_dirs(layout: CgroupLayout) -> dict[str, Path]:
     return dirs
 
 
+def _find_prefixed(top: Path, depth: int = 0) -> list[Path]:
+    """``isobench-*`` cgroups under ``top`` (not descending into them, nor deeper than MAX_DEPTH)."""
+    try:
+        subdirs = [p for p in top.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    found = [p for p in subdirs if p.name.startswith(PREFIX)]
+    if depth < MAX_DEPTH:
+        for p in subdirs:
+            if not p.name.startswith(PREFIX):
+                found += _find_prefixed(p, depth + 1)
+    return found
+
+
 def orphan_candidates(layout: CgroupLayout) -> dict[str, dict[str, Path]]:
-    """{name: {hierarchy: dir}} of every top-level ``isobench-*`` cgroup, in every hierarchy."""
+    """{name: {hierarchy: dir}} of every ``isobench-*`` cgroup, in every hierarchy."""
     found: dict[str, dict[str, Path]] = {}
     for key, mount in _hierarchy_dirs(layout).items():
-        try:
-            entries = list(mount.iterdir())
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith(PREFIX) and entry.is_dir():
-                found.setdefault(entry.name, {})[key] = entry
+        for entry in _find_prefixed(mount):
+            slot = found.setdefault(entry.name, {})
+            slot[key if key not in slot else f"{key}:{entry.parent}"] = entry
     return found
 
 

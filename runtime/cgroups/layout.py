@@ -35,6 +35,7 @@ class CgroupLayout:
     v1: dict[str, Path] = field(default_factory=dict)
     unified: Path | None = None
     unified_controllers: frozenset[str] = frozenset()
+    named: dict[str, Path] = field(default_factory=dict)  # v1 hierarchies without controllers (name=systemd)
 
     @property
     def driver(self) -> Literal["v1", "v2"]:
@@ -46,7 +47,8 @@ class CgroupLayout:
         return controller in self.v1
 
 
-def _classify(v1: dict[str, Path], unified: Path | None, root: Path) -> CgroupLayout:
+def _classify(v1: dict[str, Path], unified: Path | None, root: Path,
+              named: dict[str, Path] | None = None) -> CgroupLayout:
     controllers = frozenset()
     if unified is not None:
         try:
@@ -59,12 +61,15 @@ def _classify(v1: dict[str, Path], unified: Path | None, root: Path) -> CgroupLa
         version = "v2"
     else:
         raise CgroupError(f"no cgroup hierarchy found under {root} (is cgroupfs mounted?)")
-    return CgroupLayout(version=version, root=root, v1=v1, unified=unified, unified_controllers=controllers)
+    return CgroupLayout(version=version, root=root, v1=v1, unified=unified, unified_controllers=controllers,
+                        named=named or {})
 
 
-def parse_mountinfo(text: str, root: Path) -> tuple[dict[str, Path], Path | None]:
-    """cgroup mounts under ``root`` from mountinfo text -> ({controller: dir}, unified dir or None)."""
+def parse_mountinfo(text: str, root: Path) -> tuple[dict[str, Path], Path | None, dict[str, Path]]:
+    """cgroup mounts under ``root`` from mountinfo text -> ({controller: dir}, unified dir or None,
+    {"name=systemd": dir} for named hierarchies, which only ``gc`` looks at: other runtimes use them)."""
     v1: dict[str, Path] = {}
+    named: dict[str, Path] = {}
     unified: Path | None = None
     for line in text.splitlines():
         pre, sep, post = line.partition(" - ")
@@ -81,7 +86,9 @@ def parse_mountinfo(text: str, root: Path) -> tuple[dict[str, Path], Path | None
             for ctl in opts:
                 if ctl in V1_CONTROLLERS:
                     v1.setdefault(ctl, mount_point)
-    return v1, unified
+                elif ctl.startswith("name="):
+                    named.setdefault(ctl, mount_point)
+    return v1, unified, named
 
 
 def scan_tree(root: Path) -> tuple[dict[str, Path], Path | None]:
@@ -109,10 +116,10 @@ def detect_uncached(cgroup_root: Path = DEFAULT_ROOT, mountinfo: str | None = No
             mountinfo = Path("/proc/self/mountinfo").read_text()
         except OSError:
             mountinfo = ""
-    v1, unified = parse_mountinfo(mountinfo, root)
+    v1, unified, named = parse_mountinfo(mountinfo, root)
     if not v1 and unified is None:
         v1, unified = scan_tree(root)
-    return _classify(v1, unified, root)
+    return _classify(v1, unified, root, named)
 
 
 @functools.cache
