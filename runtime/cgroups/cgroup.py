@@ -118,7 +118,8 @@ class Cgroup:
         return 0 if f is None else v1.parse_int(_read(f, "0"))
 
     def _usage_v1(self) -> CgroupUsage:
-        oom = v1.parse_flat_keyed(_read(self._file("memory", "memory.oom_control") or Path("/nonexistent")))
+        oom_file = self._file("memory", "memory.oom_control")
+        oom = v1.parse_flat_keyed(_read(oom_file)) if oom_file else {}
         io_file = self._file("blkio", "blkio.throttle.io_service_bytes")
         io_read, io_write = v1.parse_io_service_bytes(_read(io_file)) if io_file else (0, 0)
         return CgroupUsage(
@@ -151,8 +152,8 @@ class Cgroup:
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         """Signal every process. SIGKILL: v2 ``cgroup.kill`` when present, else kill what is listed until the
         cgroup is empty (re-reading catches children forked meanwhile, e.g. a fork bomb)."""
-        kill_file = self._file("", "cgroup.kill") if self.layout.driver == "v2" else None
-        if sig == signal.SIGKILL and kill_file is not None and kill_file.exists():
+        kill_file = self.paths[UNIFIED] / "cgroup.kill" if UNIFIED in self.paths else None
+        if sig == signal.SIGKILL and kill_file is not None and kill_file.exists():  # kernel 5.14+
             fs.write(kill_file, "1")
         deadline = time.monotonic() + KILL_TIMEOUT_S
         while True:
