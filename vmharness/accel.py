@@ -52,11 +52,16 @@ def decide(kvm_device: bool, boot: Callable[[float], BootOutcome], bound_s: floa
     try:
         out = boot(bound_s)
     except VMError as exc:
-        return "tcg", f"KVM probe boot failed ({exc}); using TCG"
+        return "tcg", f"KVM probe boot failed ({one_line(str(exc))}); using TCG"
     if out.reached_init:
         return "kvm", f"KVM probe boot reached the init shim in {out.elapsed_s:.2f} s"
     return "tcg", (f"{kvm_device_path} exists but a KVM probe boot did not reach the init shim within "
-                   f"{bound_s:.0f} s ({out.detail}); nested virtualization unusable, using TCG")
+                   f"{bound_s:.0f} s ({one_line(out.detail)}); nested virtualization unusable, using TCG")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _host_key() -> tuple[str, str]:

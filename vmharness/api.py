@@ -41,6 +41,7 @@ class VMRunConfig:
     workdir: str | None = None
     user: str | None = None
     hostname: str | None = None
+    name: str = ""                            # user-facing name (`--name`); the domain is isobench-<id>
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def check_network(cfg: VMRunConfig) -> None:
         raise UsageError("-p needs a network: use --network bridge or --network user")
     seen = set()
     for p in cfg.ports:
-        if not (0 < p.host_port < 65536 and 0 < p.container_port < 65536):
+        if not (0 <= p.host_port < 65536 and 0 < p.container_port < 65536):
             raise UsageError(f"-p {p.host_port}:{p.container_port}: ports must be 1-65535")
         key = (p.host_ip, p.host_port, p.protocol)
         if key in seen:
@@ -147,7 +148,7 @@ def start(image_ref: str, command: list[str] | None, cfg: VMRunConfig, paths: Ho
                         vcpupin=cfg.vcpupin, env=cfg.env, ports=cfg.ports, accel=accel, accel_reason=reason,
                         network=cfg.network, boot_timeout_s=cfg.boot_timeout_s, console_path=cfg.console_path,
                         detached=detached, machine=cfg.machine, workdir=cfg.workdir, user=cfg.user,
-                        hostname=cfg.hostname, echo=echo, vm_id=vm_id)
+                        hostname=cfg.hostname, echo=echo, vm_id=vm_id, user_name=cfg.name)
 
 
 def run(image_ref: str, command: list[str] | None, cfg: VMRunConfig, paths: HostPaths, *,

@@ -1,8 +1,8 @@
 """libvirtd and virtlogd, started by isobench when they are not running.
 
-These machines have no systemd (no socket activation), so the harness starts the daemons itself with
-``-d`` (they daemonize and outlive the CLI, and are reused by every later run and by other state
-roots). Starting is idempotent and serialized by a host-wide lock so two CLIs never start two copies.
+These machines have no systemd (no socket activation), so the harness starts the daemons itself:
+``virtlogd -d``, and libvirtd under a small subreaper (``vmharness.reaper``) in its own session; both
+outlive the CLI and are reused by every later run and by other state roots. Starting is idempotent and serialized by a host-wide lock so two CLIs never start two copies.
 A daemon counts as running when its socket accepts a connection, not merely when the socket file exists
 (a crashed daemon leaves its socket behind).
 """
@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ LIBVIRT_SOCK = Path("/var/run/libvirt/libvirt-sock")
 VIRTLOGD_SOCK = Path("/var/run/libvirt/virtlogd-sock")
 START_TIMEOUT_S = 15.0
 LOCK = Path("/run/isobench/libvirtd-start.lock")
+LOG = Path("/run/isobench/libvirtd.log")
+_spawned: list = []
 HOW_TO_START = "start it with `libvirtd -d` (and `virtlogd -d`)"
 
 _conn = None
@@ -51,12 +54,21 @@ def _start(binary: str, sock: Path) -> None:
         raise VMError(f"{binary} not found; install the Debian package libvirt-daemon-system")
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()  # stale socket of a crashed daemon
-    # -d daemonizes: the daemon is reparented away from us and keeps running for later runs
-    res = subprocess.run([exe, "-d"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True, timeout=START_TIMEOUT_S, start_new_session=True)
-    if res.returncode != 0:
-        raise VMError(f"libvirtd is not reachable at {URI}: `{binary} -d` failed: "
-                      f"{(res.stderr or '').strip()[-200:]}; {HOW_TO_START}")
+    if binary == "libvirtd":
+        # libvirtd runs under our subreaper (see vmharness.reaper) in its own session, so it outlives
+        # this process and QEMU zombies are reaped at once
+        LOG.parent.mkdir(parents=True, exist_ok=True)
+        with open(LOG, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "vmharness.reaper", exe], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True, close_fds=True)
+        _spawned.append(proc)
+    else:
+        # -d daemonizes: the daemon is reparented away from us and keeps running for later runs
+        res = subprocess.run([exe, "-d"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, timeout=START_TIMEOUT_S, start_new_session=True)
+        if res.returncode != 0:
+            raise VMError(f"libvirtd is not reachable at {URI}: `{binary} -d` failed: "
+                          f"{(res.stderr or '').strip()[-200:]}; {HOW_TO_START}")
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if socket_alive(sock):

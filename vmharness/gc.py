@@ -1,8 +1,105 @@
-"""Orphan removal for this area, called by `isobench gc` (placeholder until the area lands)."""
+"""Orphan removal for the VM harness, called by `isobench gc`.
+
+Removes only what no live owner holds (``leases.owner_alive``), because other state roots (tests,
+other users) may have running VMs on the same host: ``isobench-*`` libvirt domains, per-VM overlays,
+ports and addresses of VMs whose creator died, leftover ``isobench-*`` tap devices, half-written
+artifacts and cached disks of images that are no longer in the store.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from runtime import leases
+from runtime.paths import PREFIX
+from runtime.errors import IsobenchError
+
+LOG_MAX_AGE_S = 7 * 24 * 3600
+TMP_MAX_AGE_S = 3600
+
+
+def _orphan_domains() -> list[str]:
+    import libvirt
+
+    from vmharness.daemons import LIBVIRT_SOCK, connect, socket_alive
+
+    if not socket_alive(LIBVIRT_SOCK):
+        return []  # no libvirtd: no domains can exist
+    removed = []
+    conn = connect()
+    for dom in conn.listAllDomains():
+        name = dom.name()
+        if not name.startswith(PREFIX) or leases.owner_alive(name):
+            continue
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+            removed.append(f"domain {name}")
+    return removed
+
+
+def _orphan_records(paths) -> list[str]:
+    from vmharness.vm import domain_active, list_records, release_record
+
+    removed = []
+    for rec in list_records(paths):
+        if rec.get("cleaned") or leases.is_live(rec["id"]) or domain_active(rec["name"]):
+            continue
+        removed += release_record(paths, rec)
+    return removed
+
+
+def _orphan_taps() -> list[str]:
+    removed = []
+    for dev in Path("/sys/class/net").glob(f"{PREFIX}*"):
+        if not (dev / "tun_flags").exists() or leases.owner_alive(dev.name):
+            continue
+        res = subprocess.run(["ip", "link", "del", dev.name], capture_output=True, text=True)
+        if res.returncode == 0:
+            removed.append(f"tap {dev.name}")
+    return removed
+
+
+def _stale_artifacts(paths) -> list[str]:
+    removed = []
+    cache = paths.vm_artifacts
+    now = time.time()
+    if cache.is_dir():
+        for tmp in cache.rglob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > TMP_MAX_AGE_S:
+                    tmp.unlink() if tmp.is_file() else shutil.rmtree(tmp)
+                    removed.append(f"partial artifact {tmp}")
+        disks = cache / "disks"
+        if disks.is_dir():
+            try:
+                from runtime.image.store import ImageStore
+
+                live = {r.manifest_digest.split(":", 1)[1] for r in ImageStore(paths).list()}
+            except (ImportError, IsobenchError, OSError):
+                live = None
+            if live is not None:
+                for d in disks.iterdir():
+                    if d.is_dir() and d.name not in live:
+                        shutil.rmtree(d, ignore_errors=True)
+                        removed.append(f"VM disk of removed image {d.name[:12]}")
+    logs = paths.vms / "logs"
+    if logs.is_dir():
+        for log in logs.glob("*.log"):
+            with contextlib.suppress(OSError):
+                if now - log.stat().st_mtime > LOG_MAX_AGE_S:
+                    log.unlink()
+                    removed.append(f"old console log {log.name}")
+    return removed
 
 
 def gc(paths) -> list[str]:
     """Remove this area's orphans of crashed runs by their ``isobench-`` names; return what was removed."""
-    return []
+    removed = _orphan_domains()
+    removed += _orphan_records(paths)
+    removed += _orphan_taps()
+    removed += _stale_artifacts(paths)
+    return removed

@@ -15,7 +15,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -133,11 +133,26 @@ def check_port_free(host_ip: str, port: int, proto: str = "tcp") -> None:
         s.close()
 
 
+def _user_port(p):
+    """User-mode forwards listen on 127.0.0.1 by default; host port 0 means a random free one."""
+    from runtime.spec import PortMapping
+
+    host_ip = p.host_ip or "127.0.0.1"
+    port = p.host_port
+    if port == 0:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host_ip, 0))
+            port = s.getsockname()[1]
+    check_port_free(host_ip, port, p.protocol)
+    return PortMapping(port, p.container_port, p.protocol, host_ip)
+
+
 def _libvirt_error(exc) -> str:
     try:
-        return exc.get_error_message()
+        msg = exc.get_error_message()
     except AttributeError:
-        return str(exc)
+        msg = str(exc)
+    return " ".join(str(msg).split())
 
 
 @dataclass
@@ -155,6 +170,7 @@ class VM:
     ip: str = ""
     ports: tuple = ()
     detached: bool = False
+    user_name: str = ""
     t0: float = 0.0
     pid: int | None = None
     watcher: con.ConsoleWatcher | None = None
@@ -313,7 +329,7 @@ class VM:
             atomic_write_json(self.dir / "vm.json", rec)
 
     def record(self) -> dict:
-        rec = {"id": self.id, "name": self.name, "image": self.image, "image_digest": self.image_digest,
+        rec = {"id": self.id, "name": self.name, "user_name": self.user_name, "image": self.image, "image_digest": self.image_digest,
                "command": list(self.argv), "accel": self.accel, "accel_reason": self.accel_reason,
                "ip": self.ip, "ports": [asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in self.ports],
                "memory_mib": self.domain_cfg.memory_mib, "vcpus": self.domain_cfg.vcpus,
@@ -336,9 +352,8 @@ def _network(stack: contextlib.ExitStack, vm_id: str, kind: str, ports: tuple, p
         if ports:
             raise VMError("-p needs a network: use --network bridge or --network user")
         return NetConfig(kind="none"), "", "", ()
-    for p in ports:
-        check_port_free(p.host_ip or ("127.0.0.1" if kind == "user" else ""), p.host_port, p.protocol)
     if kind == "user":
+        ports = tuple(_user_port(p) for p in ports)
         fwd = tuple(PortForward(p.host_port, p.container_port, p.protocol, p.host_ip or "127.0.0.1") for p in ports)
         return NetConfig(kind="user", mac=mac, forwards=fwd), USER_NET_IP, USER_NET_GW, ports
     if kind != "bridge":
@@ -366,7 +381,7 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
            ports: tuple = (), accel: str = "tcg", accel_reason: str = "", network: str = "none",
            boot_timeout_s: float = 60.0, console_path: Path | None = None, detached: bool = False,
            vm_id: str | None = None, machine: str = "microvm", workdir: str | None = None,
-           user: str | None = None, hostname: str | None = None,
+           user: str | None = None, hostname: str | None = None, user_name: str = "",
            echo: Callable[[str], None] | None = None) -> VM:
     """Prepare everything and start the domain; returns as soon as QEMU runs (see VM.wait_ready)."""
     import libvirt
@@ -387,6 +402,7 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
         leases.take(vm_id, kind="vm", root=str(paths.root))
         stack.callback(leases.release, vm_id)
         vm_dir.mkdir(parents=True, exist_ok=True)
+        stack.callback(shutil.rmtree, vm_dir, True)  # a VM that never started leaves no record
         overlay = vm_dir / "disk.qcow2"
         art.create_overlay(arts.disk, overlay)
         stack.callback(lambda: overlay.unlink(missing_ok=True))
@@ -404,7 +420,7 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
             cpu_quota_us=None if cpus is None else int(round(cpus * 100_000)), vcpupin=tuple(vcpupin), net=netcfg)
         vm = VM(id=vm_id, paths=paths, domain_cfg=dcfg, accel=accel, accel_reason=accel_reason,
                 image=image.name, image_digest=image.digest, argv=plan.argv, ip=ip.split("/")[0],
-                ports=published, detached=detached, artifacts_s=artifacts_s)
+                ports=published, detached=detached, artifacts_s=artifacts_s, user_name=user_name)
         vm._boot_timeout_s = boot_timeout_s
         vm._created = time.time()
         (vm_dir / "domain.xml").write_text(to_xml(dcfg))
@@ -474,5 +490,80 @@ def load_record(paths: HostPaths, ref: str) -> dict:
     return read_json(cands[0])
 
 
-def replace_cfg(cfg: DomainConfig, **kw) -> DomainConfig:
-    return replace(cfg, **kw)
+def list_records(paths: HostPaths) -> list[dict]:
+    out = []
+    if paths.vms.is_dir():
+        for f in sorted(paths.vms.glob("*/vm.json")):
+            with contextlib.suppress(OSError, ValueError):
+                out.append(read_json(f))
+    return sorted(out, key=lambda r: r.get("created", 0))
+
+
+def domain_active(name: str) -> bool:
+    import libvirt
+
+    from vmharness.daemons import connect
+
+    try:
+        return bool(connect().lookupByName(name).isActive())
+    except libvirt.libvirtError:
+        return False
+
+
+def destroy_domain(name: str, graceful_s: float = 0.0) -> bool:
+    """Destroy a domain by name (SIGTERM first when graceful_s > 0); True when one was running."""
+    import libvirt
+
+    from vmharness.daemons import connect
+
+    try:
+        dom = connect().lookupByName(name)
+    except libvirt.libvirtError:
+        return False
+    with contextlib.suppress(libvirt.libvirtError):
+        if graceful_s > 0:
+            dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+            deadline = time.monotonic() + graceful_s
+            while time.monotonic() < deadline and domain_active(name):
+                time.sleep(0.02)
+        if domain_active(name):
+            dom.destroy()
+    return True
+
+
+def release_record(paths: HostPaths, rec: dict, graceful_s: float = 0.0) -> list[str]:
+    """Destroy a recorded VM's domain and free its overlay, ports, address and lease (keeps the record
+    and console log). Used by `vm stop`, `vm rm` and gc for VMs whose creating process is gone."""
+    done = []
+    vm_id = rec["id"]
+    if destroy_domain(rec["name"], graceful_s):
+        done.append(f"domain {rec['name']}")
+    if rec.get("network") == "bridge":
+        with contextlib.suppress(ImportError, AttributeError):
+            from runtime import network
+
+            if rec.get("ports"):
+                network.unpublish_ports(vm_id, paths)
+            network.release_address(vm_id, paths)
+    disk = Path(rec.get("disk") or paths.vms / vm_id / "disk.qcow2")
+    if disk.exists():
+        disk.unlink()
+        done.append(f"overlay {disk}")
+    leases.release(vm_id)
+    rec = {**rec, "cleaned": True}
+    f = paths.vms / vm_id / "vm.json"
+    if f.parent.is_dir():
+        with contextlib.suppress(OSError):
+            atomic_write_json(f, rec)
+    return done
+
+
+def status_of(rec: dict) -> tuple[str, int | None]:
+    """("running" | "exited" | "created", exit code) from libvirt and the console log."""
+    if domain_active(rec["name"]):
+        return "running", None
+    try:
+        text = Path(rec["console_log"]).read_text(errors="replace")
+    except (OSError, KeyError):
+        text = ""
+    return "exited", con.exit_code(text)
