@@ -127,8 +127,11 @@ PROBES: dict[str, Probe] = {
         (HELPER, "rawsock"), _helper_blocked, "open a raw socket without CAP_NET_RAW (run with --cap-drop NET_RAW)",
         needs_helper=True, cap_drop=("NET_RAW",)),
     "host_loopback": Probe(
-        sh("timeout 3 nc 127.0.0.1 {loopback_port} </dev/null 2>&1; true"), _no_word(LOOPBACK_TOKEN),
-        "reach a host-only 127.0.0.1 listener without a port mapping", needs=("loopback_port",)),
+        # 127.0.0.1 (own loopback in a netns) and the default gateway (the host's bridge address)
+        sh("for a in 127.0.0.1 $(ip route 2>/dev/null | awk '/^default/ {print $3}'); do "
+           "timeout 3 nc $a {loopback_port} </dev/null 2>&1; done; true"), _no_word(LOOPBACK_TOKEN),
+        "reach a host-only 127.0.0.1 listener without a port mapping (via 127.0.0.1 and via the gateway)",
+        needs=("loopback_port",)),
     "cgroup_write": Probe(
         # only the process's own cgroups (from /proc/self/cgroup; the mount root is the own cgroup when
         # the runtime binds or namespaces it), so a native run cannot disturb anyone else's limits

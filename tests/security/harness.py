@@ -124,30 +124,61 @@ def run_hooks(rootfs: Path, argv: list[str], cap_drop: tuple[str, ...] = (), sec
 
 # -------------------------------------------------------------------------------------------- isobench
 
-def isobench_available() -> tuple[bool, str]:
+def _cli_has_run() -> bool:
     try:
-        from runtime.cli import container  # noqa: F401
-        import argparse
-
         from bench.cli import build_parser
-        parser = build_parser()
-        parser.parse_args(["run", "--rm", "busybox", "true"])
-    except (ImportError, SystemExit) as exc:
-        return False, f"isobench run is not available yet ({exc!r})"
+
+        build_parser().parse_args(["run", "--rm", "--cap-drop", "NET_RAW", "busybox", "true"])
+    except (ImportError, SystemExit):
+        return False
+    return True
+
+
+def isobench_available() -> tuple[bool, str]:
+    """The runtime is usable through its CLI (``isobench run`` with the security options) or, until
+    that lands, through its library API (``runtime.api.run``)."""
+    if _cli_has_run():
+        return True, ""
+    try:
+        from runtime import api  # noqa: F401
+    except ImportError as exc:
+        return False, f"neither `isobench run --cap-drop` nor runtime.api is available yet ({exc})"
     return True, ""
 
 
 def run_isobench(argv: list[str], helper_dir: Path, cap_drop: tuple[str, ...] = (), extra: tuple[str, ...] = (),
-                 timeout_s: float = 60, with_helper: bool = True) -> tuple[int, str]:
+                 timeout_s: float = 60, with_helper: bool = True, root: Path | None = None) -> tuple[int, str]:
+    if not _cli_has_run():
+        return _run_isobench_api(argv, helper_dir, cap_drop, extra, with_helper, root)
     cmd = [sys.executable, "-m", "bench.cli", "run", "--rm", "--network", "none"]
     if with_helper:
         cmd += ["-v", f"{helper_dir}:{probes.HELPER_DIR}:ro"]
     for c in cap_drop:
         cmd += ["--cap-drop", c]
     cmd += list(extra) + ["busybox", *argv]
+    env = dict(os.environ) if root is None else {**os.environ, "ISOBENCH_ROOT": str(root)}
     proc = subprocess.run(cmd, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout_s)
+                          timeout=timeout_s, env=env)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def _run_isobench_api(argv: list[str], helper_dir: Path, cap_drop: tuple[str, ...], extra: tuple[str, ...],
+                      with_helper: bool, root: Path | None) -> tuple[int, str]:
+    """The same container through runtime.api (what the benchmark harness calls in-process)."""
+    from runtime import api
+    from runtime.paths import HostPaths
+    from runtime.spec import ContainerConfig, MountSpec, NetworkSpec, SecuritySpec
+
+    paths = HostPaths(root=root).ensure() if root is not None else HostPaths.from_env().ensure()
+    mounts = (MountSpec(destination=probes.HELPER_DIR, source=str(helper_dir), type="bind", read_only=True),) \
+        if with_helper else ()
+    unknown = set(extra) - {"--init"}
+    if unknown:
+        raise AssertionError(f"the API fallback does not translate {sorted(unknown)}")
+    cfg = ContainerConfig(image="busybox", command=tuple(argv), network=NetworkSpec(mode="none"), mounts=mounts,
+                          init="--init" in extra, security=SecuritySpec(cap_drop=tuple(cap_drop)))
+    r = api.run(cfg, paths)
+    return r.exit_code, r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
 
 
 __all__ = ["busybox_rootfs", "runc_bundle", "run_runc", "run_hooks", "run_isobench", "isobench_available",
