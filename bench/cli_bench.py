@@ -1,7 +1,65 @@
-"""CLI verbs of this area (placeholder until the area lands): ``register(subparsers)`` adds them."""
+"""The ``isobench bench`` verb: run the workloads in the environments and write a results directory.
+
+Nothing heavy is imported at module level (this parser is built on every ``isobench`` start).
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+
+WORKLOADS = ("startup", "cpu", "memory", "disk", "network", "footprint", "enforcement", "isolation", "ephemerality")
+ENVS = ("native", "container", "runc", "vm")
+
 
 def register(sub) -> None:
-    """Add this area's subcommands to the `isobench` parser."""
+    """Add ``bench`` to the `isobench` parser."""
+    b = sub.add_parser("bench", help="run the benchmarks in native, container, runc and vm",
+                       description="Run the same image in four environments and store the results in "
+                                   "results/<UTC time>-<host>/ (results/latest points at the newest).")
+    b.add_argument("--profile", default="quick", metavar="quick|full", help="quick (default) or full")
+    b.add_argument("--only", metavar="LIST", help=f"comma list of workloads ({','.join(WORKLOADS)})")
+    b.add_argument("--env", metavar="LIST", help=f"comma list of environments ({','.join(ENVS)})")
+    b.add_argument("--values", type=int, metavar="N", help="measured values per metric (overrides the profile)")
+    b.add_argument("--out", metavar="DIR", help="run directory (default: results/<UTC time>-<host>)")
+    b.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import os
+    import time
+    from pathlib import Path
+
+    from bench import profiles, runner
+    from runtime.errors import UsageError
+    from runtime.paths import HostPaths
+
+    if os.geteuid() != 0:
+        raise UsageError("isobench bench needs root (namespaces, cgroups, mounts, libvirt)")
+    profile = profiles.get(args.profile).with_values(args.values)
+    workloads = runner.parse_list(args.only, WORKLOADS, "--only")
+    envs = runner.parse_list(args.env, ENVS, "--env")
+    run_dir = Path(args.out) if args.out else runner.default_run_dir()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"--out {run_dir}: directory exists and is not empty")
+    paths = HostPaths.from_env().ensure()
+    t0 = time.monotonic()
+    print(f"[bench] profile {profile.name}: {profile.values} values (+{profile.warmups} warm-up), "
+          f"workloads {','.join(workloads)}, environments {','.join(envs)} -> {run_dir}", file=sys.stderr)
+    interrupted = False
+    try:
+        state = runner.run_benchmarks(paths=paths, profile=profile, workloads=workloads, envs=envs, run_dir=run_dir)
+    except KeyboardInterrupt:
+        interrupted = True
+        state = None
+    if not args.out:
+        runner.point_latest(run_dir)
+    took = time.monotonic() - t0
+    if interrupted:
+        print(f"[bench] interrupted after {took:.0f}s: partial results in {run_dir}", file=sys.stderr)
+        return 130
+    nfail = len(state.failures)
+    print(f"[bench] done in {int(took // 60)}m{int(took % 60):02d}s: {run_dir}"
+          + (f" ({nfail} failed, see failures.json)" if nfail else ""), file=sys.stderr)
+    print(run_dir)
+    return 0

@@ -1,0 +1,164 @@
+"""container: the project's own runtime, called in-process through ``runtime.api``.
+
+In-process on purpose: start latency is a headline number, and Python's own start-up must not be
+counted as container cost. The job maps onto the shared :class:`runtime.spec.ContainerConfig` (the
+same type ``isobench run`` builds), so a limit asked here is exactly what the CLI would ask. Phases come
+from the runtime's own ``perf_counter_ns`` stamps (call, created, forked, cgroup, namespaces, rootfs,
+network, exec, exited). Jobs without a port use ``--network none`` (like runc's default empty network
+namespace); with a port, the bridge and a DNAT mapping on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, elapsed_s,
+                                     fill_port, process_tree, pss_bytes)
+from runtime.errors import BenchError, IsobenchError
+from runtime.paths import HostPaths
+
+
+def container_config(job: Job, paths: HostPaths):
+    """The ContainerConfig of a job (pure apart from the disk lookup for a write throttle)."""
+    from runtime.spec import (ContainerConfig, MountSpec, NetworkSpec, PortMapping, Resources,
+                              ThrottleDevice)
+
+    lim = job.limits
+    throttles = ()
+    if lim.write_bps is not None:
+        from runtime.cgroups.devices import device_node
+
+        from bench.environments.runc import device_of
+
+        paths.containers.mkdir(parents=True, exist_ok=True)
+        major, minor = device_of(paths.containers)
+        throttles = (ThrottleDevice(path=device_node(major, minor), rate_bytes_per_s=lim.write_bps),)
+    res = Resources(cpu_quota_us=Resources.quota_for_cpus(lim.cpus) if lim.cpus is not None else None,
+                    cpu_shares=lim.cpu_shares, cpuset_cpus=lim.cpuset_cpus, memory_bytes=lim.memory_bytes,
+                    memory_swap_bytes=lim.memory_bytes, pids_max=lim.pids_max, device_write_bps=throttles)
+    if job.port is not None:
+        net = NetworkSpec(mode="bridge", ports=(PortMapping(host_port=0, container_port=job.port,
+                                                            host_ip="127.0.0.1"),))
+    else:
+        net = NetworkSpec(mode="none")
+    mounts = ()
+    if job.volume is not None:
+        job.volume.host_dir.mkdir(parents=True, exist_ok=True)
+        mounts = (MountSpec(destination=job.volume.destination, source=str(job.volume.host_dir), type="bind"),)
+    return ContainerConfig(image=job.image, command=tuple(fill_port(job.argv, job.port)), env=job.env,
+                           workdir=job.workdir, mounts=mounts, resources=res, network=net)
+
+
+def phases_s(timings_ns: dict[str, int]) -> dict[str, float]:
+    """Runtime phase stamps -> seconds since the create call, in time order."""
+    t0 = timings_ns.get("call")
+    if t0 is None:
+        return {}
+    return {k: (v - t0) / 1e9 for k, v in sorted(timings_ns.items(), key=lambda kv: kv[1]) if k != "call"}
+
+
+def usage_extra(u) -> dict:
+    if u is None:
+        return {}
+    return {"cpu_usage_s": u.cpu_usage_ns / 1e9, "memory_peak_bytes": u.memory_peak_bytes,
+            "oom_kills": u.oom_kill_count, "pids_current": u.pids_current}
+
+
+class ContainerInstance(Instance):
+    env_name = "container"
+
+    def __init__(self, env: "ContainerEnvironment", job: Job) -> None:
+        from runtime import api
+
+        self.api = api
+        self.job = job
+        self.created_ns = time.perf_counter_ns()
+        cfg = container_config(job, env.paths)
+        r, w = os.pipe()
+        devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self.c = None
+        try:
+            self.c = api.create(cfg, env.paths, stdio=(devnull, w, w))
+            self.created_ns = self.c.timings_ns.get("call", self.created_ns)
+            api.start(self.c)
+        except BaseException:
+            os.close(r)
+            self._close_fds(w, devnull)
+            if self.c is not None:
+                api.delete(self.c, force=True)
+            raise
+        self._close_fds(w, devnull)
+        self.pump = OutputPump(os.fdopen(r, "rb", buffering=0), job.ready_marker)
+        if job.port is not None:
+            ports = self.c.state.get("ports") or []
+            if not ports:
+                self.stop()
+                raise BenchError(f"container {self.c.id}: no published port after start")
+            host_ip, host_port = ports[0][0] or "127.0.0.1", int(ports[0][1])
+            self.endpoint = (host_ip, host_port)
+            self.target = f"{self.c.ip_address}:{job.port}"
+
+    @staticmethod
+    def _close_fds(*fds: int) -> None:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def wait_ready(self, timeout_s: float = 60.0) -> float:
+        if self.job.ready_marker is None:
+            return elapsed_s(self.created_ns)
+        if not self.pump.wait_marker(timeout_s):
+            raise BenchError(f"container {self.c.id}: not ready after {timeout_s}s "
+                             f"(output: {self.pump.text(0.1)[-300:]!r})")
+        return (self.pump.ready_ns - self.created_ns) / 1e9
+
+    def usage(self) -> Usage:
+        pids = process_tree(self.c.pid) if self.api.is_running(self.c) else []
+        u = self.api.usage(self.c)
+        return Usage(pss_bytes=pss_bytes(pids), cpu_s=u.cpu_usage_ns / 1e9 if u else 0.0,
+                     memory_peak_bytes=u.memory_peak_bytes if u else None,
+                     detail=f"{len(pids)} processes (monitor: the harness itself)")
+
+    def wait(self, timeout_s: float | None = None) -> Outcome:
+        code = self.api.wait(self.c, timeout_s=timeout_s if timeout_s is not None else self.job.timeout_s)
+        ph = phases_s(self.c.timings_ns)
+        wall = ph.get("exited", elapsed_s(self.created_ns))
+        extra = usage_extra(self.c.final_usage)
+        extra["oom_killed"] = self.c.oom_killed
+        return Outcome(exit_code=code, output=self.pump.text(), wall_s=wall, phases=ph, extra=extra)
+
+    def stop(self) -> None:
+        if self.c is None:
+            return
+        c = self.c
+        try:
+            self.api.delete(c, force=True)
+        except IsobenchError as exc:
+            raise BenchError(f"container {c.id}: cleanup failed: {exc}") from exc
+
+
+class ContainerEnvironment(Environment):
+    name = "container"
+
+    def __init__(self, paths: HostPaths) -> None:
+        try:
+            import runtime.api  # noqa: F401
+        except ImportError as exc:
+            raise BenchError(f"the container runtime is not available: {exc}") from exc
+        self.paths = paths
+
+    def start(self, job: Job) -> Instance:
+        return ContainerInstance(self, job)
+
+    def run(self, job: Job) -> Outcome:
+        inst = ContainerInstance(self, job)
+        try:
+            return inst.wait()
+        finally:
+            inst.stop()
+
+    def describe(self) -> dict:
+        return {"execution": "isobench runtime in-process: overlayfs, namespaces, cgroups, seccomp, caps"}

@@ -1,0 +1,266 @@
+"""runc: the same image as an OCI bundle, run by the reference OCI runtime with ``runc run``.
+
+The bundle's config.json starts from ``runc spec`` defaults (runc's own notion of a default container:
+its namespaces, 3 capabilities, masked paths) and changes only what the job needs: the rootfs (an
+overlay over the image's flat rootfs, writable like a container's layer), args/env/cwd from the image
+config and the job, limits in ``linux.resources``, and for a published port a network namespace made
+by the project's networking API (veth on the bridge + DNAT) that runc joins by path. The container's
+cgroup is ``/isobench-<id>/ctr``: runc removes ``ctr`` when the container ends, while the parent keeps
+the hierarchical readings (CPU time, memory peak) the harness reads afterwards, then removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from bench.environments import images, rootfs
+from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, elapsed_s,
+                                     fill_port, image_env, kill_wait, process_tree, pss_bytes)
+from runtime import leases, syscalls
+from runtime.errors import BenchError, IsobenchError
+from runtime.paths import HostPaths, new_id
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_TEMPLATE: dict | None = None
+
+
+def spec_template() -> dict:
+    """``runc spec`` output (cached per process)."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"isobench-runcspec-{os.getpid()}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            res = syscalls.run(["runc", "spec", "--bundle", str(tmp)], check=False)
+            if res.returncode != 0:
+                raise BenchError(f"runc spec failed: {(res.stderr or b'').decode().strip()}")
+            _TEMPLATE = json.loads((tmp / "config.json").read_text())
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return json.loads(json.dumps(_TEMPLATE))
+
+
+def device_of(path: Path) -> tuple[int, int]:
+    """(major, minor) of the whole disk holding ``path`` (blkio throttling applies to disks)."""
+    dev = os.stat(path).st_dev
+    major, minor = os.major(dev), os.minor(dev)
+    part = Path(f"/sys/dev/block/{major}:{minor}/partition")
+    if part.exists():  # a partition: throttle its parent disk
+        parent = Path(f"/sys/dev/block/{major}:{minor}").resolve().parent / "dev"
+        major, minor = (int(x) for x in parent.read_text().split(":"))
+    return major, minor
+
+
+def bundle_config(job: Job, image_config: dict, rootfs_path: Path, obj_id: str, port: int | None,
+                  netns_path: str | None, disk: tuple[int, int] | None) -> dict:
+    """config.json for one job (pure: unit tested)."""
+    cfg = spec_template()
+    icfg = image_config.get("config", {})
+    env = image_env(image_config, job.env)
+    cfg["process"].update(terminal=False, args=fill_port(job.argv, port),
+                          env=[f"{k}={v}" for k, v in env.items()],
+                          cwd=job.workdir or icfg.get("WorkingDir") or "/")
+    cfg["root"] = {"path": str(rootfs_path), "readonly": False}
+    cfg["hostname"] = obj_id[:20]
+    if job.volume is not None:
+        cfg["mounts"].append({"destination": job.volume.destination, "type": "bind",
+                              "source": str(job.volume.host_dir), "options": ["rbind", "rw"]})
+    linux = cfg["linux"]
+    linux["cgroupsPath"] = f"/{obj_id}/ctr"
+    if netns_path:
+        linux["namespaces"] = [{"type": "network", "path": netns_path} if ns["type"] == "network" else ns
+                               for ns in linux["namespaces"]]
+    res = linux.setdefault("resources", {})
+    lim = job.limits
+    cpu: dict = {}
+    if lim.cpus is not None:
+        cpu.update(quota=int(round(lim.cpus * 100_000)), period=100_000)
+    if lim.cpu_shares is not None:
+        cpu["shares"] = lim.cpu_shares
+    if lim.cpuset_cpus is not None:
+        cpu["cpus"] = lim.cpuset_cpus
+    if cpu:
+        res["cpu"] = cpu
+    if lim.memory_bytes is not None:
+        res["memory"] = {"limit": lim.memory_bytes}
+    if lim.pids_max is not None:
+        res["pids"] = {"limit": lim.pids_max}
+    if lim.write_bps is not None and disk is not None:
+        res["blockIO"] = {"throttleWriteBpsDevice": [{"major": disk[0], "minor": disk[1], "rate": lim.write_bps}]}
+    return cfg
+
+
+def cgroup_readings(obj_id: str) -> dict:
+    """Hierarchical CPU time and memory peak of ``/isobench-<id>`` (v1 controllers or v2)."""
+    out: dict = {}
+    files = {"cpu_usage_s": [(CGROUP_ROOT / "cpuacct" / obj_id / "cpuacct.usage", 1e-9)],
+             "memory_peak_bytes": [(CGROUP_ROOT / "memory" / obj_id / "memory.max_usage_in_bytes", 1),
+                                   (CGROUP_ROOT / obj_id / "memory.peak", 1)]}
+    for key, candidates in files.items():
+        for path, scale in candidates:
+            with contextlib.suppress(OSError, ValueError):
+                out[key] = int(path.read_text().split()[0]) * scale
+                break
+    oom = CGROUP_ROOT / "memory" / obj_id / "ctr" / "memory.oom_control"
+    with contextlib.suppress(OSError):
+        for line in oom.read_text().splitlines():
+            if line.startswith("oom_kill "):
+                out["oom_kills"] = int(line.split()[1])
+    return out
+
+
+def remove_cgroups(obj_id: str) -> None:
+    for d in list(CGROUP_ROOT.glob(f"*/{obj_id}")) + [CGROUP_ROOT / obj_id]:
+        for sub in (d / "ctr", d):
+            with contextlib.suppress(FileNotFoundError):
+                if sub.is_dir():
+                    try:
+                        sub.rmdir()
+                    except OSError as exc:
+                        raise BenchError(f"cannot remove cgroup {sub}: {exc}") from exc
+
+
+class RuncInstance(Instance):
+    env_name = "runc"
+
+    def __init__(self, env: "RuncEnvironment", job: Job) -> None:
+        self.created_ns = time.perf_counter_ns()
+        self.env, self.job = env, job
+        self.id = f"isobench-{new_id()}"
+        self.phases: dict[str, float] = {}
+        self.readings: dict = {}
+        self.proc: subprocess.Popen | None = None
+        self.holder: subprocess.Popen | None = None
+        self.net_attached = False
+        self.root = None
+        self._stopped = False
+        leases.take(self.id, kind="bench-runc", root=str(env.paths.root))
+        try:
+            rec, flat = images.flat_rootfs(env.paths, job.image)
+            self.root = rootfs.make_overlay(env.paths, flat, self.id)
+            self.phases["rootfs"] = elapsed_s(self.created_ns)
+            netns = None
+            port = None
+            if job.volume is not None:
+                job.volume.host_dir.mkdir(parents=True, exist_ok=True)
+            if job.port is not None:
+                netns = self._network(job.port)
+                port = job.port
+                self.phases["network"] = elapsed_s(self.created_ns)
+            disk = device_of(self.root.dir / "upper") if job.limits.write_bps is not None else None
+            cfg = bundle_config(job, rec.config, self.root.rootfs, self.id, port, netns, disk)
+            (self.root.dir / "config.json").write_text(json.dumps(cfg))
+            self.phases["bundle"] = elapsed_s(self.created_ns)
+            self.proc = subprocess.Popen(["runc", "run", "--bundle", str(self.root.dir), self.id],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            self.pump = OutputPump(self.proc.stdout, job.ready_marker)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _network(self, port: int) -> str:
+        from runtime.network import container as net
+        from runtime.spec import NetworkSpec, PortMapping
+
+        # a process holding a fresh network namespace: unshare happens before exec, and Popen returns
+        # only after exec succeeded, so the namespace exists when Popen returns
+        self.holder = subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL,
+                                       preexec_fn=lambda: syscalls.unshare(syscalls.CLONE_NEWNET))
+        plan = net.prepare(self.id, NetworkSpec(mode="bridge", ports=(PortMapping(host_port=0, container_port=port,
+                                                                                  host_ip="127.0.0.1"),)),
+                           self.env.paths)
+        self.net_attached = True
+        att = net.attach(plan, self.holder.pid)
+        hp = att.ports[0].host_port
+        self.endpoint = ("127.0.0.1", hp)
+        self.target = f"{att.ip}:{port}"
+        return f"/proc/{self.holder.pid}/ns/net"
+
+    def wait_ready(self, timeout_s: float = 60.0) -> float:
+        if self.job.ready_marker is None:
+            return elapsed_s(self.created_ns)
+        if not self.pump.wait_marker(timeout_s):
+            raise BenchError(f"runc {self.id}: not ready after {timeout_s}s (output: {self.pump.text(0.1)[-300:]!r})")
+        return (self.pump.ready_ns - self.created_ns) / 1e9
+
+    def pids(self) -> list[int]:
+        return process_tree(self.proc.pid) if self.proc and self.proc.poll() is None else []
+
+    def usage(self) -> Usage:
+        pids = self.pids()
+        r = cgroup_readings(self.id)
+        return Usage(pss_bytes=pss_bytes(pids), cpu_s=r.get("cpu_usage_s", 0.0),
+                     memory_peak_bytes=r.get("memory_peak_bytes"), detail=f"{len(pids)} processes incl. runc")
+
+    def wait(self, timeout_s: float | None = None) -> Outcome:
+        try:
+            code = self.proc.wait(timeout_s if timeout_s is not None else self.job.timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"runc {self.id}: still running after {exc.timeout}s") from exc
+        wall = elapsed_s(self.created_ns)
+        self.phases["exit"] = wall
+        self.readings = cgroup_readings(self.id)
+        return Outcome(exit_code=code, output=self.pump.text(), wall_s=wall, phases=dict(self.phases),
+                       extra=dict(self.readings))
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        errors = []
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                syscalls.run(["runc", "kill", self.id, "KILL"], check=False, timeout_s=10)
+                with contextlib.suppress(BenchError):
+                    kill_wait(self.proc, 10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+        syscalls.run(["runc", "delete", "-f", self.id], check=False, timeout_s=10)
+        if self.net_attached:
+            from runtime.network import container as net
+
+            try:
+                net.detach(self.id, self.env.paths)
+            except IsobenchError as exc:  # keep tearing down; reported below
+                errors.append(str(exc))
+        if self.holder is not None:
+            kill_wait(self.holder)
+        try:
+            remove_cgroups(self.id)
+        except BenchError as exc:
+            errors.append(str(exc))
+        if self.root is not None:
+            self.root.remove()
+        leases.release(self.id)
+        if errors:
+            raise BenchError(f"runc {self.id}: cleanup: {'; '.join(errors)}")
+
+
+class RuncEnvironment(Environment):
+    name = "runc"
+
+    def __init__(self, paths: HostPaths) -> None:
+        if shutil.which("runc") is None:
+            raise BenchError("runc not found (apt-get install runc)")
+        self.paths = paths
+
+    def start(self, job: Job) -> Instance:
+        return RuncInstance(self, job)
+
+    def run(self, job: Job) -> Outcome:
+        inst = RuncInstance(self, job)
+        try:
+            return inst.wait()
+        finally:
+            inst.stop()
+
+    def describe(self) -> dict:
+        res = syscalls.run(["runc", "--version"], check=False)
+        return {"execution": "runc run of an OCI bundle (runc spec defaults, overlay rootfs, cgroupfs)",
+                "version": (res.stdout or b"").decode().splitlines()[0] if res.stdout else "?"}

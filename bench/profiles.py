@@ -1,0 +1,46 @@
+"""Benchmark profiles: how many values, how long each tool runs, how many instances for density.
+
+quick is what ``make bench`` runs (target: <= 10 minutes for all four environments on a 2-core host
+with TCG VMs, images already built); full trades time for tighter statistics (<= 60 minutes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from runtime.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    values: int                  # measured values per metric (after warm-ups)
+    warmups: int                 # excluded values per metric
+    tool_duration_s: float       # sysbench/wrk/iperf3/fio run time per value
+    footprint_n: tuple[int, ...]  # instance counts for footprint vs N (the largest is the headline)
+    footprint_values: int        # repetitions of the footprint measurement
+    enforcement_duration_s: float
+    vm_memory_mib: int = 256
+    fio_size_mib: int = 64
+
+    def with_values(self, n: int | None) -> "Profile":
+        if n is None:
+            return self
+        if n < 1:
+            raise UsageError(f"--values {n} must be at least 1")
+        return replace(self, values=n, footprint_values=min(self.footprint_values, n))
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(name="quick", values=5, warmups=1, tool_duration_s=1.0, footprint_n=(1, 3),
+                     footprint_values=5, enforcement_duration_s=2.0),
+    "full": Profile(name="full", values=15, warmups=2, tool_duration_s=5.0, footprint_n=(1, 4, 8),
+                    footprint_values=10, enforcement_duration_s=5.0),
+}
+
+
+def get(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UsageError(f"--profile {name!r}: expected one of {', '.join(PROFILES)}") from None

@@ -1,0 +1,143 @@
+"""isolation: for each namespace kind of the course notes (PID, hostname, network, user IDs, IPC,
+filesystem), is the host's visible from inside? One probe script per environment, evidence kept.
+
+Host-side bait, removed afterwards: the security area's host context (a marker process named
+``hostmarker-secprobe`` and a 127.0.0.1 listener answering a token), a SysV shared-memory segment
+(``ipcmk``), and a marker file in the host's /tmp. A probe that finds the bait marks that namespace as
+not isolated. Natively, /proc is the host's, so ``/proc/<host pid>/root`` reaches the host's filesystem even
+from the chroot. A VM runs its own kernel (its boot_id differs from the host's): an identity uid_map
+there is the guest's own, not the host's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import socket
+import subprocess
+from pathlib import Path
+
+from bench.environments.base import Environment, Job
+from bench.workloads.base import Context, Measurement, Workload
+from runtime.errors import BenchError
+
+KINDS = ("pid", "hostname", "network", "user", "ipc", "filesystem")
+
+
+def probe_script(marker: str, loopback_port: int, token: str, shm_key: int, marker_file: str, host_pid: int) -> str:
+    return "; ".join([
+        'echo "BOOT $(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"',
+        'echo "PIDS $(ls -d /proc/[0-9]* 2>/dev/null | wc -l)"',
+        f"echo \"MARKER $(cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c '{marker[:-1]}[{marker[-1]}]')\"",
+        'echo "HOSTNAME $(hostname)"',
+        "echo \"IFACES $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ,)\"",
+        f'echo "LOOPBACK $(timeout 3 nc 127.0.0.1 {loopback_port} </dev/null 2>/dev/null | grep -c {token})"',
+        "echo \"UIDMAP $(tr -s ' ' < /proc/self/uid_map | tr '\\n' ';')\"",
+        f"echo \"SHM $(awk -v k={shm_key} '$1==k {{n++}} END {{print n+0}}' /proc/sysvipc/shm 2>/dev/null)\"",
+        f'if [ -e {marker_file} ] || [ -e /proc/{host_pid}/root{marker_file} ]; then echo "FILE visible"; '
+        'else echo "FILE hidden"; fi',
+        "true",
+    ])
+
+
+def parse(output: str) -> dict[str, str]:
+    """``KEY value`` lines of the probe script."""
+    out: dict[str, str] = {}
+    for line in output.splitlines():
+        m = re.match(r"^(BOOT|PIDS|MARKER|HOSTNAME|IFACES|LOOPBACK|UIDMAP|SHM|FILE)\b ?(.*)$", line.strip())
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _int(v: str | None) -> int:
+    try:
+        return int((v or "0").split()[0])
+    except ValueError:
+        return 0
+
+
+def judge(p: dict[str, str], host: dict[str, str]) -> dict[str, dict]:
+    """The matrix row of one environment from its probe output and the host's own readings."""
+    own_kernel = bool(p.get("BOOT")) and p.get("BOOT") != host["boot_id"]
+    kern = "own kernel (guest boot_id differs from the host's); " if own_kernel else ""
+    ifaces = [i for i in p.get("IFACES", "").split(",") if i]
+    host_ifaces = [i for i in host["ifaces"].split(",") if i and i != "lo"]
+    seen_ifaces = sorted(set(ifaces) & set(host_ifaces))
+    uidmap = p.get("UIDMAP", "")
+    identity = bool(re.match(r"^0 0 4294967295;?$", uidmap))
+    rows = {
+        "pid": (_int(p.get("MARKER")) == 0,
+                f"host marker process visible {_int(p.get('MARKER'))}x; {p.get('PIDS', '?')} processes in /proc "
+                f"(host: {host['pids']})"),
+        "hostname": (p.get("HOSTNAME") != host["hostname"],
+                     f"hostname inside {p.get('HOSTNAME', '?')!r}, host {host['hostname']!r}"),
+        "network": (_int(p.get("LOOPBACK")) == 0 and not seen_ifaces,
+                    f"host-only 127.0.0.1 listener {'reached' if _int(p.get('LOOPBACK')) else 'not reached'}; "
+                    f"interfaces {','.join(ifaces) or '-'}"
+                    + (f" (host's: {','.join(seen_ifaces)})" if seen_ifaces else "")),
+        "user": (own_kernel or not identity,
+                 f"uid_map {uidmap.rstrip(';') or '?'}" + (" (identity: uid 0 inside is uid 0 on the host)"
+                                                          if identity and not own_kernel else "")),
+        "ipc": (_int(p.get("SHM")) == 0,
+                f"host SysV shm key {host['shm_key']} {'visible' if _int(p.get('SHM')) else 'not visible'} "
+                "in /proc/sysvipc/shm"),
+        "filesystem": (p.get("FILE") == "hidden",
+                       f"host marker file {host['marker_file']} {p.get('FILE', '?')} (also via /proc/<host marker pid>/root)"),
+    }
+    return {k: {"isolated": bool(own_kernel or ok), "evidence": kern + ev} for k, (ok, ev) in rows.items()}
+
+
+class Isolation(Workload):
+    name = "isolation"
+    images = ("busybox",)
+    metrics = {}
+
+    def iterations(self, profile) -> tuple[int, int]:
+        return 0, 1
+
+    def setup(self, ctx: Context) -> None:
+        from runtime.security import probes
+
+        self._stack = contextlib.ExitStack()
+        hc = self._stack.enter_context(probes.host_context(str(ctx.paths.root)))
+        token = probes.LOOPBACK_TOKEN
+        res = subprocess.run(["ipcmk", "-M", "4096"], capture_output=True, text=True)
+        m = re.search(r"(\d+)", res.stdout)
+        if res.returncode != 0 or not m:
+            self._stack.close()
+            raise BenchError(f"ipcmk -M 4096 failed: {res.stderr.strip() or res.stdout.strip()}")
+        shmid = int(m.group(1))
+        self._stack.callback(subprocess.run, ["ipcrm", "-m", str(shmid)], capture_output=True)
+        shm_key = 0
+        for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]:
+            f = line.split()
+            if int(f[1]) == shmid:
+                shm_key = int(f[0])
+        marker_file = Path(f"/tmp/isobench-hostmarker-{secrets.token_hex(4)}")
+        marker_file.write_text("host\n")
+        self._stack.callback(marker_file.unlink, missing_ok=True)
+        self.script = probe_script(probes.MARKER, hc["loopback_port"], token.split("-")[-1], shm_key,
+                                   str(marker_file), int(hc["host_pid"]))
+        self.host = {"boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                     "hostname": socket.gethostname(), "shm_key": str(shm_key), "marker_file": str(marker_file),
+                     "pids": str(sum(1 for p in Path("/proc").iterdir() if p.name.isdigit())),
+                     "ifaces": ",".join(sorted(p.name for p in Path("/sys/class/net").iterdir()))}
+
+    def measure(self, env: Environment, ctx: Context, iteration: int) -> list[Measurement]:
+        out = env.run(Job(image=ctx.image("busybox"), argv=("/bin/sh", "-c", self.script), timeout_s=120))
+        p = parse(out.output)
+        if "FILE" not in p:
+            raise BenchError(f"isolation probe in {env.name} printed no results (exit {out.exit_code}): "
+                             f"{out.output.strip()[-200:]!r}")
+        ctx.facts.setdefault("isolation", {})[env.name] = judge(p, self.host)
+        return []
+
+    def teardown(self, ctx: Context) -> None:
+        stack = getattr(self, "_stack", None)
+        if stack is not None:
+            stack.close()
+
+
+WORKLOAD = Isolation()
