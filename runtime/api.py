@@ -204,7 +204,7 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
         c._is_parent = True
         c.state = {
             "id": cid, "name": config.name, "image": img.name, "image_digest": img.manifest_digest,
-            "argv": list(proc.argv), "env": list(env), "workdir": proc.workdir, "user": proc.user,
+            "argv": list(proc.argv), "env": list(env), "workdir": proc.workdir, "user": proc.user, "uid": uid, "gid": gid,
             "hostname": hostname, "network_mode": config.network.mode, "userns_remap": remap,
             "cgroupns": cgroupns, "status": "created", "created_at": S.now_iso(), "pid": None,
             "pid_start": None, "monitor_pid": owner_pid or os.getpid(),

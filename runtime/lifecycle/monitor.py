@@ -1,0 +1,240 @@
+"""The per-container monitor the CLI starts (conmon / containerd-shim in miniature).
+
+Why: ``isobench run -d`` must return while the container keeps running, and someone must stay the
+container's parent to reap it, record its exit code (and OOM kill), free its cgroup and network and,
+with ``--rm``, remove it. The CLI forks this monitor (double fork + setsid, so killing the CLI or its
+terminal does not touch it); the monitor holds the container's lease, runs :mod:`runtime.api`
+create/start in-process and reports back on a pipe::
+
+    S <id> <pid>\\n           started (the CLI prints the id with -d, or forwards signals to pid)
+    X <exit code>\\n          exited, recorded, cleaned up (foreground: the CLI exits with it)
+    E <exit code> <message>\\n create/start failed; nothing is left behind
+
+A detached container's monitor then ``execve``s a tiny static C program (``monitor_shim.c``): children
+survive execve, so it is still the parent, but idles at a few hundred KiB instead of a Python
+interpreter's tens of MiB. When the container exits the shim records the wait status and execs the
+Python finisher (``python -m runtime.lifecycle.monitor finish ...``). Foreground runs stay in Python
+(the CLI waits for them anyway, and re-exec'ing Python would only add latency to ``run --rm``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from runtime import syscalls
+from runtime.errors import IsobenchError
+from runtime.paths import HostPaths, host_name
+from runtime.spec import ContainerConfig
+
+SHIM_SOURCE = Path(__file__).with_name("monitor_shim.c")
+STATUS_FILE = "exit-status"
+
+
+# ----------------------------------------------------------------------------- CLI side
+
+class Launch:
+    """The CLI's handle on a monitor it started: the container id/pid and, later, the exit code."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = b""
+        self.container_id = ""
+        self.pid = 0
+
+    def _line(self) -> str:
+        while b"\n" not in self.buf:
+            try:
+                chunk = os.read(self.fd, 4096)
+            except InterruptedError:
+                continue
+            if not chunk:
+                line, self.buf = self.buf, b""
+                return line.decode(errors="replace")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def _message(self, expect: str) -> list[str]:
+        line = self._line()
+        if line.startswith("E "):
+            _, code, msg = (line.split(" ", 2) + ["", ""])[:3]
+            err = IsobenchError(msg or "container failed to start")
+            err.exit_code = int(code) if code.isdigit() else 1
+            raise err
+        if not line.startswith(expect + " "):
+            raise IsobenchError("the container's monitor exited unexpectedly (see `isobench ps -a`)")
+        return line.split()[1:]
+
+    def started(self) -> tuple[str, int]:
+        cid, pid = self._message("S")
+        self.container_id, self.pid = cid, int(pid)
+        return self.container_id, self.pid
+
+    def exit_code(self) -> int:
+        return int(self._message("X")[0])
+
+
+def launch(config: ContainerConfig, paths: HostPaths, *, detach: bool, auto_remove: bool) -> Launch:
+    """Start a monitor for a new container; returns once it reported ``S`` (or raised its error)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            _monitor(config, paths, detach, auto_remove, w)
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    handle = Launch(r)
+    handle.started()
+    return handle
+
+
+# ----------------------------------------------------------------------------- monitor side
+
+def _send(fd: int, text: str) -> None:
+    with contextlib.suppress(OSError):  # the CLI may be gone (killed): the container carries on
+        os.write(fd, (text.replace("\n", " ") + "\n").encode())
+
+
+def _to_devnull(fds: tuple[int, ...]) -> None:
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in fds:
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _monitor(config: ContainerConfig, paths: HostPaths, detach: bool, auto_remove: bool, w: int) -> None:
+    from runtime import api
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    c = None
+    try:
+        if detach:
+            _to_devnull((0, 1, 2))
+            stdio = None
+        else:  # the container writes straight to the CLI's stdout/stderr: no copying through us
+            stdio = (os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), 1, 2)
+        c = api.create(config, paths, stdio=stdio, auto_remove=auto_remove, detached=detach)
+        with contextlib.suppress(OSError):
+            syscalls.set_process_name(host_name(c.id))
+        try:
+            api.start(c)
+        except BaseException:
+            with contextlib.suppress(IsobenchError, OSError):
+                api.delete(c, force=True)
+            raise
+        _to_devnull((0, 1, 2))  # keep no copy of the CLI's terminal/pipes while we wait
+        _send(w, f"S {c.id} {c.pid}")
+        if detach:
+            _exec_shim(c, paths, w)  # returns only when the shim is unavailable
+        code = api.wait(c)
+        if auto_remove:
+            api.delete(c)
+        _send(w, f"X {code}")
+    except IsobenchError as exc:
+        _send(w, f"E {exc.exit_code} {exc}")
+    except BaseException as exc:  # noqa: BLE001 - the monitor has no terminal: report, then log
+        _send(w, f"E 1 container monitor failed: {type(exc).__name__}: {exc}")
+        _crash_log(paths, c, traceback.format_exc())
+
+
+def _crash_log(paths: HostPaths, c: object, text: str) -> None:
+    with contextlib.suppress(OSError):
+        d = paths.containers / getattr(c, "id", "") if c is not None else paths.tmp
+        with open(d / "monitor-crash.log", "a", encoding="utf-8") as f:
+            f.write(text)
+
+
+def shim_path(paths: HostPaths) -> Path | None:
+    """The compiled shim (built once per source version with ``gcc -static``); None without gcc."""
+    source = SHIM_SOURCE.read_bytes()
+    out = paths.root / "bin" / f"isobench-monitor-{hashlib.sha256(source).hexdigest()[:12]}"
+    if out.exists():
+        return out
+    import shutil
+    import subprocess
+
+    from runtime.fsutil import file_lock
+
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(paths.locks / "monitor-shim.lock"):
+        if not out.exists():
+            tmp = out.with_suffix(".tmp")
+            proc = subprocess.run([gcc, "-static", "-Os", "-o", str(tmp), str(SHIM_SOURCE)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                return None
+            os.replace(tmp, out)
+    return out
+
+
+def _exec_shim(c, paths: HostPaths, w: int) -> None:
+    shim = shim_path(paths)
+    if shim is None:
+        return
+    os.set_inheritable(w, True)
+    status_file = c.dir / STATUS_FILE
+    argv = [host_name(c.id), str(c.pid), str(status_file), sys.executable, "-m", "runtime.lifecycle.monitor",
+            "finish", str(paths.root), c.id, str(w)]
+    os.execv(str(shim), argv)
+
+
+def finish(paths: HostPaths, cid: str, report_fd: int) -> int:
+    """After the shim: record the exit from its status file, free cgroup/network, ``--rm``, report."""
+    from runtime import api
+    from runtime.lifecycle import state as S
+
+    syscalls.set_process_name(host_name(cid))
+    try:
+        raw = (S.container_dir(paths, cid) / STATUS_FILE).read_text().strip()
+        status = int(raw)
+    except (OSError, ValueError):
+        status = -1
+    c = api.load(paths, cid)
+    c.exit_code = None
+    if c.state.get("network_mode") == "bridge":
+        c._netplan = True
+    with contextlib.suppress(IsobenchError):
+        from runtime.cgroups import open_cgroup
+
+        c._cgroup = open_cgroup(c.host_name)
+    if status < 0:  # the shim lost its child: no status to report
+        c.state.update(status="exited", exit_code=None, error="exit status lost", finished_at=S.now_iso())
+        api._after_exit(c)
+        code = 255
+    else:
+        api.record_exit(c, status)
+        code = c.exit_code or 0
+    if c.state.get("auto_remove"):
+        c.pid = None
+        api.delete(c)
+    _send(report_fd, f"X {code}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 4 and argv[0] == "finish":
+        return finish(HostPaths(root=Path(argv[1])), argv[2], int(argv[3]))
+    print("usage: python -m runtime.lifecycle.monitor finish ROOT ID FD", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
