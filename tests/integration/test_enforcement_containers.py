@@ -1,0 +1,119 @@
+"""cgroup enforcement through the runtime's library API (``runtime.api``): the same measurements as
+test_enforcement_cgroups.py, but the workloads are busybox containers started by isobench's runtime with
+``Resources`` limits, as the harness and ``isobench run --memory/--cpus/--pids-limit/--cpu-shares/
+--cpuset-cpus/--device-write-bps`` start them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import pytest
+
+from runtime.cgroups import devices
+from runtime.errors import IsobenchError
+from runtime.spec import ContainerConfig, MountSpec, NetworkSpec, Resources, ThrottleDevice
+from tests.imagefixtures import ensure_busybox
+
+api = pytest.importorskip("runtime.api")
+pytestmark = pytest.mark.requires("root", "cgroup_v1", "busybox")
+MIB = 1 << 20
+BUSY = ("sh", "-c", "while :; do :; done")
+
+
+@pytest.fixture
+def containers(leak_check, paths):
+    """Factory: create+start busybox containers; always killed and deleted (leak_check runs after)."""
+    ensure_busybox(paths)
+    made = []
+
+    def start(command: tuple[str, ...], resources: Resources, **extra):
+        cfg = ContainerConfig(image="busybox", command=command, resources=resources,
+                              network=NetworkSpec(mode="none"), **extra)
+        c = api.create(cfg, paths)
+        made.append(c)
+        api.start(c)
+        return c
+
+    yield start
+    for c in made:
+        with contextlib.suppress(IsobenchError):
+            api.delete(c, force=True)
+
+
+def _cpu_fraction(c, seconds: float) -> float:
+    u0, t0 = api.usage(c).cpu_usage_ns, time.monotonic()
+    time.sleep(seconds)
+    u1, t1 = api.usage(c).cpu_usage_ns, time.monotonic()
+    return (u1 - u0) / ((t1 - t0) * 1e9)
+
+
+def test_container_memory_hog_is_oom_killed(containers):
+    limit = 32 * MIB
+    # dd allocates and fills a 64 MiB block: twice the limit
+    c = containers(("dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"),
+                   Resources(memory_bytes=limit, memory_swap_bytes=limit))
+    code = api.wait(c, timeout_s=60)
+    u = c.final_usage
+    print(f"\ncontainer --memory 32m: exit {code}, OOMKilled {c.oom_killed}, oom_kill={u.oom_kill_count}, "
+          f"peak {u.memory_peak_bytes / MIB:.2f} MiB")
+    assert code == 137 and c.oom_killed
+    assert u.oom_kill_count >= 1 and u.memory_peak_bytes <= limit + 256 * 1024
+
+
+def test_container_under_half_a_cpu(containers):
+    c = containers(BUSY, Resources(cpu_quota_us=Resources.quota_for_cpus(0.5)))
+    time.sleep(0.3)
+    fractions = []
+    for _ in range(3):  # see test_enforcement_cgroups: the ceiling must hold always, the share when free
+        fractions.append(_cpu_fraction(c, 2.0))
+        if 0.45 <= fractions[-1] <= 0.55:
+            break
+    print(f"\ncontainer --cpus 0.5: {', '.join(f'{f:.3f}' for f in fractions)} CPU per 2 s window")
+    assert max(fractions) <= 0.55 and 0.45 <= fractions[-1] <= 0.55
+
+
+def test_container_pids_limit_contains_a_fork_bomb(containers):
+    c = containers(("sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 30"), Resources(pids_max=20))
+    peak = 0
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        peak = max(peak, api.usage(c).pids_current)
+        time.sleep(0.02)
+    host_ok = os.system("/bin/true") == 0
+    api.kill(c, signal.SIGKILL)  # PID 1 dies: the kernel kills the rest of its pid namespace
+    code = api.wait(c, timeout_s=30)
+    print(f"\ncontainer --pids-limit 20: highest pids.current {peak}, exit {code}, host fork ok {host_ok}")
+    assert 1 < peak <= 20 and host_ok and code == 137
+
+
+def test_container_shares_split_one_cpu(containers):
+    cpu = str(max(os.sched_getaffinity(0)))
+    heavy = containers(BUSY, Resources(cpu_shares=1024, cpuset_cpus=cpu))
+    light = containers(BUSY, Resources(cpu_shares=512, cpuset_cpus=cpu))
+    time.sleep(0.3)
+    h0, l0 = api.usage(heavy).cpu_usage_ns, api.usage(light).cpu_usage_ns
+    time.sleep(3.0)
+    h1, l1 = api.usage(heavy).cpu_usage_ns, api.usage(light).cpu_usage_ns
+    ratio = (h1 - h0) / max(l1 - l0, 1)
+    print(f"\ncontainers --cpu-shares 1024:512 --cpuset-cpus {cpu}: ratio {ratio:.2f}")
+    assert 1.6 <= ratio <= 2.5
+
+
+def test_container_write_bps_throttle(containers, tmp_path):
+    limit = 4 * MIB
+    disk = devices.device_node(*devices.device_of_path(str(tmp_path)))
+    c = containers(("dd", "if=/dev/zero", "of=/data/direct.bin", "bs=1M", "count=12", "oflag=direct"),
+                   Resources(device_write_bps=(ThrottleDevice(disk, limit),)),
+                   mounts=(MountSpec(destination="/data", source=str(tmp_path)),))
+    t0 = time.monotonic()
+    code = api.wait(c, timeout_s=60)
+    elapsed = time.monotonic() - t0
+    rate = 12 * MIB / elapsed
+    written = c.final_usage.io_write_bytes
+    print(f"\ncontainer --device-write-bps {disk}:4m: 12 MiB O_DIRECT in {elapsed:.2f} s = {rate / MIB:.2f} MiB/s, "
+          f"cgroup counted {written / MIB:.2f} MiB")
+    assert code == 0
+    assert 0.7 * limit <= rate <= 1.3 * limit and written >= 12 * MIB
