@@ -7,6 +7,8 @@ live in TOML (``results/bounds.toml``), one ``[[bound]]`` table each:
 
 - ``kind = "ratio"``: median(benchmark/metric in ``environment``) ÷ median(``reference_metric``
   or the same metric in ``reference``); ``reference_benchmark`` defaults to ``benchmark``.
+  ``metric`` may be a list of alternative names (first one the run has wins), e.g.
+  ``["create_to_exit_s", "create_to_exit_ms"]``: a ratio does not depend on the unit.
 - ``kind = "median"``: the median itself (only for unit-free quantities such as a fraction).
 - ``kind = "enforcement"``: the facts.json enforcement entries of ``environment`` and ``limit``
   (optionally only those with ``asked``); ``value = "accuracy"`` (measured ÷ asked) or ``"held"``
@@ -38,7 +40,7 @@ class Bound:
     kind: str
     environment: str
     benchmark: str = ""
-    metric: str = ""
+    metric: str | tuple[str, ...] = ""
     reference: str = ""
     reference_metric: str = ""
     reference_benchmark: str = ""
@@ -118,6 +120,8 @@ def parse_bounds(text: str, where: str = "bounds") -> list[Bound]:
             raise UsageError(f"{where}: bound #{i + 1} has unknown keys {', '.join(unknown)}")
         if "name" not in entry or "kind" not in entry:
             raise UsageError(f"{where}: bound #{i + 1} needs name and kind")
+        if isinstance(entry.get("metric"), list):
+            entry = {**entry, "metric": tuple(str(m) for m in entry["metric"])}
         try:
             b = Bound(**entry)
         except TypeError as exc:
@@ -136,6 +140,14 @@ def load_bounds(path: str | Path) -> list[Bound]:
 
 
 # ---------------------------------------------------------------- evaluation
+
+def _pick_metric(samples, benchmark: str, environment: str, metric: str | tuple[str, ...]) -> str:
+    """The first alternative present for this benchmark/environment (else the first name)."""
+    names = (metric,) if isinstance(metric, str) else metric
+    present = set(samples.loc[(samples["benchmark"] == benchmark) & (samples["environment"] == environment),
+                              "metric"])
+    return next((m for m in names if m in present), names[0])
+
 
 def _median(samples, benchmark: str, environment: str, metric: str) -> float:
     part = samples[(samples["benchmark"] == benchmark) & (samples["environment"] == environment)
@@ -163,20 +175,22 @@ def _failure_note(run, benchmark: str, environments: tuple[str, ...]) -> str:
 def _ratio(b: Bound, run) -> list[Result]:
     ref_env = b.reference or b.environment
     ref_bench = b.reference_benchmark or b.benchmark
-    ref_metric = b.reference_metric or b.metric
-    num = _median(run.samples, b.benchmark, b.environment, b.metric)
+    metric = _pick_metric(run.samples, b.benchmark, b.environment, b.metric)
+    ref_metric = b.reference_metric or metric
+    num = _median(run.samples, b.benchmark, b.environment, metric)
     den = _median(run.samples, ref_bench, ref_env, ref_metric)
     value = num / den if isfinite(num) and isfinite(den) and den != 0 else nan
-    label = f"{b.benchmark}/{b.metric}: {b.environment} ÷ {ref_env}" + \
-        (f" {ref_bench}/{ref_metric}" if (ref_bench, ref_metric) != (b.benchmark, b.metric) else "")
+    label = f"{b.benchmark}/{metric}: {b.environment} ÷ {ref_env}" + \
+        (f" {ref_bench}/{ref_metric}" if (ref_bench, ref_metric) != (b.benchmark, metric) else "")
     detail = "" if isfinite(value) else _failure_note(run, b.benchmark, (b.environment, ref_env))
     return [Result(b, label, value, _verdict(b, value), detail)]
 
 
 def _median_kind(b: Bound, run) -> list[Result]:
-    value = _median(run.samples, b.benchmark, b.environment, b.metric)
+    metric = _pick_metric(run.samples, b.benchmark, b.environment, b.metric)
+    value = _median(run.samples, b.benchmark, b.environment, metric)
     detail = "" if isfinite(value) else _failure_note(run, b.benchmark, (b.environment,))
-    return [Result(b, f"{b.benchmark}/{b.metric} in {b.environment}", value, _verdict(b, value), detail)]
+    return [Result(b, f"{b.benchmark}/{metric} in {b.environment}", value, _verdict(b, value), detail)]
 
 
 def _enforcement(b: Bound, run) -> list[Result]:

@@ -56,6 +56,10 @@ def fmt_value(value, unit: str) -> str:
         return format_bytes(value)
     if unit == "ms" and abs(value) >= 1000:
         return f"{value / 1000:.2f} s"
+    if unit == "s" and abs(value) < 1:
+        return f"{fmt_num(value * 1000)} ms"
+    if unit == "us" and abs(value) >= 1000:
+        return fmt_value(value / 1000, "ms")
     return f"{fmt_num(value)} {unit}".strip()
 
 
@@ -138,35 +142,40 @@ class NotesRow:
     aspect: str
     measure: str
     benchmark: str
-    metric: str          # "<base>_n*" picks the largest N present
+    metric: tuple[str, ...]  # alternatives, first present wins; "<base>_n*" picks the largest N
     notes_containers: str
     notes_vms: str
 
 
 WEIGHT_ROWS = (
-    NotesRow("Size", "on-disk size", "footprint", "disk_bytes", "Lightweight", "Heavy (full OS)"),
-    NotesRow("Startup", "create → exit", "startup", "create_to_exit_ms", "Seconds", "Minutes"),
-    NotesRow("Startup", "create → first HTTP reply", "startup", "create_to_http_ms", "Seconds", "Minutes"),
-    NotesRow("Resources", "memory per instance (PSS)", "footprint", "pss_per_instance_mib",
+    NotesRow("Size", "on-disk size", "footprint", ("disk_bytes",), "Lightweight", "Heavy (full OS)"),
+    NotesRow("Startup", "create → exit", "startup", ("create_to_exit_s", "create_to_exit_ms"), "Seconds", "Minutes"),
+    NotesRow("Startup", "create → first HTTP reply", "startup", ("create_to_http_s", "create_to_http_ms"), "Seconds", "Minutes"),
+    NotesRow("Resources", "memory per instance (PSS)", "footprint", ("pss_per_instance_mib",),
              "Efficient", "High overhead"),
     NotesRow("Resources", "host memory per instance, N instances", "footprint",
-             "mem_delta_per_instance_mib_n*", "Efficient", "High overhead"),
-    NotesRow("Resources", "instances started per second", "footprint", "instances_per_s",
+             ("mem_delta_per_instance_mib_n*",), "Efficient", "High overhead"),
+    NotesRow("Resources", "instances started per second", "footprint", ("instances_per_s",),
              "Efficient", "High overhead"),
-    NotesRow("Resources", "CPU throughput, 1 CPU", "cpu", "events_per_s_1cpu", "Efficient", "High overhead"),
-    NotesRow("Resources", "CPU throughput, all CPUs", "cpu", "events_per_s_allcpu", "Efficient",
+    NotesRow("Resources", "CPU throughput, 1 CPU", "cpu", ("events_per_s_1cpu",), "Efficient", "High overhead"),
+    NotesRow("Resources", "CPU throughput, all CPUs", "cpu", ("events_per_s_allcpu",), "Efficient",
              "High overhead"),
-    NotesRow("Resources", "memory bandwidth", "memory", "bandwidth_mib_s", "Efficient", "High overhead"),
+    NotesRow("Resources", "memory bandwidth", "memory", ("bandwidth_mib_s",), "Efficient", "High overhead"),
 )
 
 
-def _resolve_metric(summary: pd.DataFrame, benchmark: str, metric: str) -> str:
-    if not metric.endswith("_n*"):
-        return metric
-    base = metric[:-3]
-    ns = [p[1] for m in summary.loc[summary["benchmark"] == benchmark, "metric"].unique()
-          if (p := metric_n(m)) and p[0] == base]
-    return f"{base}_n{max(ns)}" if ns else metric
+def _resolve_metric(summary: pd.DataFrame, benchmark: str, metrics: tuple[str, ...]) -> str:
+    """The first alternative the run has (``_n*``: the largest N present); else the first name."""
+    present = set(summary.loc[summary["benchmark"] == benchmark, "metric"].unique())
+    for metric in metrics:
+        if metric.endswith("_n*"):
+            base = metric[:-3]
+            ns = [p[1] for m in present if (p := metric_n(m)) and p[0] == base]
+            if ns:
+                return f"{base}_n{max(ns)}"
+        elif metric in present:
+            return metric
+    return metrics[0]
 
 
 def weight_performance(summary: pd.DataFrame, facts: dict) -> pd.DataFrame:
@@ -182,7 +191,7 @@ def weight_performance(summary: pd.DataFrame, facts: dict) -> pd.DataFrame:
         medians = {}
         for env in envs:
             hit = lookup(summary, spec.benchmark, metric, env)
-            if hit is None and spec.metric == "disk_bytes" and env in sizes:
+            if hit is None and metric == "disk_bytes" and env in sizes:
                 hit = {"median": float(sizes[env].get("bytes", float("nan"))), "unit": "bytes",
                        "ratio_native": float("nan")}
             if hit is None:

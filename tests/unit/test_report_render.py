@@ -35,8 +35,11 @@ def test_sections_and_course_note_tables(html):
 def test_measured_numbers_present(html):
     run = load_run(FIXTURE)
     s = run.samples
-    vm = s[(s.benchmark == "startup") & (s.environment == "vm") & (s.metric == "create_to_exit_ms")]["value"]
-    assert tables.fmt_value(float(vm.median()), "ms") in html  # e.g. "6.02 s"
+    vm = s[(s.benchmark == "startup") & (s.environment == "vm") & (s.metric == "create_to_exit_s")]["value"]
+    assert len(vm) == 10 and tables.fmt_value(float(vm.median()), "s") in html  # e.g. "6.02 s"
+    ct = s[(s.benchmark == "startup") & (s.environment == "container") & (s.metric == "create_to_exit_s")]["value"]
+    assert tables.fmt_value(float(ct.median()), "s").endswith(" ms")
+    assert tables.fmt_value(float(ct.median()), "s") in html  # e.g. "9.23 ms"
     cpu = s[(s.benchmark == "cpu") & (s.environment == "native") & (s.metric == "events_per_s_1cpu")]["value"]
     assert tables.fmt_num(float(cpu.median())) in html
     assert "95% CI of median" in html and "CV %" in html and "ratio to native" in html
