@@ -13,6 +13,7 @@ GC_AREAS: tuple[str, ...] = (
     "runtime.cgroups.gc",
     "runtime.network.gc",
     "vmharness.gc",
+    "runtime.image.gc",      # temp dirs of crashed unpacks and builds
 )
 
 
