@@ -16,9 +16,11 @@ def parse_size_bytes(text: str, option: str = "size") -> int:
     m = _SIZE_RE.match(str(text))
     if not m:
         raise UsageError(f"{option} {text!r} is not a size (examples: 512, 64k, 256m, 1g)")
+    if len(m.group(1)) > 30:  # beyond any real size; float() would overflow or lose meaning
+        raise UsageError(f"{option} {text!r} is too large")
     value = float(m.group(1)) * _MULT[m.group(2).lower()]
-    if value <= 0:
-        raise UsageError(f"{option} {text!r} must be greater than zero")
+    if value < 1:
+        raise UsageError(f"{option} {text!r} must be at least one byte")
     return int(value)
 
 

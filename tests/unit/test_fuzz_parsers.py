@@ -163,8 +163,6 @@ def oci_documents(draw):
     return cfg
 
 
-@pytest.mark.xfail(reason="BUG (image area): ImageStore.list/_record call .get on index/manifest/config JSON "
-                          "that is not an object -> AttributeError traceback", strict=False)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(oci_documents(), json_values, st.booleans())
@@ -192,31 +190,23 @@ def test_store_reads_malformed_oci_json_with_one_line_errors(tmp_path_factory, c
         assert "\n" not in str(exc)
 
 
-# ---- concrete bugs found by the properties above (strict xfail: they start failing once fixed, so the
-# ---- mark is removed then). Reported to the lead with the owners named.
+# ---- concrete bugs the properties above found, pinned as regression tests (fixed).
 
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="BUG (image area): parse_kv_pairs on whitespace-only text indexes an empty split")
 def test_kv_pairs_whitespace_only():
     with pytest.raises(dockerfile.SubstitutionError):
         dockerfile.parse_kv_pairs("\x0c", {}, "\\", "ENV")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (runtime.units): a size below one byte ('0.1') returns 0 instead of an error")
 def test_size_below_one_byte_is_an_error():
     with pytest.raises(UsageError):
         parse_size_bytes("0.1", "--memory")
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="BUG (runtime.units): a 400-digit size overflows float -> OverflowError traceback")
 def test_huge_size_is_an_error():
     with pytest.raises(UsageError):
         parse_size_bytes("9" * 400, "--memory")
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="BUG (image area): index.json whose manifests hold a non-object -> AttributeError")
 def test_store_index_with_non_object_entry(tmp_path):
     from runtime.image.store import ImageStore
     from runtime.paths import HostPaths
