@@ -146,7 +146,10 @@ def proc_start_time(pid: int) -> int | None:
             stat = f.read()
     except OSError:
         return None
-    return int(stat.rsplit(b")", 1)[1].split()[19])
+    fields = stat.rsplit(b")", 1)[1].split()
+    if fields[0] in (b"Z", b"X"):  # a zombie has exited; only its parent has not reaped it yet
+        return None
+    return int(fields[19])
 
 
 def alive(pid: int | None, start: int | None) -> bool:
