@@ -53,63 +53,100 @@ def _verbs_available() -> set[str]:
     return verbs
 
 
-def test_kill9_at_random_points_then_gc_leaves_nothing(tmp_path, leak_check, capsys):
+def _trial_plan(tmp_path: Path, root: Path, verbs: set[str], counts: dict[str, int]) -> tuple[list, dict]:
+    plan: list[tuple[str, list[str]]] = []
+    durations: dict[str, float] = {}
+    if "build" in counts:
+        # a warm base image and one clean build tell how long a build takes: kills land within that span
+        crashkit.isobench(["image", "build", "-t", "crash-warm:1", str(_dockerfile(tmp_path / "ctx-warm", -1))],
+                          root, check=True)
+        durations["build"] = crashkit.timed(["image", "build", "--no-cache", "-t", "crash-warm:2",
+                                             str(tmp_path / "ctx-warm")], root)
+        for i in range(counts["build"]):
+            plan.append(("build", ["image", "build", "-t", f"crash-{i}:1",
+                                   str(_dockerfile(tmp_path / f"ctx-{i}", i))]))
+    if "run" in counts:
+        durations["run"] = crashkit.timed(["run", "--rm", "busybox", "sh", "-c", "echo warm"], root)
+        for i in range(counts["run"]):
+            net = ["--network", "bridge"] if i % 2 else ["--network", "none"]
+            plan.append(("run", ["run", "--rm", *net, "busybox", "sh", "-c", "echo hi; sleep 0.2"]))
+    if "rm" in counts:
+        t0 = time.monotonic()
+        for i in range(counts["rm"]):
+            crashkit.isobench(["run", "--name", f"crash-rm-{i}", "busybox", "true"], root)
+        durations["rm"] = (time.monotonic() - t0) / max(1, counts["rm"])
+        for i in range(counts["rm"]):
+            plan.append(("rm", ["rm", "-f", f"crash-rm-{i}"]))
+    if "bench" in counts:
+        bench_args = ["bench", "--only", "startup", "--env", "native,runc", "--values", "3"]
+        durations["bench"] = crashkit.timed([*bench_args, "--out", str(tmp_path / "bench-warm")], root)
+        for i in range(counts["bench"]):
+            plan.append(("bench", [*bench_args, "--out", str(tmp_path / f"bench-{i}")]))
+    return plan, durations
+
+
+def _crash_and_audit(tmp_path: Path, counts: dict[str, int], capsys) -> tuple[dict, list]:
     seed = int(os.environ.get("ISOBENCH_CRASH_SEED", str(int(time.time()))))
     rng = random.Random(seed)
     root = tmp_path / "root"
-    verbs = _verbs_available()
-    # a warm base image and one clean build tell how long each verb takes: kills land within that span
-    crashkit.isobench(["image", "build", "-t", "crash-warm:1", str(_dockerfile(tmp_path / "ctx-warm", -1))],
-                      root, check=True)
-    durations = {"build": crashkit.timed(["image", "build", "--no-cache", "-t", "crash-warm:2",
-                                          str(tmp_path / "ctx-warm")], root)}
-    plan: list[tuple[str, list[str]]] = []
-    per_verb = {"run": 6, "rm": 4, "bench": 2} if "run" in verbs else {}
-    per_verb = {v: n for v, n in per_verb.items() if v in verbs}
-    per_verb["build"] = max(TRIALS_TOTAL - sum(per_verb.values()), 8)
-    for i in range(per_verb["build"]):
-        plan.append(("build", ["image", "build", "-t", f"crash-{i}:1", str(_dockerfile(tmp_path / f"ctx-{i}", i))]))
-    if "run" in per_verb:
-        durations["run"] = crashkit.timed(["run", "--rm", "busybox", "sh", "-c", "echo warm"], root)
-        for i in range(per_verb["run"]):
-            net = ["--network", "bridge"] if i % 2 else ["--network", "none"]
-            plan.append(("run", ["run", "--rm", *net, "busybox", "sh", "-c", "echo hi; sleep 0.2"]))
-    if "rm" in per_verb:
-        for i in range(per_verb["rm"]):
-            name = f"crash-rm-{i}"
-            crashkit.isobench(["run", "--name", name, "busybox", "true"], root)
-            plan.append(("rm", ["rm", "-f", name]))
-        durations["rm"] = 0.5
-    if "bench" in per_verb:
-        durations["bench"] = 5.0
-        for i in range(per_verb["bench"]):
-            plan.append(("bench", ["bench", "--help"]))  # replaced by a short real bench once it exists
-    rng.shuffle(plan)
+    try:
+        plan, durations = _trial_plan(tmp_path, root, set(counts), counts)
+        rng.shuffle(plan)
+        trials = [crashkit.kill_at(verb, argv, root, rng.uniform(0.0, durations.get(verb, 1.0) * 1.1))
+                  for verb, argv in plan]
+        time.sleep(0.5)  # let orphaned short-lived container commands finish
+        gc = crashkit.isobench(["gc"], root)
+        assert gc.returncode == 0, f"isobench gc failed: {gc.stderr.strip()[-800:]}"
+        left = crashkit.leftovers(root)
+        problems = crashkit.store_problems(root)
+        with capsys.disabled():
+            by_verb = {v: sum(1 for t in trials if t.verb == v) for v in counts}
+            print(f"\ncrash trials: seed={seed} total={len(trials)} killed mid-command={sum(t.killed for t in trials)} "
+                  f"per verb={by_verb}; gc: {gc.stdout.strip().splitlines()[-1:]}; "
+                  f"left: { {k: len(v) for k, v in left.items()} }")
+        assert not problems, f"image store invalid after crashes (seed {seed}): {problems}"
+        ls = crashkit.isobench(["image", "ls"], root)
+        assert ls.returncode == 0, ls.stderr
+        return left, trials
+    finally:
+        forced = crashkit.cleanup_root(root)
+        if forced:
+            with capsys.disabled():
+                print(f"crash test had to clean up after gc: {forced[:10]}")
 
-    trials = []
-    for verb, argv in plan:
-        delay = rng.uniform(0.0, durations.get(verb, 1.0) * 1.1)
-        trials.append(crashkit.kill_at(verb, argv, root, delay))
-    time.sleep(0.5)  # let orphaned short-lived container commands finish
 
-    gc = crashkit.isobench(["gc"], root)
-    assert gc.returncode == 0, f"isobench gc failed: {gc.stderr.strip()[-800:]}"
-    left = crashkit.leftovers(root)
-    problems = crashkit.store_problems(root)
-    killed = sum(t.killed for t in trials)
-    with capsys.disabled():
-        by_verb = {v: sum(1 for t in trials if t.verb == v) for v in per_verb}
-        print(f"\ncrash trials: seed={seed} total={len(trials)} killed mid-command={killed} per verb={by_verb} "
-              f"not available: {sorted({'run', 'rm', 'bench'} - verbs)}; gc: {gc.stdout.strip().splitlines()[-1:]}")
-    assert len(trials) >= 20
-    assert not problems, f"image store invalid after crashes (seed {seed}): {problems}"
-    # the store still works: every committed image resolves and a new build succeeds
-    ls = crashkit.isobench(["image", "ls"], root)
-    assert ls.returncode == 0, ls.stderr
-    crashkit.isobench(["image", "build", "-t", "crash-after:1", str(_dockerfile(tmp_path / "ctx-after", 999))],
-                      root, check=True)
+def _verdict(left: dict) -> None:
     hard = {k: v for k, v in left.items() if k not in KNOWN_UNCOLLECTED}
-    assert not hard, f"left behind after kill -9 + gc (seed {seed}): {left}"
+    assert not hard, f"left behind after kill -9 + gc: {left}"
     if left:
         pytest.xfail(f"KNOWN (reported): gc does not collect temp dirs/partial files of killed commands: "
                      f"{ {k: len(v) for k, v in left.items()} } e.g. {[v[0] for v in left.values()]}")
+
+
+def test_kill9_build_run_rm_then_gc_leaves_nothing(tmp_path, leak_check, capsys):
+    ok, _ = harness.isobench_available()
+    counts = {"build": 8, "run": 8, "rm": 6} if ok and harness._cli_has_run() else {"build": TRIALS_TOTAL}
+    left, trials = _crash_and_audit(tmp_path, counts, capsys)
+    assert len(trials) >= 20
+    crashkit.isobench(["image", "build", "-t", "crash-after:1", str(_dockerfile(tmp_path / "ctx-after", 999))],
+                      tmp_path / "root", check=True)
+    _verdict(left)
+
+
+@pytest.mark.requires("runc")
+@pytest.mark.xfail(strict=False, reason="KNOWN (reported): killing `isobench bench` leaves the runc env's netns holder "
+                                        "(`sleep infinity`, no PDEATHSIG, no isobench- name) and its bundle overlay "
+                                        "mounts under <root>/tmp/bench, which gc does not remove")
+def test_kill9_bench_then_gc_leaves_nothing(tmp_path, leak_check, capsys):
+    from bench.results import load_run
+    from runtime.errors import IsobenchError
+
+    left, trials = _crash_and_audit(tmp_path, {"bench": 4}, capsys)
+    load_run(tmp_path / "bench-warm")  # a completed run stays loadable
+    for i in range(4):  # a killed run either loads or says why in one line
+        if (tmp_path / f"bench-{i}").exists():
+            try:
+                load_run(tmp_path / f"bench-{i}")
+            except IsobenchError:
+                pass
+    _verdict(left)
