@@ -24,7 +24,8 @@ class Figure:
     key: str
     title: str
     caption: str
-    png_base64: str | None   # None: nothing measured to draw
+    png_base64: str | None   # None: nothing measured to draw (or a problem)
+    problem: str | None = None
 
 
 def template_env():
@@ -34,7 +35,27 @@ def template_env():
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def _figure(key: str, title: str, caption: str, fig) -> Figure:
+# A facts.json written by a newer or buggy harness must not cost the whole page: a section whose
+# input has an unexpected shape shows the error in place (visible, not swallowed) and the rest renders.
+MALFORMED = (KeyError, TypeError, AttributeError, ValueError, IndexError)
+
+
+def _table(what: str, build, **style_kw) -> Markup:
+    import pandas as pd
+
+    try:
+        df = build()
+    except MALFORMED as exc:
+        df = pd.DataFrame([{"problem": f"could not read {what}: {type(exc).__name__}: {exc}"}])
+        style_kw = {}
+    return Markup(tables.style(df, what.replace(".", "-").replace(" ", "-"), **style_kw))
+
+
+def _figure(key: str, title: str, caption: str, draw) -> Figure:
+    try:
+        fig = draw()
+    except MALFORMED as exc:
+        return Figure(key, title, caption, None, f"could not draw: {type(exc).__name__}: {exc}")
     return Figure(key, title, caption, plots.to_png_base64(fig) if fig is not None else None)
 
 
@@ -57,25 +78,25 @@ def build_context(run: Run) -> dict:
     summary = tables.metric_summary(run.samples)
     meta, facts = run.meta or {}, run.facts or {}
     benchmarks = list(dict.fromkeys(summary["benchmark"]))
-    per_benchmark = [(b, Markup(tables.style(tables.benchmark_table(summary, b), f"metric-{b}")))
+    per_benchmark = [(b, _table(f"metric {b}", lambda b=b: tables.benchmark_table(summary, b)))
                      for b in benchmarks]
     versions = meta.get("versions") or {}
     figures = {
         "phases": _figure("phases", "Boot and start phases",
                           "Where the time goes between create and the workload running: the VM's boot "
                           "phases (seconds) beside the container runtimes' start phases (milliseconds).",
-                          plots.phases_figure(facts)),
+                          lambda: plots.phases_figure(facts)),
         "startup": _figure("startup", "Start-up distributions",
                            "Every measured start-up value per environment (box: quartiles; log scale).",
-                           plots.startup_figure(run.samples)),
+                           lambda: plots.startup_figure(run.samples)),
         "footprint": _figure("footprint", "Footprint vs number of instances",
                              "Host memory per instance and in total as more instances run at once.",
-                             plots.footprint_figure(run.samples)),
+                             lambda: plots.footprint_figure(run.samples)),
         "overhead": _figure("overhead", "Overhead against native",
                             "Cost factor of each environment against native per metric "
                             "(direction-aware: right of 1 is worse), with bootstrap 95% CIs of the "
                             "ratio of medians.",
-                            plots.overhead_figure(summary)),
+                            lambda: plots.overhead_figure(summary)),
     }
     accel = str(meta.get("accelerator") or "").lower()
     return {
@@ -88,30 +109,27 @@ def build_context(run: Run) -> dict:
         "banner": _banner(meta),
         "versions": sorted((str(k), str(v)) for k, v in versions.items()),
         "image_digests": sorted((str(k), str(v)) for k, v in (meta.get("image_digests") or {}).items()),
-        "weight": Markup(tables.style(tables.weight_performance(summary, facts), "weight",
-                                      verdict_columns=list(tables.ENVIRONMENTS),
-                                      wrap_columns=list(tables.ENVIRONMENTS), wrap_min_width="8em")),
-        "namespaces": Markup(tables.style(tables.namespace_matrix(facts), "namespaces",
-                                          verdict_columns=list(tables.ENVIRONMENTS),
-                                          wrap_columns=list(tables.ENVIRONMENTS))),
+        "weight": _table("weight", lambda: tables.weight_performance(summary, facts),
+                         verdict_columns=list(tables.ENVIRONMENTS), wrap_columns=list(tables.ENVIRONMENTS),
+                         wrap_min_width="8em"),
+        "namespaces": _table("facts.isolation", lambda: tables.namespace_matrix(facts),
+                             verdict_columns=list(tables.ENVIRONMENTS), wrap_columns=list(tables.ENVIRONMENTS)),
         "has_isolation": bool(facts.get("isolation")),
-        "enforcement": Markup(tables.style(tables.enforcement_table(facts), "enforcement",
-                                           verdict_columns=["held"], wrap_columns=["evidence"])),
+        "enforcement": _table("facts.enforcement", lambda: tables.enforcement_table(facts),
+                              verdict_columns=["held"], wrap_columns=["evidence"]),
         "has_enforcement": bool(facts.get("enforcement")),
-        "ephemerality": Markup(tables.style(tables.ephemerality_table(facts), "ephemerality",
-                                            verdict_columns=["file written, no volume"],
-                                            kept_columns=["file written to a volume"],
-                                            wrap_columns=["evidence"])),
+        "ephemerality": _table("facts.ephemerality", lambda: tables.ephemerality_table(facts),
+                               verdict_columns=["file written, no volume"],
+                               kept_columns=["file written to a volume"], wrap_columns=["evidence"]),
         "has_ephemerality": bool(facts.get("ephemerality")),
-        "port_mapping": Markup(tables.style(tables.port_mapping_table(facts), "ports")),
+        "port_mapping": _table("facts.port_mapping", lambda: tables.port_mapping_table(facts)),
         "has_port_mapping": bool(facts.get("port_mapping")),
-        "port_cost": Markup(tables.style(tables.port_mapping_cost(summary), "portcost")),
+        "port_cost": _table("network metrics", lambda: tables.port_mapping_cost(summary)),
         "has_port_cost": bool((summary["benchmark"] == "network").any()),
-        "platform": Markup(tables.style(tables.platform_table(facts, meta), "platform",
-                                        wrap_columns=["containers (course notes)", "VMs"])),
+        "platform": _table("facts.platform", lambda: tables.platform_table(facts, meta),
+                           wrap_columns=["containers (course notes)", "VMs"]),
         "per_benchmark": per_benchmark,
-        "failures": Markup(tables.style(tables.failures_table(run.failures), "failures",
-                                        wrap_columns=["error"])),
+        "failures": _table("failures.json", lambda: tables.failures_table(run.failures), wrap_columns=["error"]),
         "n_failures": len(run.failures or []),
         "n_samples": int(len(run.samples)),
         "figures": figures,

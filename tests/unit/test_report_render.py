@@ -84,3 +84,16 @@ def test_weight_table_tolerates_missing_metrics():
                                                         "iteration", "direction"]))
     df = tables.weight_performance(empty, {})
     assert (df[["native", "container", "runc", "vm"]] == tables.NOT_MEASURED).all().all()
+
+
+def test_malformed_facts_section_shows_problem(tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE, run_dir)
+    facts = json.loads((run_dir / "facts.json").read_text())
+    facts["isolation"] = {"container": ["not", "a", "dict"]}
+    facts["phases"] = {"vm": [{"phase": "kernel"}]}
+    (run_dir / "facts.json").write_text(json.dumps(facts))
+    page = render_report(run_dir).read_text()
+    assert "could not read facts.isolation" in page
+    assert "could not draw" in page
+    assert 'id="tcg-warning"' in page and "create → exit" in page
