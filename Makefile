@@ -26,6 +26,7 @@ report: setup
 	$(ISOBENCH) report
 
 check: setup
+	rm -rf results/check  # `bench --out` refuses a non-empty directory; each check is a fresh run
 	$(ISOBENCH) bench --profile quick --values 3 --only startup,cpu,enforcement --out results/check
 	$(ISOBENCH) check results/check
 
