@@ -272,11 +272,30 @@ def ephemerality_table(facts: dict) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- course notes: port mapping
 
-def port_mapping_table(facts: dict) -> pd.DataFrame:
-    rows = [{"environment": p.get("environment", "?"), "protocol": p.get("protocol", "tcp"),
-             "host": p.get("host", "?"), "→": "→", "target": p.get("target", "?")}
-            for p in facts.get("port_mapping") or []]
-    return pd.DataFrame(rows, columns=["environment", "protocol", "host", "→", "target"])
+PORT_COST_METRICS = (  # (column, alternatives): the cost shown beside each mapping
+    ("requests/s through it", ("http_req_s",)),
+    ("p50 latency", ("http_p50_ms",)),
+    ("bulk throughput", ("iperf3_gbit_s",)),
+)
+
+
+def port_mapping_table(facts: dict, summary: pd.DataFrame | None = None,
+                       benchmark: str = "network") -> pd.DataFrame:
+    """host:PORT → target:PORT per environment, with what traffic through it measured (× native)."""
+    rows = []
+    for p in facts.get("port_mapping") or []:
+        env = p.get("environment", "?")
+        row = {"environment": env, "protocol": p.get("protocol", "tcp"), "host": p.get("host", "?"),
+               "→": "→", "target": p.get("target", "?")}
+        for column, metrics in PORT_COST_METRICS:
+            hit = None
+            if summary is not None:
+                hit = next((h for m in metrics if (h := lookup(summary, benchmark, m, env))), None)
+            row[column] = NOT_MEASURED if hit is None else \
+                f"{fmt_value(hit['median'], hit['unit'])} ({fmt_ratio(hit['ratio_native'])} native)"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["environment", "protocol", "host", "→", "target",
+                                       *[c for c, _ in PORT_COST_METRICS]])
 
 
 def port_mapping_cost(summary: pd.DataFrame, benchmark: str = "network") -> pd.DataFrame:
