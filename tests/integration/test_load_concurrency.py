@@ -99,6 +99,8 @@ def test_100_concurrent_runs_all_succeed_without_duplicate_addresses(tmp_path, l
     assert not failed, f"{len(failed)} of {N_RUNS} concurrent runs failed: {failed[:5]}"
     assert len(addrs) == N_RUNS // 2, f"bridge containers without an address: {N_RUNS // 2 - len(addrs)}"
     assert len(set(addrs)) == len(addrs), f"duplicate addresses: {sorted(a for a in addrs if addrs.count(a) > 1)}"
+    # gc is host-wide (it may rightly remove other roots' orphans), so only its success is asserted;
+    # leak_check and leftovers() are the evidence that these 100 containers left nothing behind
     gc = crashkit.isobench(["gc"], root)
-    assert gc.returncode == 0 and "gc: 0 orphan" in gc.stdout, gc.stdout + gc.stderr
+    assert gc.returncode == 0, gc.stdout + gc.stderr
     assert not crashkit.leftovers(root), crashkit.leftovers(root)
