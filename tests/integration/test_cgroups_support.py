@@ -55,6 +55,9 @@ class Made:
                 proc.wait(timeout=10)
             for cg in self.cgroups:
                 cg.destroy()
+            # a precise check of our own objects (leak_check also sees other suites' objects on a shared host)
+            left = [str(p) for cg in self.cgroups for p in cg.paths.values() if p.exists()]
+            assert not left, f"cgroups left behind: {left}"
         finally:
             for obj_id in self.lease_ids:
                 leases.release(obj_id)

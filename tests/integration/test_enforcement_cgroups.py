@@ -13,11 +13,13 @@ import time
 import pytest
 
 from runtime.cgroups import devices
+from runtime.cgroups.rules import MAX_SHARES
 from runtime.spec import Resources, ThrottleDevice
 from tests.integration.test_cgroups_support import BUSY_LOOP, cpu_fraction, made, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.requires("root", "cgroup_v1")
 MIB = 1 << 20
+WINDOWS = 5  # 2 s CPU windows tried before the lower bound fails (shared, noisy host)
 
 MEMORY_HOG = [sys.executable, "-c",
               "chunks = []\nwhile True:\n    chunks.append(b'x' * (1 << 20))  # bytes(*) writes every page"]
@@ -37,13 +39,14 @@ def test_memory_hog_is_oom_killed_at_the_limit(leak_check, made):
 
 
 def test_busy_loop_under_half_a_cpu_uses_half_a_cpu(leak_check, made):
-    cg = made.cgroup(Resources(cpu_quota_us=Resources.quota_for_cpus(0.5)))
+    # the quota is the ceiling under test; the top CPU weight keeps other work on this shared host from
+    # pushing the loop *below* it, so the measured fraction is the quota's doing, not the neighbours'
+    cg = made.cgroup(Resources(cpu_quota_us=Resources.quota_for_cpus(0.5), cpu_shares=MAX_SHARES))
     made.spawn(cg, BUSY_LOOP)
     time.sleep(0.3)  # past interpreter start-up
-    # the quota is a ceiling that must hold in every window; reaching it needs a CPU free of the other
-    # work on this shared 2-core host, so up to three 2 s windows are measured and the first in range wins
+    # the ceiling must hold in every window; the lower bound may need a second window when the host is busy
     fractions = []
-    for _ in range(3):
+    for _ in range(WINDOWS):
         fractions.append(cpu_fraction(cg, 2.0))
         if 0.45 <= fractions[-1] <= 0.55:
             break
@@ -51,7 +54,7 @@ def test_busy_loop_under_half_a_cpu_uses_half_a_cpu(leak_check, made):
     print(f"\n--cpus 0.5: used {', '.join(f'{f:.3f}' for f in fractions)} CPU per 2 s window, "
           f"throttled {throttled.get('nr_throttled')} periods")
     assert max(fractions) <= 0.55
-    assert 0.45 <= fractions[-1] <= 0.55
+    assert 0.45 <= fractions[-1] <= 0.55, "never got its half CPU: is the host saturated by other work?"
     assert int(throttled["nr_throttled"]) > 0
 
 

@@ -12,14 +12,16 @@ import time
 
 import pytest
 
-from runtime.cgroups import devices
-from runtime.errors import IsobenchError
+from runtime.cgroups import devices, open_cgroup
+from runtime.cgroups.rules import MAX_SHARES
+from runtime.errors import CgroupError, IsobenchError
 from runtime.spec import ContainerConfig, MountSpec, NetworkSpec, Resources, ThrottleDevice
 from tests.imagefixtures import ensure_busybox
 
 api = pytest.importorskip("runtime.api")
 pytestmark = pytest.mark.requires("root", "cgroup_v1", "busybox")
 MIB = 1 << 20
+WINDOWS = 5  # 2 s CPU windows tried before the lower bound fails (shared, noisy host)
 BUSY = ("sh", "-c", "while :; do :; done")
 
 
@@ -41,6 +43,16 @@ def containers(leak_check, paths):
     for c in made:
         with contextlib.suppress(IsobenchError):
             api.delete(c, force=True)
+    left = [c.host_name for c in made if _cgroup_exists(c.host_name)]
+    assert not left, f"container cgroups left behind: {left}"
+
+
+def _cgroup_exists(name: str) -> bool:
+    try:
+        open_cgroup(name)
+    except CgroupError:
+        return False
+    return True
 
 
 def _cpu_fraction(c, seconds: float) -> float:
@@ -64,15 +76,17 @@ def test_container_memory_hog_is_oom_killed(containers):
 
 
 def test_container_under_half_a_cpu(containers):
-    c = containers(BUSY, Resources(cpu_quota_us=Resources.quota_for_cpus(0.5)))
+    # top CPU weight: neighbours on this shared host must not push it below the quota under test
+    c = containers(BUSY, Resources(cpu_quota_us=Resources.quota_for_cpus(0.5), cpu_shares=MAX_SHARES))
     time.sleep(0.3)
     fractions = []
-    for _ in range(3):  # see test_enforcement_cgroups: the ceiling must hold always, the share when free
+    for _ in range(WINDOWS):  # see test_enforcement_cgroups: the ceiling must hold always, the share when free
         fractions.append(_cpu_fraction(c, 2.0))
         if 0.45 <= fractions[-1] <= 0.55:
             break
     print(f"\ncontainer --cpus 0.5: {', '.join(f'{f:.3f}' for f in fractions)} CPU per 2 s window")
-    assert max(fractions) <= 0.55 and 0.45 <= fractions[-1] <= 0.55
+    assert max(fractions) <= 0.55
+    assert 0.45 <= fractions[-1] <= 0.55, "never got its half CPU: is the host saturated by other work?"
 
 
 def test_container_pids_limit_contains_a_fork_bomb(containers):
