@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.report.tables import env_order, metric_n
+from bench.report.tables import env_order, fmt_ratio, metric_n
 
 ENV_COLORS = {"native": "#7f7f7f", "container": "#1f77b4", "runc": "#2ca02c", "vm": "#d62728"}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
@@ -148,7 +148,7 @@ def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] =
         ax.barh(ys, e["factor"], height=height, color=env_color(env), label=env, xerr=err,
                 error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333"})
         for y, f, eh in zip(ys, e["factor"], err[1]):
-            ax.text(f + eh, y, f" ×{f:.3g}", va="center", fontsize=7, color="#333")
+            ax.text(f + eh, y, f" {fmt_ratio(f)}", va="center", fontsize=7, color="#333")
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()

@@ -92,7 +92,7 @@ def build_context(run: Run) -> dict:
         "footprint": _figure("footprint", "Footprint vs number of instances",
                              "Host memory per instance and in total as more instances run at once.",
                              lambda: plots.footprint_figure(run.samples)),
-        "overhead": _figure("overhead", "Overhead against native",
+        "overhead": _figure("overhead", "Cost factor per metric",
                             "Cost factor of each environment against native per metric "
                             "(direction-aware: right of 1 is worse), with bootstrap 95% CIs of the "
                             "ratio of medians.",
