@@ -89,15 +89,16 @@ def _port(args) -> int:
 
 
 def resolve_owner(name: str, paths) -> str:
-    """A container name, id or unique id prefix -> the owner id the network records are keyed by."""
-    from runtime.errors import UsageError
+    """A container name, id or unique id prefix -> the owner id the network records are keyed by.
+    Containers are looked up in the runtime's state; owners the runtime does not know (a VM harness
+    tap, a test's fake container) by their network records."""
+    from runtime.errors import ContainerError, UsageError
+    from runtime.lifecycle import state
     from runtime.network import ipam, portmap
 
-    try:  # the runtime's own resolver knows names; absent until the runtime lands
-        from runtime.lifecycle import store  # type: ignore[attr-defined]
-
-        return store.resolve(name, paths).id  # type: ignore[attr-defined]
-    except (ImportError, AttributeError):
+    try:
+        return str(state.lookup(paths, name)["id"])
+    except ContainerError:
         pass
     owners = set(portmap.recorded_owners(paths)) | set(ipam.allocations(paths))
     if name in owners:
@@ -106,5 +107,5 @@ def resolve_owner(name: str, paths) -> str:
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise UsageError(f"port {name}: no such container with a network in {paths.root}")
+        raise UsageError(f"port {name}: no such container")
     raise UsageError(f"port {name}: ambiguous, matches {', '.join(hits[:5])}")
