@@ -28,7 +28,10 @@ def _start_time(pid: int) -> int | None:
     except OSError:
         return None
     # field 22 (starttime), counted after the ")" that ends the command name
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # exited; a zombie nobody reaps (orphans of a non-reaping init) is no owner
+        return None
+    return int(fields[19])
 
 
 def take(obj_id: str, pid: int | None = None, kind: str = "", root: str = "") -> None:
