@@ -21,7 +21,7 @@ from runtime.fsutil import atomic_write_json, file_lock, read_json
 
 Accel = Literal["kvm", "tcg"]
 PROBE_BOUND_S = 6.0     # a healthy KVM microvm reaches the shim in well under a second
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DEV_KVM = Path("/dev/kvm")
 
 
@@ -86,6 +86,7 @@ def load_cached(files: list[Path]) -> ProbeResult | None:
             continue
         if rec.get("version") == CACHE_VERSION and rec.get("host") == host and rec.get("kernel") == kernel:
             rec.pop("version", None)
+            rec["reason"] = one_line(str(rec.get("reason", "")))
             try:
                 return ProbeResult(**rec)
             except TypeError:

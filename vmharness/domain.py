@@ -126,6 +126,11 @@ def to_xml(cfg: DomainConfig) -> str:
     if cfg.machine == "microvm":
         _sub(devs, "controller", type="usb", model="none")
     _sub(devs, "memballoon", model="none")
+    # QEMU runs as root for these domains (DAC label 0:0, no relabelling): state roots live in
+    # root-only directories (e.g. pytest's 0700 tmp dirs) that libvirt-qemu could not traverse, and
+    # nothing on the host is chowned behind the harness's back
+    seclabel = _sub(dom, "seclabel", type="static", model="dac", relabel="no")
+    _sub(seclabel, "label", "+0:+0")
     if cfg.net.kind == "user":
         # libvirt 9.0 forwards ports on user networking only with the passt backend (not installed
         # here), so the user-mode NIC is passed to QEMU directly with its hostfwd rules

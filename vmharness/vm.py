@@ -428,12 +428,14 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
         vm.t0 = time.monotonic()
         vm.watcher = con.ConsoleWatcher(console_log, vm.t0, echo=echo).start()
         stack.callback(vm.watcher.stop)
+        # registered before the call: Ctrl-C during createXML is raised only after it returns, when
+        # the domain already exists
+        stack.callback(vm.destroy)
         try:
             dom = conn.createXML(to_xml(dcfg), 0)
         except libvirt.libvirtError as exc:
             raise VMError(f"libvirt could not start {name}: {_libvirt_error(exc)}") from exc
         vm._qemu_up = time.monotonic()
-        stack.callback(vm.destroy)
         vm._dom = dom
         vm.pid = qemu_pid(name)
         # detached VMs are kept alive by QEMU; attached ones by us (Ctrl-C or a crash -> orphan for gc)
