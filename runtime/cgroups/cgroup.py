@@ -77,7 +77,10 @@ class Cgroup:
 
     # -- joining and listing ------------------------------------------------------------------------
     def add_pid(self, pid: int) -> None:
-        """Move ``pid`` (a whole process) into this cgroup in every hierarchy."""
+        """Move ``pid`` (a whole process) into this cgroup in every hierarchy, from another process.
+
+        The kernel takes a global lock for this whose first use after an idle spell waits for an RCU grace
+        period (~10 ms on an idle host): overlap it with other work, or let the child :meth:`join_self`."""
         for d in self._dirs():
             try:
                 fs.write(d / "cgroup.procs", str(pid))

@@ -96,6 +96,17 @@ def test_shares_split_one_cpu_two_to_one(leak_check, made):
     assert 1.6 <= ratio <= 2.5
 
 
+DIRECT_READER = """
+import mmap, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)  # O_DIRECT: from the disk, not the page cache
+block = mmap.mmap(-1, 1 << 20)
+t0 = time.monotonic()
+done = 0
+while (n := os.readv(fd, [block])) > 0:
+    done += n
+print(done, time.monotonic() - t0)
+"""
+
 DIRECT_WRITER = """
 import mmap, os, sys, time
 path, total = sys.argv[1], int(sys.argv[2])
@@ -127,5 +138,24 @@ def test_write_bps_throttle_on_the_root_disk(leak_check, made, tmp_path):
     print(f"\nwrite bps {disk} ({maj}:{mnr}) limit {limit / MIB:.0f} MiB/s: O_DIRECT {int(written) / MIB:.0f} MiB "
           f"in {float(elapsed):.2f} s = {rate / MIB:.2f} MiB/s; cgroup counted {counted / MIB:.2f} MiB written")
     assert proc.returncode == 0
+    assert 0.7 * limit <= rate <= 1.3 * limit
+    assert counted >= total
+
+
+def test_read_bps_throttle_on_the_root_disk(leak_check, made, tmp_path):
+    limit, total = 4 * MIB, 8 * MIB
+    disk = devices.device_node(*devices.device_of_path(str(tmp_path)))
+    data = tmp_path / "direct.bin"
+    writer = made.cgroup(Resources())  # unthrottled: just lays the file down
+    made.spawn(writer, [sys.executable, "-c", DIRECT_WRITER, str(data), str(total)]).wait(timeout=60)
+    cg = made.cgroup(Resources(device_read_bps=(ThrottleDevice(disk, limit),)))
+    proc = made.spawn(cg, [sys.executable, "-c", DIRECT_READER, str(data)], stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=60)
+    nread, elapsed = out.split()
+    rate = int(nread) / float(elapsed)
+    counted = cg.usage().io_read_bytes
+    print(f"\nread bps {disk} limit {limit / MIB:.0f} MiB/s: O_DIRECT {int(nread) / MIB:.0f} MiB in {float(elapsed):.2f} s "
+          f"= {rate / MIB:.2f} MiB/s; cgroup counted {counted / MIB:.2f} MiB read")
+    assert int(nread) == total
     assert 0.7 * limit <= rate <= 1.3 * limit
     assert counted >= total

@@ -203,3 +203,21 @@ def test_v1_existing_name_is_refused_and_rolled_back(v1_tree):
         create_cgroup("isobench-dup", Resources(), lay)
     assert not (lay.v1["cpu"] / "isobench-dup").exists()  # made before memory, then removed
     assert (lay.v1["memory"] / "isobench-dup").exists()   # not ours: left alone
+
+
+def test_v1_co_mounted_cpu_cpuacct_share_one_dir(tmp_path, monkeypatch):
+    """Older v1 hosts mount cpu and cpuacct together: one mkdir, one join, usage from the same dir."""
+    for d in ("cpu,cpuacct", "memory", "pids"):
+        (tmp_path / d).mkdir()
+    fake = FakeFs(lambda path: ("cgroup.procs", "tasks", "cpu.shares", "cpuacct.usage", "pids.current"))
+    fake.root = tmp_path
+    for name in ("make_dir", "remove_dir", "write"):
+        monkeypatch.setattr(fs, name, getattr(fake, name))
+    lay = layout.detect_uncached(tmp_path, "")
+    cg = create_cgroup("isobench-co", Resources(cpu_shares=512), lay)
+    assert cg.paths["cpu"] == cg.paths["cpuacct"] == tmp_path / "cpu,cpuacct" / "isobench-co"
+    cg.join_self()
+    assert [w for w in fake.writes if w[0].endswith("tasks")] == [
+        ("cpu,cpuacct/isobench-co/tasks", "0"), ("memory/isobench-co/tasks", "0"), ("pids/isobench-co/tasks", "0")]
+    (cg.paths["cpuacct"] / "cpuacct.usage").write_text("99\n")
+    assert cg.usage().cpu_usage_ns == 99
