@@ -120,11 +120,15 @@ def compare_runs(base_dir: str | Path, new_dir: str | Path, cfg: CompareConfig =
     return base, new, compare_samples(base.samples, new.samples, cfg)
 
 
+VERDICT_ORDER = {VERDICT_SLOWER: 0, VERDICT_FASTER: 1, ONLY_NEW: 2, ONLY_BASE: 3, VERDICT_SAME: 4}
+
+
 def comparisons_frame(comps: list[Comparison]):
+    """One row per comparison, regressions first (what a reader looks for)."""
     import pandas as pd
 
-    return pd.DataFrame([asdict(c) for c in comps],
-                        columns=list(Comparison.__dataclass_fields__))
+    ordered = sorted(comps, key=lambda c: VERDICT_ORDER.get(c.verdict, 9))
+    return pd.DataFrame([asdict(c) for c in ordered], columns=list(Comparison.__dataclass_fields__))
 
 
 def condition_warnings(base_meta: dict, new_meta: dict) -> list[str]:
