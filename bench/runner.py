@@ -263,6 +263,9 @@ def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context
                     # recorded with its message, the run goes on
                     fail(env.name, exc)
                     continue
+                finally:
+                    state.failures.extend(ctx.failures)
+                    ctx.failures.clear()
                 prog.done((w.name, env.name), time.monotonic() - t0)
                 wlog.write(f"{env.name} it={it}{' (warm-up)' if it < warm else ''}: "
                            + ", ".join(f"{m.metric}={m.value:.6g}" for m in ms) + "\n")

@@ -110,6 +110,10 @@ class Instance(abc.ABC):
     def wait(self, timeout_s: float | None = None) -> Outcome:
         """Wait for the job to exit by itself."""
 
+    def workload_pids(self) -> list[int]:
+        """Host pids of the job's own processes (not the runtime's); empty where unknown (VM guests)."""
+        return []
+
     @abc.abstractmethod
     def stop(self) -> None:
         """Stop the job and remove everything it made on the host (idempotent)."""

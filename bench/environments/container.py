@@ -115,6 +115,9 @@ class ContainerInstance(Instance):
                              f"(output: {self.pump.text(0.1)[-300:]!r})")
         return (self.pump.ready_ns - self.created_ns) / 1e9
 
+    def workload_pids(self) -> list[int]:
+        return process_tree(self.c.pid) if self.api.is_running(self.c) else []
+
     def usage(self) -> Usage:
         pids = process_tree(self.c.pid) if self.api.is_running(self.c) else []
         u = self.api.usage(self.c)

@@ -71,6 +71,9 @@ class NativeInstance(Instance):
     def pids(self) -> list[int]:
         return process_tree(self.proc.pid) if self.proc and self.proc.poll() is None else []
 
+    def workload_pids(self) -> list[int]:
+        return self.pids()
+
     def usage(self) -> Usage:
         pids = self.pids()
         return Usage(pss_bytes=pss_bytes(pids), cpu_s=cpu_seconds(pids), detail=f"{len(pids)} processes")

@@ -154,6 +154,11 @@ class RuncInstance(Instance):
                 port = job.port
                 self.phases["network"] = elapsed_s(self.created_ns)
             disk = device_of(self.root.dir / "upper") if job.limits.write_bps is not None else None
+            if job.limits.cpu_shares is not None:
+                # shares only compete among siblings: the parent /isobench-<id> carries them too
+                parent = CGROUP_ROOT / "cpu" / self.id
+                parent.mkdir(exist_ok=True)
+                syscalls.write_file(str(parent / "cpu.shares"), str(job.limits.cpu_shares))
             cfg = bundle_config(job, rec.config, self.root.rootfs, self.id, port, netns, disk)
             (self.root.dir / "config.json").write_text(json.dumps(cfg))
             self.phases["bundle"] = elapsed_s(self.created_ns)
@@ -191,6 +196,9 @@ class RuncInstance(Instance):
 
     def pids(self) -> list[int]:
         return process_tree(self.proc.pid) if self.proc and self.proc.poll() is None else []
+
+    def workload_pids(self) -> list[int]:
+        return self.pids()[1:]  # without the `runc run` parent
 
     def usage(self) -> Usage:
         pids = self.pids()

@@ -47,6 +47,12 @@ class Context:
     work_dir: Path | None = None                   # scratch dir for volumes etc. (under the run's state)
     cache: dict = field(default_factory=dict)
     total_iterations: int = 1
+    failures: list = field(default_factory=list)   # partial failures inside one measure() step
+
+    def partial_failure(self, benchmark: str, env: str, error: str) -> None:
+        """Record a failed part (e.g. one limit of enforcement) without failing the whole step."""
+        self.failures.append({"benchmark": benchmark, "environment": env, "error": error})
+        self.log(f"\n[bench] {benchmark} in {env}: {error}")
 
     def image(self, short: str) -> str:
         rec = self.images.get(short)

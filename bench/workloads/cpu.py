@@ -1,0 +1,56 @@
+"""cpu: sysbench cpu events/s with 1 thread and with all vCPUs, and the ratio to native in the same
+iteration (interleaving makes the pair close in time). Course-notes claim: containers run at native
+speed (same kernel), VMs pay for virtualisation (under TCG: for emulation, loudly).
+"""
+
+from __future__ import annotations
+
+import re
+
+from bench.environments.base import Environment, Job
+from bench.stats import ratio
+from bench.workloads.base import Context, Measurement, Metric, Workload, run_tool
+from runtime.errors import BenchError
+from runtime.units import host_cpu_count
+
+_EVENTS = re.compile(r"events per second:\s*([0-9.]+)")
+
+
+def parse(output: str) -> float:
+    """events per second from ``sysbench cpu run`` output."""
+    m = _EVENTS.search(output)
+    if not m:
+        raise BenchError(f"sysbench cpu: no 'events per second' in output: {output.strip()[-200:]!r}")
+    return float(m.group(1))
+
+
+def command(threads: int, duration_s: float) -> tuple[str, ...]:
+    return ("sysbench", "cpu", f"--threads={threads}", f"--time={max(1, int(round(duration_s)))}", "run")
+
+
+class Cpu(Workload):
+    name = "cpu"
+    images = ("tools",)
+    metrics = {
+        "events_per_s_1t": Metric("events/s", "higher", "sysbench cpu, 1 thread"),
+        "events_per_s_all": Metric("events/s", "higher", "sysbench cpu, one thread per CPU"),
+        "ratio_to_native_1t": Metric("ratio", "higher", "events/s relative to native, same iteration"),
+        "ratio_to_native_all": Metric("ratio", "higher", "events/s relative to native, same iteration"),
+    }
+
+    def measure(self, env: Environment, ctx: Context, iteration: int) -> list[Measurement]:
+        n = host_cpu_count()
+        out: list[Measurement] = []
+        for key, threads in (("1t", 1), ("all", n)):
+            job = Job(image=ctx.image("tools"), argv=command(threads, ctx.profile.tool_duration_s), vcpus=n,
+                      timeout_s=60 + ctx.profile.tool_duration_s, memory_mib=ctx.profile.vm_memory_mib)
+            value = parse(run_tool(env, ctx, job, iteration, f"cpu-{key}"))
+            out.append(Measurement(f"events_per_s_{key}", value))
+            if env.name == "native":
+                ctx.cache[("native", key, iteration)] = value
+            elif ("native", key, iteration) in ctx.cache:
+                out.append(Measurement(f"ratio_to_native_{key}", ratio(value, ctx.cache[("native", key, iteration)])))
+        return out
+
+
+WORKLOAD = Cpu()

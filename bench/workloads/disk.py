@@ -1,0 +1,81 @@
+"""disk: fio random 4 KiB and sequential 1 MiB reads and writes (direct I/O, psync), one fio run with
+four stonewalled jobs per location:
+
+- ``layer_*``: the instance's own root filesystem: the container's (and runc's) overlay writable layer,
+  the VM's virtual disk;
+- ``volume_*``: a host directory mounted into the instance; natively that is simply the host's
+  filesystem, the baseline.
+
+Metrics ``<location>_<job>_mib_s`` (MiB/s, higher is better). Course-notes claim: a container's writable
+layer costs something (copy-on-write), a volume is native speed, a VM disk pays for virtio/emulation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from bench.environments.base import Environment, Job, Volume
+from bench.workloads.base import Context, Measurement, Metric, Workload, run_tool
+from runtime.errors import BenchError
+
+JOBS = (("randread", "randread", "4k"), ("randwrite", "randwrite", "4k"), ("seqread", "read", "1m"),
+        ("seqwrite", "write", "1m"))
+LOCATIONS: dict[str, tuple[str, ...]] = {"native": ("volume",), "container": ("layer", "volume"),
+                                         "runc": ("layer", "volume"), "vm": ("layer",)}
+
+
+def command(filename: str, size_mib: int, duration_s: float) -> tuple[str, ...]:
+    argv = ["fio", "--output-format=json", "--ioengine=psync", "--direct=1", f"--size={size_mib}m",
+            f"--runtime={max(1, int(round(duration_s)))}", "--time_based", f"--filename={filename}"]
+    for i, (name, rw, bs) in enumerate(JOBS):
+        argv += [f"--name={name}"] + (["--stonewall"] if i else []) + [f"--rw={rw}", f"--bs={bs}"]
+    return tuple(argv)
+
+
+def parse(output: str) -> dict[str, float]:
+    """job name -> MiB/s from ``fio --output-format=json`` (text before the JSON, e.g. warnings, is skipped)."""
+    start = output.find("{")
+    if start < 0:
+        raise BenchError(f"fio: no JSON in output: {output.strip()[-200:]!r}")
+    try:
+        data, _ = json.JSONDecoder().raw_decode(output[start:])
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"fio: unparsable JSON output ({exc})") from exc
+    out = {}
+    for job in data.get("jobs", []):
+        bw_kib = job["read"]["bw"] + job["write"]["bw"]  # KiB/s; a job only reads or only writes
+        out[job["jobname"]] = bw_kib / 1024.0
+    if not out:
+        raise BenchError("fio: JSON output has no jobs")
+    return out
+
+
+class Disk(Workload):
+    name = "disk"
+    images = ("tools",)
+    metrics = {f"{loc}_{job}_mib_s": Metric("MiB/s", "higher", f"fio {job} on the {loc}")
+               for loc in ("layer", "volume") for job, _, _ in JOBS}
+
+    def measure(self, env: Environment, ctx: Context, iteration: int) -> list[Measurement]:
+        out = []
+        p = ctx.profile
+        for loc in LOCATIONS.get(env.name, ()):
+            vol = None
+            if loc == "volume":
+                vol = Volume(host_dir=(ctx.work_dir or ctx.paths.tmp) / f"disk-{env.name}", destination="/data")
+                target = "/data/fio.dat"
+            else:
+                target = "/fio.dat"
+            job = Job(image=ctx.image("tools"), argv=command(target, p.fio_size_mib, p.tool_duration_s), volume=vol,
+                      timeout_s=120 + 4 * p.tool_duration_s, memory_mib=p.vm_memory_mib)
+            try:
+                res = parse(run_tool(env, ctx, job, iteration, f"disk-{loc}"))
+            finally:
+                if vol is not None:
+                    shutil.rmtree(vol.host_dir, ignore_errors=True)
+            out += [Measurement(f"{loc}_{name}_mib_s", v) for name, v in res.items()]
+        return out
+
+
+WORKLOAD = Disk()
