@@ -114,6 +114,10 @@ class Cgroup:
 
     # -- usage --------------------------------------------------------------------------------------
     def usage(self) -> CgroupUsage:
+        """Current readings. A missing control file reads as 0 (e.g. no blkio on the host); a cgroup that
+        no longer exists is an error, not a row of zeros."""
+        if not self._dirs()[0].is_dir():
+            raise CgroupError(f"cgroup {self.name} no longer exists (its container has exited)")
         return self._usage_v2() if self.layout.driver == "v2" else self._usage_v1()
 
     def _read_int(self, controller: str, name: str) -> int:

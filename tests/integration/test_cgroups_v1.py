@@ -86,6 +86,8 @@ def test_kill_all_with_sigterm_and_destroy_waits_for_exit(leak_check, made):
     cg.destroy()
     cg.destroy()  # idempotent
     assert _ours(cg.name) == []
+    with pytest.raises(CgroupError, match="no longer exists"):
+        cg.usage()
     with pytest.raises(CgroupError, match="does not exist"):
         open_cgroup(cg.name)
 
