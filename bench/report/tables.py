@@ -241,6 +241,10 @@ def namespace_matrix(facts: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["namespace", *envs])
 
 
+def _fmt_any(value) -> str:
+    return fmt_num(value) if isinstance(value, (int, float)) or value is None else str(value)
+
+
 def enforcement_table(facts: dict) -> pd.DataFrame:
     rows = []
     for e in facts.get("enforcement") or []:
@@ -248,7 +252,7 @@ def enforcement_table(facts: dict) -> pd.DataFrame:
         acc = (measured / asked) if isinstance(asked, (int, float)) and asked and \
             isinstance(measured, (int, float)) else float("nan")
         rows.append({"environment": e.get("environment", "?"), "limit": e.get("limit", "?"),
-                     "asked": fmt_num(asked), "measured": fmt_num(measured), "unit": e.get("unit", ""),
+                     "asked": _fmt_any(asked), "measured": _fmt_any(measured), "unit": e.get("unit", ""),
                      "measured ÷ asked": fmt_ratio(acc), "held": "held" if e.get("held") else "NOT held",
                      "evidence": e.get("evidence", "")})
     return pd.DataFrame(rows, columns=["environment", "limit", "asked", "measured", "unit",
