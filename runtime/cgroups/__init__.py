@@ -6,7 +6,12 @@ Public API (the runtime core and the harness call these)::
     create_cgroup(name, resources, layout=None) -> Cgroup
     open_cgroup(name, layout=None) -> Cgroup
     cgroup_namespace_supported(layout=None) -> bool
-    Cgroup.add_pid(pid) / .usage() -> CgroupUsage / .kill_all(sig) / .destroy() / .pids()
+    Cgroup.add_pid(pid)      # from the parent (v1: may wait ~10 ms for the kernel's RCU grace period)
+    Cgroup.join_self()       # from the forked child before exec: the fast way in
+    Cgroup.usage() -> CgroupUsage; .pids(); .kill_all(sig=SIGKILL); .destroy()
+
+``runtime.cgroups.gc.gc(paths)`` removes orphaned ``isobench-*`` cgroups for ``isobench gc``.
+Names are ``isobench-<id>`` at the top of every hierarchy; the caller holds the lease on ``<id>``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 from runtime.cgroups import devices
 from runtime.cgroups.rules import MAX_SHARES
 from runtime.spec import Resources, ThrottleDevice
-from tests.integration.test_cgroups_support import BUSY_LOOP, cpu_fraction, made, wait_for  # noqa: F401
+from tests.integration.test_cgroups_support import BUSY_LOOP, cpu_fraction, made  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.requires("root", "cgroup_v1")
 MIB = 1 << 20
