@@ -122,6 +122,13 @@ def bridge_exists(name: str = BRIDGE_NAME) -> bool:
     return (SYS_NET / name).exists()
 
 
+def _ifindex(name: str) -> int | None:
+    try:
+        return int((SYS_NET / name / "ifindex").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def host_routes() -> list[tuple[str, str]]:
     """IPv4 routes of the main table as (cidr, device)."""
     from runtime.network.veth import iproute
@@ -167,7 +174,7 @@ def ensure_bridge(paths: HostPaths) -> BridgeInfo:
     cfg = load_config(paths)
     key = (cfg.bridge, cfg.subnet)
     cached = _READY.get(key)
-    if cached is not None and bridge_exists(cfg.bridge):
+    if cached is not None and _ifindex(cfg.bridge) == cached.ifindex:  # not re-created meanwhile
         return cached
     net = parse_subnet(cfg.subnet)
     with file_lock(host_lock_path()):

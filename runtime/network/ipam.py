@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from runtime.errors import NetworkError
-from runtime.fsutil import atomic_write_json, file_lock, read_json
+from runtime.fsutil import file_lock, read_json
+from runtime.network.statefile import write_json
 from runtime.paths import HostPaths
 
 
@@ -100,7 +101,7 @@ def load(paths: HostPaths, subnet: str) -> IpamState:
 
 
 def _save(paths: HostPaths, state: IpamState) -> None:
-    atomic_write_json(state_path(paths), state.to_json())
+    write_json(state_path(paths), state.to_json())
 
 
 def _claim(addr: ipaddress.IPv4Address, owner_id: str, paths: HostPaths) -> bool:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from runtime.errors import NetworkError
-from runtime.fsutil import atomic_write_json, read_json
+from runtime.fsutil import read_json
+from runtime.network.statefile import write_json
 from runtime.paths import HostPaths
 from runtime.spec import PortMapping
 
@@ -189,7 +190,7 @@ def publish_ports(owner_id: str, target_ip: str, ports: tuple[PortMapping, ...],
     with contextlib.ExitStack() as undo:
         resolved = resolve(owner_id, ports)
         undo.callback(release_ports, owner_id, resolved)
-        atomic_write_json(record_path(owner_id, paths),
+        write_json(record_path(owner_id, paths),
                           {"owner": owner_id, "target_ip": target_ip, "ports": [_to_json(m) for m in resolved]})
         undo.callback(_unlink, record_path(owner_id, paths))
         firewall.apply(firewall.restore_text(firewall.port_rules(tag, resolved, target_ip)), f"ports of {tag}")

@@ -108,19 +108,14 @@ def create_veth(owner_id: str, pid: int, bridge_index: int) -> str:
     host_if = veth_name(owner_id)
     with iproute() as ipr:
         try:
-            ipr.link("add", ifname=host_if, kind="veth",
+            # master and up in the creating request: one netlink round trip for the host side
+            ipr.link("add", ifname=host_if, kind="veth", master=bridge_index, state="up",
                      peer={"ifname": CONTAINER_IFNAME, "net_ns_pid": pid})
         except netlink_error() as exc:
             if getattr(exc, "code", 0) == errno.EEXIST:
                 raise NetworkError(f"interface {host_if} already exists (another owner with the same "
                                    f"id prefix, or an orphan: run `isobench gc`)") from exc
             raise NetworkError(f"cannot create veth {host_if} into pid {pid}: {exc}") from exc
-        try:
-            idx = ipr.link_lookup(ifname=host_if)[0]
-            ipr.link("set", index=idx, master=bridge_index, state="up")
-        except (netlink_error(), IndexError) as exc:
-            delete_link(host_if)
-            raise NetworkError(f"cannot attach {host_if} to the bridge: {exc}") from exc
     return host_if
 
 
