@@ -9,12 +9,22 @@ argument that failed; callers turn that into an :class:`~runtime.errors.Isobench
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import subprocess
 from typing import Sequence
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+def _load_libc() -> ctypes.CDLL:
+    # glibc's soname directly: ctypes.util.find_library runs `ldconfig -p` (a subprocess, ~10 ms) and
+    # this module is imported on the container start path.
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        import ctypes.util
+
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+_libc = _load_libc()
 
 # <linux/sched.h>
 CLONE_NEWNS = 0x00020000
