@@ -1,0 +1,211 @@
+"""Pure logic of the harness: job -> runc config.json / ContainerConfig / VMRunConfig, batching of VM
+iterations, isolation verdicts, phase medians, pyperf round trip, CLI list parsing, ETA."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from bench import profiles, runner, stats
+from bench.environments import runc as runcenv
+from bench.environments.base import Job, Limits, Volume, fill_port, image_env
+from bench.workloads import base as wbase
+from bench.workloads import footprint, isolation, startup
+from runtime.errors import UsageError
+
+TEMPLATE = {
+    "process": {"terminal": True, "args": ["sh"], "env": [], "cwd": "/"},
+    "root": {"path": "rootfs", "readonly": True},
+    "hostname": "runc",
+    "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+    "linux": {"resources": {"devices": [{"allow": False, "access": "rwm"}]},
+              "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}]},
+}
+
+
+@pytest.fixture
+def no_runc(monkeypatch):
+    import copy
+
+    monkeypatch.setattr(runcenv, "spec_template", lambda: copy.deepcopy(TEMPLATE))
+
+
+def test_runc_bundle_config_limits_and_mounts(no_runc):
+    job = Job(image="x", argv=("httpd", "-p", "{port}"), env=("A=1",),
+              limits=Limits(cpus=0.5, cpu_shares=512, cpuset_cpus="0", memory_bytes=64 << 20, pids_max=32,
+                            write_bps=10 << 20),
+              volume=Volume(Path("/host/dir"), "/data"))
+    cfg = runcenv.bundle_config(job, {"config": {"Env": ["PATH=/bin"], "WorkingDir": "/w"}}, Path("/b/rootfs"),
+                                "isobench-abc", 80, "/proc/42/ns/net", (254, 0))
+    assert cfg["process"]["args"] == ["httpd", "-p", "80"]
+    assert cfg["process"]["terminal"] is False and cfg["process"]["cwd"] == "/w"
+    assert "A=1" in cfg["process"]["env"] and "PATH=/bin" in cfg["process"]["env"]
+    assert cfg["root"] == {"path": "/b/rootfs", "readonly": False}
+    assert cfg["linux"]["cgroupsPath"] == "/isobench-abc/ctr"
+    res = cfg["linux"]["resources"]
+    assert res["cpu"] == {"quota": 50000, "period": 100000, "shares": 512, "cpus": "0"}
+    assert res["memory"] == {"limit": 64 << 20} and res["pids"] == {"limit": 32}
+    assert res["blockIO"]["throttleWriteBpsDevice"] == [{"major": 254, "minor": 0, "rate": 10 << 20}]
+    assert {"type": "network", "path": "/proc/42/ns/net"} in cfg["linux"]["namespaces"]
+    assert cfg["mounts"][-1]["destination"] == "/data" and cfg["mounts"][-1]["source"] == "/host/dir"
+
+
+def test_runc_bundle_config_no_limits(no_runc):
+    cfg = runcenv.bundle_config(Job(image="x", argv=("true",)), {}, Path("/r"), "isobench-x", None, None, None)
+    assert set(cfg["linux"]["resources"]) == {"devices"}
+    assert {"type": "network"} in cfg["linux"]["namespaces"]
+
+
+def test_container_config_from_job(tmp_path):
+    from bench.environments.container import container_config
+    from runtime.paths import HostPaths
+
+    job = Job(image="img", argv=("httpd", "-p", "{port}"), port=80, limits=Limits(cpus=1.5, memory_bytes=1 << 30),
+              volume=Volume(tmp_path / "v", "/data"))
+    cfg = container_config(job, HostPaths(root=tmp_path))
+    assert cfg.command == ("httpd", "-p", "80")
+    assert cfg.resources.cpu_quota_us == 150000 and cfg.resources.memory_bytes == 1 << 30
+    assert cfg.network.mode == "bridge" and cfg.network.ports[0].container_port == 80
+    assert cfg.network.ports[0].host_ip == "127.0.0.1"
+    assert cfg.mounts[0].destination == "/data"
+    assert container_config(Job(image="i", argv=("true",)), HostPaths(root=tmp_path)).network.mode == "none"
+
+
+def test_container_phases_in_time_order():
+    from bench.environments.container import phases_s
+
+    ph = phases_s({"call": 1_000, "exec": 5_000, "created": 2_000, "exited": 9_000})
+    assert list(ph) == ["created", "exec", "exited"] and ph["exited"] == pytest.approx(8e-6)
+
+
+def test_vm_config_from_job():
+    pytest.importorskip("vmharness.api")
+    from bench.environments.vm import vm_config
+
+    cfg = vm_config(Job(image="i", argv=("x",), vcpus=2, limits=Limits(cpus=0.5, memory_bytes=64 << 20), port=80), 18080)
+    assert cfg.vcpus == 2 and cfg.cpus == 0.5 and cfg.memory_mib >= 128
+    assert cfg.network == "bridge" and cfg.ports[0].host_port == 18080
+    assert vm_config(Job(image="i", argv=("x",))).network == "none"
+
+
+def test_fill_port_and_image_env():
+    assert fill_port(("a", "-p", "{port}"), 8080) == ["a", "-p", "8080"]
+    env = image_env({"config": {"Env": ["PATH=/x", "A=1"]}}, ("A=2",))
+    assert env == {"PATH": "/x", "A": "2"}
+
+
+def test_batch_split_roundtrip():
+    argv = wbase.batch_argv(("sysbench", "cpu", "run"), 3)
+    assert argv[:2] == ("/bin/sh", "-c") and "-lt 3" in argv[2]
+    out = "boot noise\n==ISOBENCH-ITER 0\na\n==ISOBENCH-ITER 1\nb\nb2\n==ISOBENCH-ITER 2\nc\n"
+    assert wbase.split_batch(out) == ["a\n", "b\nb2\n", "c\n"]
+
+
+HOST = {"boot_id": "host-boot", "hostname": "vm", "shm_key": "123", "marker_file": "/tmp/m", "pids": "99",
+        "ifaces": "eth0,isobench0,lo"}
+
+
+def test_isolation_native_sees_everything():
+    p = isolation.parse("BOOT host-boot\nPIDS 100\nMARKER 1\nHOSTNAME vm\nIFACES lo,eth0,isobench0,\n"
+                        "LOOPBACK 1\nUIDMAP 0 0 4294967295;\nSHM 1\nFILE visible\n")
+    row = isolation.judge(p, HOST)
+    assert set(row) == set(isolation.KINDS)
+    assert not any(v["isolated"] for v in row.values())
+    assert "eth0" in row["network"]["evidence"]
+
+
+def test_isolation_container_identity_uidmap_shares_users():
+    p = isolation.parse("BOOT host-boot\nPIDS 3\nMARKER 0\nHOSTNAME abc\nIFACES lo,\nLOOPBACK 0\n"
+                        "UIDMAP 0 0 4294967295;\nSHM 0\nFILE hidden\n")
+    row = isolation.judge(p, HOST)
+    assert row["pid"]["isolated"] and row["network"]["isolated"] and row["ipc"]["isolated"]
+    assert row["hostname"]["isolated"] and row["filesystem"]["isolated"]
+    assert row["user"]["isolated"] is False
+
+
+def test_isolation_vm_own_kernel():
+    p = isolation.parse("BOOT guest-boot\nPIDS 20\nMARKER 0\nHOSTNAME vm\nIFACES lo,\nLOOPBACK 0\n"
+                        "UIDMAP 0 0 4294967295;\nSHM 0\nFILE hidden\n")
+    row = isolation.judge(p, HOST)
+    assert all(v["isolated"] for v in row.values())
+    assert "own kernel" in row["user"]["evidence"]
+
+
+def test_median_phases_ordered_segments():
+    segs = startup.median_phases([{"a": 0.001, "b": 0.003}, {"a": 0.002, "b": 0.005}, {"a": 0.003, "b": 0.004}])
+    assert [s["phase"] for s in segs] == ["a", "b"]
+    assert segs[0] == {"phase": "a", "start_ms": 0.0, "end_ms": 2.0}
+    assert segs[1]["start_ms"] == 2.0 and segs[1]["end_ms"] == 4.0
+
+
+def test_pyperf_suite_roundtrip(tmp_path):
+    import pyperf
+
+    ok = stats.write_suite(tmp_path / "runc.json", {"startup.create_to_exit_s": [0.01, 0.02, 0.03],
+                                                     "cpu.events_per_s_1t": [100.0, 0.0, 120.0]},
+                           {"startup.create_to_exit_s": "s", "cpu.events_per_s_1t": "events/s"},
+                           {"hostname": "h", "isobench_environment": "runc"})
+    assert ok
+    suite = pyperf.BenchmarkSuite.load(str(tmp_path / "runc.json"))
+    b = suite.get_benchmark("startup.create_to_exit_s")
+    assert b.get_values() == (0.01, 0.02, 0.03) and b.get_unit() == "second"
+    cpu = suite.get_benchmark("cpu.events_per_s_1t")
+    assert cpu.get_values() == (100.0, 120.0)  # pyperf stores only positive values
+    assert cpu.get_metadata()["isobench_unit"] == "events/s"
+
+
+def test_write_suite_nothing_storable(tmp_path):
+    assert stats.write_suite(tmp_path / "x.json", {"a.b": [0.0]}, {}, {}) is False
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_parse_list():
+    assert runner.parse_list("vm,native", runner.ENV_ORDER, "--env") == ("native", "vm")
+    assert runner.parse_list(None, runner.ENV_ORDER, "--env") == runner.ENV_ORDER
+    with pytest.raises(UsageError, match="--only bogus"):
+        runner.parse_list("startup,bogus", runner.WORKLOAD_ORDER, "--only")
+
+
+def test_profiles():
+    q = profiles.get("quick")
+    assert q.values >= 5
+    assert q.with_values(2).values == 2
+    with pytest.raises(UsageError):
+        profiles.get("slow")
+    with pytest.raises(UsageError):
+        q.with_values(0)
+
+
+def test_progress_eta_uses_measured_step_times():
+    prog = runner.Progress({("cpu", "vm"): 3, ("cpu", "native"): 3}, io.StringIO())
+    prog.done(("cpu", "vm"), 10.0)
+    prog.done(("cpu", "native"), 1.0)
+    assert prog.eta_s() == pytest.approx(2 * 10.0 + 2 * 1.0)
+    prog.skip(("cpu", "vm"))
+    assert prog.eta_s() == pytest.approx(2.0)
+
+
+def test_mem_available():
+    assert footprint.mem_available_bytes("MemTotal: 10 kB\nMemAvailable:   2048 kB\n") == 2048 * 1024
+
+
+def test_workload_metric_prefix_lookup():
+    wl = footprint.WORKLOAD
+    assert wl.metric("mem_delta_mib_n3").unit == "MiB"
+    assert wl.metric("pss_per_instance_mib_n1").direction == "lower"
+
+
+def test_every_workload_module_declares_itself():
+    for name in runner.WORKLOAD_ORDER:
+        wl = runner.load_workload(name)
+        assert wl.name == name
+        for m in wl.metrics.values():
+            assert m.direction in ("lower", "higher") and m.unit
+
+
+def test_cpu_model():
+    from bench import meta
+
+    assert meta.cpu_model("processor: 0\nmodel name\t: AMD EPYC 7B13\n") == "AMD EPYC 7B13"
