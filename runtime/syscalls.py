@@ -19,9 +19,9 @@ def _load_libc() -> ctypes.CDLL:
     try:
         return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        import ctypes.util
+        from ctypes import util
 
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return ctypes.CDLL(util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 _libc = _load_libc()
