@@ -136,7 +136,9 @@ def to_xml(cfg: DomainConfig) -> str:
         # here), so the user-mode NIC is passed to QEMU directly with its hostfwd rules
         qcmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
         fwd = "".join(f",hostfwd={f.protocol}:{f.host_ip}:{f.host_port}-:{f.guest_port}" for f in cfg.net.forwards)
-        dev = "virtio-net-device" if cfg.machine == "microvm" else "virtio-net-pci"
+        # on PCI machines, a fixed slot libvirt's own address assignment does not use
+        dev = {"microvm": "virtio-net-device", "q35": "virtio-net-pci,bus=pcie.0,addr=0x10",
+               "pc": "virtio-net-pci,bus=pci.0,addr=0x10"}[cfg.machine]
         mac = f",mac={cfg.net.mac}" if cfg.net.mac else ""
         for arg in ("-netdev", f"user,id=usernet0{fwd}", "-device", f"{dev},netdev=usernet0{mac}"):
             ET.SubElement(qcmd, f"{{{QEMU_NS}}}arg", {"value": arg})

@@ -15,7 +15,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -432,7 +432,16 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
         # the domain already exists
         stack.callback(vm.destroy)
         try:
-            dom = conn.createXML(to_xml(dcfg), 0)
+            try:
+                dom = conn.createXML(to_xml(dcfg), 0)
+            except libvirt.libvirtError as exc:
+                if dcfg.machine != "microvm" or "microvm" not in _libvirt_error(exc).lower():
+                    raise
+                # this libvirt/QEMU rejects microvm: the same guest on q35 (slower firmware, same result)
+                dcfg = replace(dcfg, machine="q35")
+                vm.domain_cfg = dcfg
+                (vm_dir / "domain.xml").write_text(to_xml(dcfg))
+                dom = conn.createXML(to_xml(dcfg), 0)
         except libvirt.libvirtError as exc:
             raise VMError(f"libvirt could not start {name}: {_libvirt_error(exc)}") from exc
         vm._qemu_up = time.monotonic()
