@@ -15,7 +15,6 @@ import json
 import os
 from pathlib import Path
 
-from runtime.fsutil import atomic_write_json
 
 
 def lease_dir() -> Path:
@@ -37,8 +36,20 @@ def _start_time(pid: int) -> int | None:
 def take(obj_id: str, pid: int | None = None, kind: str = "", root: str = "") -> None:
     """Record that ``pid`` (default: this process) owns ``obj_id``. Re-taking moves the lease."""
     owner = os.getpid() if pid is None else pid
-    atomic_write_json(lease_dir() / f"{obj_id}.json",
-                      {"id": obj_id, "pid": owner, "start": _start_time(owner), "kind": kind, "root": root})
+    rec = {"id": obj_id, "pid": owner, "start": _start_time(owner), "kind": kind, "root": root}
+    # temp + rename without fsync: a lease only matters while its owner lives (it is void after a
+    # reboot by the start-time check), and an fsync costs milliseconds on every container start
+    # where /run is not a tmpfs.
+    d = lease_dir()
+    tmp = d / f".{obj_id}.{os.getpid()}.tmp"
+    try:
+        f = open(tmp, "w", encoding="utf-8")
+    except FileNotFoundError:
+        d.mkdir(parents=True, exist_ok=True)
+        f = open(tmp, "w", encoding="utf-8")
+    with f:
+        json.dump(rec, f)
+    os.replace(tmp, d / f"{obj_id}.json")
 
 
 def release(obj_id: str) -> None:
