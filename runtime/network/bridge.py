@@ -237,12 +237,12 @@ def bridge_ports(name: str = BRIDGE_NAME) -> list[str]:
 
 
 def remove_bridge(paths: HostPaths) -> None:
-    """Delete the bridge and the project's chains (callers check that nobody uses them)."""
+    """Delete the bridge and the project's chains. The caller holds :func:`host_lock_path` and has
+    checked that nobody uses them (``network prune``)."""
     cfg = load_config(paths)
     from runtime.network import firewall
 
-    with file_lock(host_lock_path()):
-        firewall.remove_chains(cfg.bridge)
-        if bridge_exists(cfg.bridge):
-            _delete_link(cfg.bridge)
+    firewall.remove_chains(cfg.bridge)
+    if bridge_exists(cfg.bridge):
+        _delete_link(cfg.bridge)
     _READY.clear()

@@ -100,9 +100,10 @@ def prepare(container_id: str, spec: NetworkSpec, paths: HostPaths,
         # ports first: "host port in use" must fail before anything else is created
         ports = portmap.resolve(container_id, wanted_ports(spec, exposed_ports))
         undo.callback(portmap.release_ports, container_id, ports)
-        info = bridge.ensure_bridge(paths)
+        # the address claim before the bridge: `network prune` sees this owner as a user from here on
         addr = ipam.allocate_address(container_id, paths)
         undo.callback(ipam.release_address, container_id, paths)
+        info = bridge.ensure_bridge(paths)
         plan = NetworkPlan(container_id=container_id, mode="bridge", ports=ports, address=addr,
                            gateway=str(info.gateway.ip), bridge=info.name, bridge_index=info.ifindex,
                            paths=paths)

@@ -76,13 +76,18 @@ def prune(paths: HostPaths) -> tuple[list[str], list[str]]:
     Returns (what was removed, the live users that kept the bridge)."""
     from runtime.network import bridge
 
+    from runtime.fsutil import file_lock
+
     removed = gc(paths)
-    users = live_users(paths)
-    if users:
-        return removed, users
     name = bridge.load_config(paths).bridge
-    existed = bridge.bridge_exists(name)
-    bridge.remove_bridge(paths)
+    # under the lock that bridge creation takes: an owner allocating now is either seen as a user
+    # here, or re-creates the bridge after us
+    with file_lock(bridge.host_lock_path()):
+        users = live_users(paths)
+        if users:
+            return removed, users
+        existed = bridge.bridge_exists(name)
+        bridge.remove_bridge(paths)
     if existed:
         removed.append(f"bridge {name} and chains ISOBENCH-*")
     return removed, []
