@@ -10,6 +10,7 @@ import importlib
 
 GC_AREAS: tuple[str, ...] = (
     "runtime.lifecycle.gc",  # monitors, mounts, container dirs (first: they hold the rest)
+    "bench.gc",              # runc containers and overlay mounts of a killed `isobench bench`
     "runtime.cgroups.gc",
     "runtime.network.gc",
     "vmharness.gc",

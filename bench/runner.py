@@ -172,8 +172,13 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
                       warmups_excluded=True, interleaved=True,
                       vm_batching="cpu, memory and disk run all their iterations inside one VM boot")
     facts: dict = {"platform": platform_facts(state.meta, environments)}
+    from runtime import leases
+    from runtime.paths import new_id
+
+    work_id = f"isobench-{new_id()}"
+    leases.take(work_id, kind="bench-scratch", root=str(paths.root))
     ctx = Context(paths=paths, profile=profile, images=imgs, facts=facts, log=log,
-                  work_dir=paths.tmp / f"bench-work-{run_dir.name}")
+                  work_dir=paths.tmp / "bench-work" / work_id)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     results.append_samples(run_dir, [])  # header: a valid (empty) table from the start
     state.save(facts)
@@ -200,6 +205,7 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
         for env in environments.values():
             env.close()
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        leases.release(work_id)
     return state
 
 

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -126,6 +127,10 @@ def remove_cgroups(obj_id: str) -> None:
                         raise BenchError(f"cannot remove cgroup {sub}: {exc}") from exc
 
 
+def _die_with_parent() -> None:
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class RuncInstance(Instance):
     env_name = "runc"
 
@@ -162,8 +167,10 @@ class RuncInstance(Instance):
             cfg = bundle_config(job, rec.config, self.root.rootfs, self.id, port, netns, disk)
             (self.root.dir / "config.json").write_text(json.dumps(cfg))
             self.phases["bundle"] = elapsed_s(self.created_ns)
+            # runc dies with the harness (PDEATHSIG); `isobench gc` (bench.gc) then deletes the container
             self.proc = subprocess.Popen(["runc", "run", "--bundle", str(self.root.dir), self.id],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         preexec_fn=_die_with_parent)
             self.pump = OutputPump(self.proc.stdout, job.ready_marker)
         except BaseException:
             self.stop()
@@ -175,8 +182,13 @@ class RuncInstance(Instance):
 
         # a process holding a fresh network namespace: unshare happens before exec, and Popen returns
         # only after exec succeeded, so the namespace exists when Popen returns
-        self.holder = subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL,
-                                       preexec_fn=lambda: syscalls.unshare(syscalls.CLONE_NEWNET))
+        # named isobench-<id>-netns and killed with the harness (PDEATHSIG), so a crash leaves no holder
+        def enter() -> None:
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+            syscalls.unshare(syscalls.CLONE_NEWNET)
+
+        self.holder = subprocess.Popen([f"{self.id}-netns", "infinity"], executable=shutil.which("sleep") or "/bin/sleep",
+                                       stdin=subprocess.DEVNULL, preexec_fn=enter)
         plan = net.prepare(self.id, NetworkSpec(mode="bridge", ports=(PortMapping(host_port=0, container_port=port,
                                                                                   host_ip="127.0.0.1"),)),
                            self.env.paths)
