@@ -9,6 +9,7 @@ milliseconds, which bounds the timestamp error and costs next to nothing.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import threading
@@ -96,9 +97,11 @@ class ConsoleWatcher:
     _stop: threading.Event = field(default_factory=threading.Event)
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _thread: threading.Thread | None = None
+    markers: list[Marker] = field(default_factory=list)
     _echoed: int = 0
     _offset: int = 0
-    _raw: bytes = b""
+    _scan_from: int = 0
+    _decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
     def start(self) -> "ConsoleWatcher":
         self._thread = threading.Thread(target=self._run, name=f"console-{self.path.name}", daemon=True)
@@ -128,36 +131,34 @@ class ConsoleWatcher:
                 return
             now = time.monotonic()
             self._offset += len(chunk)
-            self._raw += chunk
-            self.text = self._raw.decode("utf-8", "replace")
+            self.text += self._decoder.decode(chunk)
             self.events.setdefault("first_output", now)
-            for m in scan_markers(self.text):
+            # scan only from the start of the last incomplete line: markers end with a newline
+            base = self._scan_from
+            for m in scan_markers(self.text[base:]):
+                m = Marker(m.name, m.arg, m.start + base, m.end + base)
+                self.markers.append(m)
                 phase = MARKER_PHASE.get(m.name)
                 if phase:
                     self.events.setdefault(phase, now)
                 if m.name == MARK_PANIC:
                     self.events.setdefault("panic", now)
-            if "panic" not in self.events and KERNEL_PANIC_RE.search(self.text):
+            if "panic" not in self.events and KERNEL_PANIC_RE.search(self.text, max(0, base - 200)):
                 self.events["panic"] = now
+            self._scan_from = self.text.rfind("\n") + 1
             self._echo()
             self._changed.notify_all()
 
     def _echo(self) -> None:
-        if self.echo is None or "ready" not in self.events:
+        """Pass new workload output to ``echo``: complete lines as they come, the rest at exit."""
+        if self.echo is None:
             return
-        marks = scan_markers(self.text)
-        ready = next(m for m in marks if m.name == MARK_READY)
+        ready = next((m for m in self.markers if m.name == MARK_READY), None)
+        if ready is None:
+            return
         start = max(self._echoed, ready.end)
-        exit_ = next((m for m in marks if m.name == MARK_EXIT and m.start >= ready.end), None)
-        if exit_ is not None:
-            end = exit_.start
-        else:
-            # hold back a possible partial marker at the end
-            end = len(self.text)
-            cut = self.text.rfind("\n", start, end)
-            tail_ = self.text[cut + 1:] if cut >= 0 else self.text[start:]
-            if "ISOBENCH"[: len(tail_)] == tail_[:8] or "ISOBENCH" in tail_:
-                end = cut + 1 if cut >= 0 else start
+        exit_ = next((m for m in self.markers if m.name == MARK_EXIT and m.start >= ready.end), None)
+        end = exit_.start if exit_ is not None else self._scan_from
         if end > start:
             self.echo(normalize(self.text[start:end]))
             self._echoed = end
