@@ -208,3 +208,11 @@ def test_named_volume_and_bind_mount_persist(paths, image, tmp_path, leak_check)
 def test_image_env_workdir_user_apply(paths, image, leak_check):
     text = out(run(paths, "sh", "-c", "pwd; id -u; echo $FOO", workdir="/tmp", user="1000:1000", env=("FOO=bar",)))
     assert text.split() == ["/tmp", "1000", "bar"]
+
+
+def test_oom_kill_is_137_and_recorded(paths, image, leak_check):
+    from runtime.spec import Resources
+
+    r = run(paths, "sh", "-c", "a=$(head -c 200m /dev/zero | tr '\\000' x); echo survived",
+            resources=Resources(memory_bytes=32 << 20, memory_swap_bytes=32 << 20))
+    assert r.exit_code == 137 and r.oom_killed and b"survived" not in r.stdout

@@ -1,0 +1,224 @@
+"""Container start-up cost (issue 3): ``python -m bench.micro.start [--n 40] [--churn 200]``.
+
+Side by side in one run, interleaved so machine noise hits every contender alike:
+
+* **in-process start** of ``true`` from the busybox image with ``--network none`` through
+  :mod:`runtime.api` (call to workload exit; the harness is the monitor), with the phase breakdown;
+* **runc run** of the same image's flat rootfs (bundle from ``runc spec``, its default namespaces,
+  no network): the reference OCI runtime, as a subprocess (that *is* its cost);
+* **unshare -fpmiu true**: the floor (namespaces + fork + exec, no rootfs, no cgroup);
+* **CLI** ``isobench run --rm --network none busybox true`` end to end vs ``runc run``;
+* **churn**: N containers created, run and removed in sequence, then a leak check (cgroups, dirs,
+  leases, mounts, fds of this process);
+* **idle overhead**: PSS of a detached container's monitor plus its state directory.
+
+Everything lives in a private state root that is removed at the end. Exit status 1 when a target is
+missed (in-process median < 10 ms; CLI no slower than runc; idle overhead < 2 MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IN_PROCESS_TARGET_MS = 10.0
+IDLE_TARGET_MIB = 2.0
+
+
+def _ms(ns: int) -> float:
+    return ns / 1e6
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def make_bundle(rootfs: Path, dest: Path) -> Path:
+    """An OCI bundle for ``runc run``: ``runc spec`` defaults, our rootfs, ``true``, no terminal."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["runc", "spec", "--bundle", str(dest)], check=True, capture_output=True)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg["root"] = {"path": str(rootfs), "readonly": True}
+    cfg["process"]["args"] = ["true"]
+    cfg["process"]["terminal"] = False
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def time_cmd(argv: list[str], env: dict | None = None) -> float:
+    t0 = time.perf_counter_ns()
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env=env)
+    t1 = time.perf_counter_ns()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed ({proc.returncode}): {proc.stderr.decode()[-300:]}")
+    return _ms(t1 - t0)
+
+
+def pss_kib(pid: int) -> int:
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def dir_kib(path: Path) -> int:
+    out = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def host_leftovers(ids: list[str], paths) -> list[str]:
+    left = [str(p) for cid in ids for p in Path("/sys/fs/cgroup").glob(f"*/isobench-{cid}")]
+    left += [cid for cid in ids if (paths.containers / cid).exists()]
+    left += [cid for cid in ids if Path(f"/run/isobench/leases/{cid}.json").exists()]
+    mounts = Path("/proc/self/mountinfo").read_text()
+    left += [f"mount of {cid}" for cid in ids if cid in mounts]
+    return left
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.micro.start", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=40, help="samples per contender (default 40)")
+    ap.add_argument("--churn", type=int, default=200, help="containers in the churn test (default 200)")
+    ap.add_argument("--idle", type=int, default=5, help="detached containers for the idle overhead (default 5)")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="isobench-startbench-"))
+    os.environ["ISOBENCH_ROOT"] = str(root)
+    from runtime import api
+    from runtime.image.store import ImageStore
+    from runtime.paths import HostPaths
+    from runtime.spec import ContainerConfig, NetworkSpec
+
+    paths = HostPaths(root=root).ensure()
+    figures: dict[str, object] = {}
+    try:
+        store = ImageStore(paths)
+        img = store.resolve("busybox")
+        store.layer_dirs(img)
+        bundle = make_bundle(store.flat_rootfs(img), root / "bundle")
+        runc_root = root / "runc-state"
+        cfg = ContainerConfig(image="busybox", command=("true",), network=NetworkSpec(mode="none"))
+        cli = [str(Path(sys.executable).with_name("isobench")), "run", "--rm", "--network", "none", "busybox", "true"]
+        env = {**os.environ, "ISOBENCH_ROOT": str(root)}
+
+        def runc_once() -> float:
+            return time_cmd(["runc", "--root", str(runc_root), "run", "--bundle", str(bundle),
+                             f"isobench-{os.urandom(6).hex()}"])
+
+        # warm-up: caches, the shim build, page cache of every binary
+        for _ in range(3):
+            api.run(cfg, paths)
+            runc_once()
+            time_cmd(cli, env)
+        inproc, inproc_total, runc_ms, floor_ms, cli_ms, runc_cli_ms = [], [], [], [], [], []
+        phases: dict[str, list[float]] = {}
+        for _ in range(args.n):
+            t0 = time.perf_counter_ns()
+            r = api.run(cfg, paths)
+            inproc_total.append(_ms(time.perf_counter_ns() - t0))
+            t = r.timings_ns
+            inproc.append(_ms(t["exited"] - t["call"]))
+            prev = t["call"]
+            for k in ("created", "forked", "namespaces", "rootfs", "cgroup", "network", "exec", "exited"):
+                phases.setdefault(k, []).append(_ms(t[k] - t["call"]))
+            runc_ms.append(runc_once())
+            floor_ms.append(time_cmd(["unshare", "-fpmiu", "true"]))
+            cli_ms.append(time_cmd(cli, env))
+            runc_cli_ms.append(runc_once())
+            del prev
+
+        # churn: N containers in sequence, then a leak check
+        fds_before = len(os.listdir("/proc/self/fd"))
+        ids = []
+        t0 = time.perf_counter()
+        for _ in range(args.churn):
+            c = api.create(cfg, paths)
+            api.start(c)
+            code = api.wait(c)
+            api.delete(c)
+            ids.append(c.id)
+            if code != 0:
+                raise RuntimeError(f"churn container {c.id} exited {code}")
+        churn_s = time.perf_counter() - t0
+        leftovers = host_leftovers(ids, paths)
+        fd_growth = len(os.listdir("/proc/self/fd")) - fds_before
+
+        # idle overhead of detached containers (monitor PSS + state dir)
+        idle_ids = []
+        for _ in range(args.idle):
+            out = subprocess.run([*cli[:2], "-d", "--network", "none", "busybox", "sleep", "300"], env=env,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            idle_ids.append(out)
+        time.sleep(0.5)
+        from runtime.lifecycle import state as S
+
+        pss, dirs = [], []
+        for cid in idle_ids:
+            st = S.read_state(S.container_dir(paths, cid))
+            pss.append(pss_kib(st["monitor_pid"]))
+            dirs.append(dir_kib(S.container_dir(paths, cid)))
+        subprocess.run([*cli[:1], "rm", "-f", *idle_ids], env=env, capture_output=True, check=True)
+        idle_mib = (statistics.mean(pss) + statistics.mean(dirs)) / 1024
+
+        rows = [
+            ("in-process start, true (call->exit)", inproc),
+            ("in-process incl. delete", inproc_total),
+            ("runc run (same rootfs)", runc_ms),
+            ("unshare -fpmiu true (floor)", floor_ms),
+            ("CLI isobench run --rm", cli_ms),
+            ("runc run (paired with CLI)", runc_cli_ms),
+        ]
+        print(f"\nContainer start, {args.n} samples each, interleaved (ms)")
+        print(f"{'contender':40} {'median':>8} {'p90':>8} {'min':>8}")
+        for name, vals in rows:
+            print(f"{name:40} {statistics.median(vals):8.2f} {pct(vals, 0.9):8.2f} {min(vals):8.2f}")
+        med = {name: statistics.median(v) for name, v in rows}
+        r_inproc = med[rows[0][0]] / med[rows[2][0]]
+        r_floor = med[rows[0][0]] / med[rows[3][0]]
+        r_cli = med[rows[4][0]] / med[rows[5][0]]
+        print(f"\nratios: in-process / runc = {r_inproc:.2f}   in-process / floor = {r_floor:.2f}   "
+              f"CLI / runc = {r_cli:.2f}")
+        print("\nin-process phase stamps, median ms since the call:")
+        print("  " + "  ".join(f"{k}={statistics.median(v):.2f}" for k, v in phases.items()))
+        print(f"\nchurn: {args.churn} containers in {churn_s:.1f} s ({churn_s / args.churn * 1e3:.1f} ms each), "
+              f"leftovers: {leftovers or 'none'}, fd growth: {fd_growth}")
+        print(f"idle container: monitor PSS {statistics.mean(pss):.0f} KiB + state dir {statistics.mean(dirs):.0f} KiB "
+              f"= {idle_mib:.2f} MiB (target < {IDLE_TARGET_MIB} MiB)")
+        figures = {
+            "median_ms": med, "p90_ms": {name: pct(v, 0.9) for name, v in rows},
+            "ratios": {"inproc_over_runc": r_inproc, "inproc_over_floor": r_floor, "cli_over_runc": r_cli},
+            "phases_median_ms": {k: statistics.median(v) for k, v in phases.items()},
+            "churn": {"n": args.churn, "seconds": churn_s, "leftovers": leftovers, "fd_growth": fd_growth},
+            "idle": {"monitor_pss_kib": statistics.mean(pss), "state_dir_kib": statistics.mean(dirs),
+                     "total_mib": idle_mib},
+        }
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+        ok = (med[rows[0][0]] < IN_PROCESS_TARGET_MS, r_cli <= 1.0, not leftovers and fd_growth <= 0,
+              idle_mib < IDLE_TARGET_MIB)
+        names = ("in-process median < 10 ms", "CLI no slower than runc", "churn leaves nothing",
+                 "idle overhead < 2 MiB")
+        print("\ntargets: " + ", ".join(f"{n}: {'met' if o else 'MISSED'}" for n, o in zip(names, ok)))
+        return 0 if all(ok) else 1
+    finally:
+        from runtime.lifecycle.gc import gc
+
+        gc(paths)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
