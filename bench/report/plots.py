@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bench.report.tables import env_order, fmt_ratio, metric_n
 
@@ -145,16 +146,25 @@ def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] =
         ys = [labels.index(f"{b} · {m}") + (j - (len(envs) - 1) / 2) * height
               for b, m in zip(e["benchmark"], e["metric"])]
         err = np.nan_to_num(np.vstack([e["err_lo"].to_numpy(), e["err_hi"].to_numpy()]))
-        ax.barh(ys, e["factor"], height=height, color=env_color(env), label=env, xerr=err,
-                error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333"})
-        for y, f, eh in zip(ys, e["factor"], err[1]):
-            ax.text(f + eh, y, f" {fmt_ratio(f)}", va="center", fontsize=7, color="#333")
+        # bars grow from 1 (= native) so a better-than-native metric points left, a worse one right
+        ax.barh(ys, e["factor"] - 1.0, left=1.0, height=height, color=env_color(env), label=env)
+        ax.errorbar(e["factor"], ys, xerr=err, fmt="none", elinewidth=0.8, capsize=2, ecolor="#333")
+        for y, f, el, eh in zip(ys, e["factor"], err[0], err[1]):
+            if f >= 1:
+                ax.text(f + eh, y, f" {fmt_ratio(f)}", va="center", ha="left", fontsize=7, color="#333")
+            else:
+                ax.text(max(f - el, 1e-9), y, f"{fmt_ratio(f)} ", va="center", ha="right", fontsize=7,
+                        color="#333")
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"×{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.08)
     ax.set_xlabel("cost factor vs native (1 = same as native, >1 = worse; log scale)")
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     ax.grid(axis="x", alpha=0.3, which="both")
     ax.set_title("Overhead against native, 95% bootstrap CI", fontsize=12)
     fig.tight_layout()

@@ -8,6 +8,7 @@ every section says "not measured" for what is missing, so partial runs stay read
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,22 @@ def _figure(key: str, title: str, caption: str, draw) -> Figure:
     return Figure(key, title, caption, plots.to_png_base64(fig) if fig is not None else None)
 
 
+_VERSION = re.compile(r"\d+(?:\.\d+)+[\w.+~-]*")
+_BANNER_KEYS = {"hostname", "cpu_model", "cpu_count", "kernel", "cgroup_version", "accelerator",
+                "accelerator_reason", "profile", "started_utc", "finished_utc", "python", "versions",
+                "image_digests", "execution"}
+
+
+def short_version(text: str) -> str:
+    """``QEMU emulator version 7.2.22 (Debian ...)`` -> ``7.2.22``; the full text stays as a tooltip."""
+    m = _VERSION.search(str(text))
+    return m.group(0) if m else str(text)
+
+
 def _banner(meta: dict) -> list[tuple[str, str]]:
     accel = str(meta.get("accelerator") or "unknown")
     reason = meta.get("accelerator_reason")
-    return [
+    items = [
         ("host", f"{meta.get('hostname', '?')} — {meta.get('cpu_model', '?')}, {meta.get('cpu_count', '?')} CPUs"),
         ("kernel", str(meta.get("kernel", "?"))),
         ("cgroup version", str(meta.get("cgroup_version", "?"))),
@@ -71,6 +84,13 @@ def _banner(meta: dict) -> list[tuple[str, str]]:
         ("run", f"{meta.get('started_utc', '?')} → {meta.get('finished_utc', '?')}"),
         ("python", str(meta.get("python", "?"))),
     ]
+    # run conditions the harness records beyond the agreed keys (interleaving, batching, ...)
+    for key, value in meta.items():
+        if key in _BANNER_KEYS or isinstance(value, dict):
+            continue
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        items.append((key.replace("_", " "), text))
+    return items
 
 
 def build_context(run: Run) -> dict:
@@ -107,7 +127,7 @@ def build_context(run: Run) -> dict:
         "is_tcg": accel == "tcg",
         "accelerator": accel or "unknown",
         "banner": _banner(meta),
-        "versions": sorted((str(k), str(v)) for k, v in versions.items()),
+        "versions": sorted((str(k), short_version(v), str(v)) for k, v in versions.items()),
         "image_digests": sorted((str(k), str(v)) for k, v in (meta.get("image_digests") or {}).items()),
         "weight": _table("weight", lambda: tables.weight_performance(summary, facts),
                          verdict_columns=list(tables.ENVIRONMENTS), wrap_columns=list(tables.ENVIRONMENTS),

@@ -97,3 +97,28 @@ def test_malformed_facts_section_shows_problem(tmp_path):
     assert "could not read facts.isolation" in page
     assert "could not draw" in page
     assert 'id="tcg-warning"' in page and "create → exit" in page
+
+
+def test_harness_metric_names_fill_course_notes_tables():
+    import pandas as pd
+
+    rows = [{"benchmark": "cpu", "environment": env, "metric": "events_per_s_1t", "value": v + i, "unit": "events/s",
+             "iteration": i, "direction": "higher"} for env, v in (("native", 1000.0), ("container", 990.0))
+            for i in range(3)]
+    rows += [{"benchmark": "network", "environment": "container", "metric": "http_requests_per_s", "value": 900.0,
+              "unit": "req/s", "iteration": 0, "direction": "higher"}]
+    summary = tables.metric_summary(pd.DataFrame(rows))
+    weight = tables.weight_performance(summary, {})
+    cpu = weight[weight["measured as"] == "CPU throughput, 1 CPU"].iloc[0]
+    assert cpu["native"] == "1,001 events/s" and cpu["container"].startswith("991 events/s (×0.99")
+    ports = tables.port_mapping_table({"port_mapping": [{"environment": "container", "host": "127.0.0.1:1",
+                                                         "target": "10.0.0.2:80"}]}, summary)
+    assert ports.iloc[0]["requests/s through it"].startswith("900 req/s")
+
+
+def test_short_version():
+    from bench.report.render import short_version
+
+    assert short_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)") == "7.2.22"
+    assert short_version("runc version 1.1.5+ds1") == "1.1.5+ds1"
+    assert short_version("unknown") == "unknown"
