@@ -86,3 +86,33 @@ def crashkit_cli() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "bench.cli"]
+
+
+@pytest.mark.requires("cgroup_v1")
+def test_isobench_image_symlinks_at_etc_files(tmp_path, isobench_root, leak_check):
+    """The runtime bind-mounts its own /etc/hostname, /etc/hosts and /etc/resolv.conf: image symlinks at
+    those paths pointing to host files must neither redirect the mounts nor let the host files be written."""
+    ok, why = harness.isobench_available()
+    if not ok or not harness._cli_has_run():
+        pytest.skip(why or "needs the isobench run CLI")
+    host = {n: tmp_path / f"host-{n}" for n in ("hostname", "hosts", "resolv.conf")}
+    for p in host.values():
+        p.write_text("HOST-ORIGINAL\n")
+    # RUN cannot replace these files (they are bind-mounted in build containers, as in Docker): import a
+    # crafted rootfs instead
+    rootfs = harness.busybox_rootfs(tmp_path / "rootfs", None)
+    for i, (n, p) in enumerate(host.items()):
+        (rootfs / "etc" / n).unlink(missing_ok=True)
+        (rootfs / "etc" / n).symlink_to(str(p) if i % 2 else "../" * 10 + str(p).lstrip("/"))
+    crashkit.isobench(["image", "import", str(rootfs), "symlink-etc:1"], isobench_root, check=True)
+    script = ("cat /etc/hostname /etc/hosts /etc/resolv.conf 2>&1; "
+              "for f in /etc/hostname /etc/hosts /etc/resolv.conf; do echo PWNED > $f; done 2>&1; echo END")
+    proc = subprocess.run([*crashkit_cli(), "run", "--rm", "--network", "none", "symlink-etc:1", "sh", "-c", script],
+                          cwd=crashkit.REPO, env=crashkit.cli_env(isobench_root), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    changed = {n: p.read_text() for n, p in host.items() if p.read_text() != "HOST-ORIGINAL\n"}
+    RESULTS.setdefault("isobench", {})["image_symlink_etc_files"] = not changed
+    assert not changed, f"host files written through image symlinks at /etc: {changed}; output: {out}"
+    assert "HOST-ORIGINAL" not in out, f"the container read host files through /etc symlinks: {out}"
+    assert "END" in out, f"the container did not run (nothing was tested): {out}"
