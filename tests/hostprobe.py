@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 NAME = "isobench"
+# nft prints packet/byte counters inside rules; a rule whose counters moved is still the same rule.
+_COUNTERS = re.compile(r"counter packets \d+ bytes \d+|\[\d+:\d+\]")
 
 
 def _out(argv: list[str], timeout_s: float = 10) -> str:
@@ -108,7 +111,7 @@ def host_objects() -> dict[str, set[str]]:
     objs["links"] = {ln.split(": ")[1].split("@")[0] for ln in _out(["ip", "-o", "link", "show"]).splitlines()
                      if NAME in ln and ": " in ln}
     objs["netns"] = {ln.split()[0] for ln in _out(["ip", "netns", "list"]).splitlines() if NAME in ln}
-    objs["rules"] = {ln.strip() for ln in (_out(["iptables-save"]) + _out(["nft", "list", "ruleset"])).splitlines()
+    objs["rules"] = {_COUNTERS.sub("", ln.strip()) for ln in (_out(["iptables-save"]) + _out(["nft", "list", "ruleset"])).splitlines()
                      if NAME in ln and not ln.strip().startswith(("table", "chain", ":", "*", "#"))
                      and "-N " not in ln and "-X " not in ln}
     if shutil.which("virsh") and os.geteuid() == 0 and _libvirtd_running():
