@@ -150,3 +150,29 @@ def test_build_containers_get_the_same_defaults(tmp_path, isobench_root, leak_ch
     assert proc.returncode == 0, out
     assert "CapEff:\t00000000a80425fb" in out, f"build RUN step is not limited to Docker's default caps: {out}"
     assert "Seccomp:\t2" in out and "NoNewPrivs:\t1" in out, out
+
+
+@pytest.mark.requires("cgroup_v1")
+def test_isobench_exec_leaves_no_host_exe_reachable(host_ctx, isobench_root, leak_check):
+    """CVE-2019-5736 for `isobench exec`: while a host-Python process joins the container, a process
+    already inside loops over /proc/*/exe; none may resolve to a file outside the container."""
+    from tests.security import crashkit
+
+    if not harness._cli_has_run():
+        pytest.skip("needs the isobench run CLI")
+    watch = probes.render(probes.PROBES["host_runtime_exe"].argv, host_ctx)[2]
+    loop = f"i=0; while [ $i -lt 60 ]; do {watch}; i=$((i+1)); done > /tmp/watch.log 2>&1; sleep 30"
+    started = crashkit.isobench(["run", "-d", "--network", "none", "busybox", "sh", "-c", loop], isobench_root)
+    assert started.returncode == 0, started.stderr
+    cid = started.stdout.strip().splitlines()[-1]
+    try:
+        for _ in range(5):
+            ex = crashkit.isobench(["exec", cid, "sh", "-c", watch + "; echo EXEC-END"], isobench_root)
+            assert "EXEC-END" in ex.stdout, ex.stdout + ex.stderr
+            RESULTS.setdefault("isobench", {})["exec_host_exe"] = probes.PROBES["host_runtime_exe"].blocked_if(
+                ex.returncode, ex.stdout + ex.stderr)
+            assert "HOSTEXE" not in ex.stdout and "STATE" not in ex.stdout, ex.stdout
+        log = crashkit.isobench(["exec", cid, "cat", "/tmp/watch.log"], isobench_root)
+        assert "HOSTEXE" not in log.stdout, f"a container process saw a host executable during exec: {log.stdout}"
+    finally:
+        crashkit.isobench(["rm", "-f", cid], isobench_root)
