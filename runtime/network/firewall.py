@@ -75,6 +75,10 @@ def base_rules(bridge: str, subnet: str) -> dict[str, list[Rule]]:
             # gateway, not to a loopback address it cannot reach
             ["-A", POST_CHAIN, "-o", bridge, "-m", "addrtype", "--src-type", "LOCAL", *_comment(tag),
              "-j", "MASQUERADE"],
+            # hairpin: a container reaching its own published port via a host address would see a
+            # packet from itself (dropped as martian); seen from the gateway it is answered
+            ["-A", POST_CHAIN, "-s", subnet, "-d", subnet, "-o", bridge, "-m", "conntrack", "--ctstate", "DNAT",
+             *_comment(tag), "-j", "MASQUERADE"],
         ],
         "filter": [
             ["-I", "FORWARD", "1", *_comment(tag), "-j", FORWARD_CHAIN],

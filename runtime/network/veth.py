@@ -116,6 +116,14 @@ def create_veth(owner_id: str, pid: int, bridge_index: int) -> str:
                 raise NetworkError(f"interface {host_if} already exists (another owner with the same "
                                    f"id prefix, or an orphan: run `isobench gc`)") from exc
             raise NetworkError(f"cannot create veth {host_if} into pid {pid}: {exc}") from exc
+    # hairpin: let a container's packets come back out of its own bridge port (its own published
+    # port reached through a host address); a sysfs write, cheaper than another netlink request
+    try:
+        with open(f"/sys/class/net/{host_if}/brport/hairpin_mode", "w", encoding="ascii") as f:
+            f.write("1")
+    except OSError as exc:
+        delete_link(host_if)
+        raise NetworkError(f"cannot enable hairpin mode on {host_if}: {exc.strerror}") from exc
     return host_if
 
 

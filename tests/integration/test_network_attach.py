@@ -126,6 +126,12 @@ def fake(paths, tmp_path, bridge):
         f.close()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _wait_for(cond, timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -194,6 +200,22 @@ def test_two_containers_reach_each_other(leak_check, fake, paths):
     assert a.nsenter(BUSYBOX, "ping", "-c", "1", "-W", "2", att_b.ip).returncode == 0
 
 
+def test_published_ports_reachable_from_containers_via_host_address(leak_check, fake, paths):
+    """Hairpin: a container reaches another's and its own published port through the host address."""
+    from runtime import network
+
+    a, b = fake(), fake()
+    pa, pb = free_port(), free_port()
+    network.attach(network.prepare(a.id, NetworkSpec(ports=(network.parse_port_spec(f"{pa}:80"),)), paths), a.pid)
+    network.attach(network.prepare(b.id, NetworkSpec(ports=(network.parse_port_spec(f"{pb}:80"),)), paths), b.pid)
+    a.serve()
+    b.serve()
+    host = host_address()
+    for port in (pb, pa):  # the other container's port, then its own
+        _wait_for(lambda: "hello" in a.nsenter("timeout", "3", BUSYBOX, "wget", "-q", "-O", "-",
+                                               f"http://{host}:{port}/").stdout)
+
+
 def test_network_none_has_only_loopback(leak_check, fake, paths):
     from runtime import network
 
@@ -239,9 +261,10 @@ def test_port_published_by_another_container_refused(leak_check, fake, paths):
     from runtime import network
 
     a, b = fake(), fake()
-    spec = NetworkSpec(ports=(network.parse_port_spec("18081:80"),))
+    port = free_port()
+    spec = NetworkSpec(ports=(network.parse_port_spec(f"{port}:80"),))
     network.attach(network.prepare(a.id, spec, paths), a.pid)
-    with pytest.raises(NetworkError, match=rf"^host port 18081/tcp is already in use by isobench-{a.id}$"):
+    with pytest.raises(NetworkError, match=rf"^host port {port}/tcp is already in use by isobench-{a.id}$"):
         network.prepare(b.id, spec, paths)
     _no_traces(b.id, paths)
 
@@ -273,7 +296,7 @@ from runtime.spec import NetworkSpec
 paths = HostPaths(root=Path(sys.argv[1]))
 cid, pid = sys.argv[2], int(sys.argv[3])
 leases.take(cid)  # this CLI process owns the network objects
-plan = network.prepare(cid, NetworkSpec(ports=(network.parse_port_spec("18082:80"),)), paths)
+plan = network.prepare(cid, NetworkSpec(ports=(network.parse_port_spec(sys.argv[4] + ":80"),)), paths)
 network.attach(plan, pid)
 print("ready", flush=True)
 time.sleep(300)
@@ -286,7 +309,7 @@ def test_gc_after_killed_owner_removes_rules_links_and_address(leak_check, fake,
 
     ns = fake()  # only its netns is used; the owner is the "CLI" below
     cid = new_id()
-    cli = subprocess.Popen([sys.executable, "-c", GHOST, str(paths.root), cid, str(ns.pid)],
+    cli = subprocess.Popen([sys.executable, "-c", GHOST, str(paths.root), cid, str(ns.pid), str(free_port())],
                            stdout=subprocess.PIPE, text=True)
     try:
         assert cli.stdout.readline().strip() == "ready"
