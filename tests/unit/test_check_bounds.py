@@ -37,7 +37,7 @@ def test_slow_container_cpu_and_unheld_memory_fail(tmp_path, capsys):
     out_lines = [lines[0]]
     for line in lines[1:]:
         f = line.split(",")
-        if f[0] == "cpu" and f[1] == "container" and f[2] == "events_per_s_1cpu":
+        if f[0] == "cpu" and f[1] == "container" and f[2] == "events_per_s_1t":
             f[3] = repr(float(f[3]) * 0.8)
         out_lines.append(",".join(f))
     csv.write_text("\n".join(out_lines) + "\n")
