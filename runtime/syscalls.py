@@ -8,8 +8,11 @@ argument that failed; callers turn that into an :class:`~runtime.errors.Isobench
 
 from __future__ import annotations
 
-import ctypes
+import _socket  # the C module only (``socket`` costs milliseconds); imported here, not in the child,
+import ctypes   # where a first import costs the container start ~3 ms
+import fcntl
 import os
+import struct
 import subprocess
 from typing import Sequence
 
@@ -100,10 +103,6 @@ def close_range_cloexec(first: int) -> None:
 def link_up(ifname: str) -> None:
     """Set IFF_UP on an interface of the caller's network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS ioctls:
     bringing up ``lo`` this way costs microseconds, netlink libraries cost an import)."""
-    import _socket  # the C module: ``socket`` itself costs milliseconds of imports
-    import fcntl
-    import struct
-
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
         req = struct.pack("16sH22x", ifname.encode(), 0)

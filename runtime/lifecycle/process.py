@@ -110,7 +110,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         if not msg.startswith("R "):
             raise ContainerError(_failure(plan, msg, pid))
         stamps = msg.split()
-        timings["namespaces"], timings["rootfs"] = int(stamps[1]), int(stamps[2])
+        timings["namespaces"], timings["rootfs"], timings["child"] = int(stamps[1]), int(stamps[2]), int(stamps[3])
         if plan.userns_remap:
             namespaces.write_id_maps(pid)
         on_ready(pid)
@@ -183,6 +183,7 @@ def _describe(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- child side
 
 def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go: int, w_ready: int) -> None:
+    t_child = time.perf_counter_ns()
     # Python ignores SIGPIPE/SIGXFSZ; ignored dispositions survive execve, so restore the defaults.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
@@ -201,7 +202,7 @@ def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go
     t_rootfs = time.perf_counter_ns()
     if plan.userns_remap:  # last: mounts above were made by real root, owned by the host's userns
         syscalls.unshare(syscalls.CLONE_NEWUSER)
-    os.write(w_ready, f"R {t_ns} {t_rootfs}\n".encode())
+    os.write(w_ready, f"R {t_ns} {t_rootfs} {t_child}\n".encode())
     while b"G" not in got:
         chunk = os.read(r_go, 16)
         if not chunk:
