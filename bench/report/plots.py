@@ -87,6 +87,15 @@ def phases_figure(facts: dict) -> Figure | None:
 
 # ---------------------------------------------------------------- start-up distributions
 
+_TIME_TO_MS = {"s": 1000.0, "ms": 1.0, "us": 1e-3}
+
+
+def _human_ms(value: float, _pos=None) -> str:
+    if value >= 1000:
+        return f"{value / 1000:g} s"
+    return f"{value:g} ms"
+
+
 def startup_figure(samples: pd.DataFrame, benchmark: str = "startup") -> Figure | None:
     """Every start-up value per environment (log scale: ms for containers, seconds for VMs)."""
     part = samples[(samples["benchmark"] == benchmark) & ~samples["metric"].str.startswith("phase.")]
@@ -98,7 +107,9 @@ def startup_figure(samples: pd.DataFrame, benchmark: str = "startup") -> Figure 
     for ax, metric in zip(axes, metrics):
         m = part[part["metric"] == metric]
         envs = env_order(m["environment"].unique())
-        data = [m.loc[m["environment"] == e, "value"].to_numpy(dtype=float) for e in envs]
+        unit = str(m["unit"].iloc[0])
+        scale = _TIME_TO_MS.get(unit)  # times are drawn in ms with human tick labels (10 ms, 5 s)
+        data = [m.loc[m["environment"] == e, "value"].to_numpy(dtype=float) * (scale or 1.0) for e in envs]
         box = ax.boxplot(data, positions=range(len(envs)), widths=0.5, showfliers=False,
                          patch_artist=True, medianprops={"color": "black"})
         for patch, env in zip(box["boxes"], envs):
@@ -109,8 +120,11 @@ def startup_figure(samples: pd.DataFrame, benchmark: str = "startup") -> Figure 
         ax.set_xticks(range(len(envs)), envs)
         if all(v.size and v.min() > 0 for v in data):
             ax.set_yscale("log")
-        unit = str(m["unit"].iloc[0])
-        ax.set_ylabel(f"{metric} ({unit}, log scale)" if ax.get_yscale() == "log" else f"{metric} ({unit})")
+        if scale:
+            ax.yaxis.set_major_formatter(FuncFormatter(_human_ms))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            unit = "time"
+        ax.set_ylabel(f"{unit}, log scale" if ax.get_yscale() == "log" else unit)
         ax.set_title(metric, fontsize=11)
         ax.grid(axis="y", alpha=0.3, which="both")
     fig.suptitle("Start-up time distributions (every value)", fontsize=12)
