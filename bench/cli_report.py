@@ -56,11 +56,17 @@ def _compare(args) -> int:
     return 1 if slower else 0
 
 
+def default_bounds() -> Path:
+    """``results/bounds.toml`` of the working directory, else the one committed beside this code."""
+    here = Path("results/bounds.toml")
+    return here if here.is_file() else Path(__file__).resolve().parents[1] / "results" / "bounds.toml"
+
+
 def _check(args) -> int:
     from bench.check import check_run, load_bounds, report_text
     from bench.results import load_run
 
-    bounds = load_bounds(args.bounds)
+    bounds = load_bounds(args.bounds or default_bounds())
     report = check_run(load_run(_run_dir(args.run_dir)), bounds)
     print(report_text(report))
     return 0 if report.ok else 1
@@ -87,5 +93,6 @@ def register(sub) -> None:
 
     p = sub.add_parser("check", help="check machine-independent bounds; exit 1 on a failure")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--bounds", default="results/bounds.toml", help="bounds TOML (default results/bounds.toml)")
+    p.add_argument("--bounds", default=None,
+                   help="bounds TOML (default results/bounds.toml here, else the repository's)")
     p.set_defaults(func=_check)
