@@ -13,8 +13,10 @@ import ctypes   # where a first import costs the container start ~3 ms
 import fcntl
 import os
 import struct
-import subprocess
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import subprocess
 
 def _load_libc() -> ctypes.CDLL:
     # glibc's soname directly: ctypes.util.find_library runs `ldconfig -p` (a subprocess, ~10 ms) and
@@ -150,6 +152,8 @@ def run(argv: Sequence[str], *, check: bool = True, timeout_s: float | None = No
         input_bytes: bytes | None = None, env: dict[str, str] | None = None,
         capture: bool = True) -> subprocess.CompletedProcess:
     """Run a host command (iptables, mkfs.ext4, runc, ...). Output captured as text."""
+    import subprocess  # not at module level: this module is on the container start path
+
     return subprocess.run(list(argv), check=check, timeout=timeout_s, input=input_bytes, env=env,
                           stdout=subprocess.PIPE if capture else None,
                           stderr=subprocess.PIPE if capture else None)
