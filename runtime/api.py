@@ -423,6 +423,10 @@ def delete(c: Container, force: bool = False) -> None:
             wait(c, timeout_s=30.0)
     elif c._is_parent and c.pid is not None and c.exit_code is None:
         wait(c)  # reap it
+    if not c._is_parent:  # let the monitor finish recording the exit before its files go away
+        mon, mstart = c.state.get("monitor_pid"), c.state.get("monitor_start")
+        if mon and mon != os.getpid() and S.alive(mon, mstart):
+            wait_pid_exit(mon, mstart, 10.0)
     errors: list[str] = []
     if c._cgroup is not None or not c._is_parent:
         from runtime.cgroups import open_cgroup
