@@ -9,6 +9,9 @@ live in TOML (``results/bounds.toml``), one ``[[bound]]`` table each:
   or the same metric in ``reference``); ``reference_benchmark`` defaults to ``benchmark``.
   ``metric`` may be a list of alternative names (first one the run has wins), e.g.
   ``["create_to_exit_s", "create_to_exit_ms"]``: a ratio does not depend on the unit.
+  ``ratio_metric`` names a ratio the harness already computed per iteration (e.g. the interleaved
+  ``ratio_to_native_1t``, less sensitive to a noisy neighbour than a ratio of medians); when the run
+  has it for ``environment``, its median is the value.
 - ``kind = "median"``: the median itself (only for unit-free quantities such as a fraction).
 - ``kind = "enforcement"``: the facts.json enforcement entries of ``environment`` and ``limit``
   (optionally only those with ``asked``); ``value = "accuracy"`` (measured ÷ asked) or ``"held"``
@@ -44,6 +47,7 @@ class Bound:
     reference: str = ""
     reference_metric: str = ""
     reference_benchmark: str = ""
+    ratio_metric: str | tuple[str, ...] = ""
     limit: str = ""
     asked: float | None = None
     value: str = "accuracy"
@@ -120,8 +124,9 @@ def parse_bounds(text: str, where: str = "bounds") -> list[Bound]:
             raise UsageError(f"{where}: bound #{i + 1} has unknown keys {', '.join(unknown)}")
         if "name" not in entry or "kind" not in entry:
             raise UsageError(f"{where}: bound #{i + 1} needs name and kind")
-        if isinstance(entry.get("metric"), list):
-            entry = {**entry, "metric": tuple(str(m) for m in entry["metric"])}
+        for key in ("metric", "ratio_metric"):
+            if isinstance(entry.get(key), list):
+                entry = {**entry, key: tuple(str(m) for m in entry[key])}
         try:
             b = Bound(**entry)
         except TypeError as exc:
@@ -175,6 +180,12 @@ def _failure_note(run, benchmark: str, environments: tuple[str, ...]) -> str:
 def _ratio(b: Bound, run) -> list[Result]:
     ref_env = b.reference or b.environment
     ref_bench = b.reference_benchmark or b.benchmark
+    if b.ratio_metric:
+        pre = _pick_metric(run.samples, b.benchmark, b.environment, b.ratio_metric)
+        value = _median(run.samples, b.benchmark, b.environment, pre)
+        if isfinite(value):
+            return [Result(b, f"{b.benchmark}/{pre} in {b.environment} (per-iteration ratio)", value,
+                           _verdict(b, value))]
     metric = _pick_metric(run.samples, b.benchmark, b.environment, b.metric)
     ref_metric = b.reference_metric or metric
     num = _median(run.samples, b.benchmark, b.environment, metric)

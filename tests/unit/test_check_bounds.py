@@ -108,3 +108,24 @@ def test_committed_bounds_parse():
 def test_metric_alternatives_pick_the_present_name():
     [r] = check_run(load_run(FIXTURE), parse_bounds(BOUND_TOML)).results
     assert r.verdict == "pass" and "create_to_exit_s" in r.label and r.value < 1
+
+
+def test_precomputed_ratio_metric_preferred(tmp_path):
+    run = _copy(tmp_path)
+    with open(run / "samples.csv", "a") as f:
+        for i, v in enumerate((0.99, 1.01, 1.0)):
+            f.write(f"cpu,container,ratio_to_native_1t,{v},ratio,{i},higher\n")
+    bounds = parse_bounds("""
+[[bound]]
+name = "cpu"
+kind = "ratio"
+benchmark = "cpu"
+metric = ["events_per_s_1t"]
+ratio_metric = "ratio_to_native_1t"
+environment = "container"
+reference = "native"
+floor = 0.999
+ceiling = 1.001
+""")
+    [r] = check_run(load_run(run), bounds).results
+    assert r.value == 1.0 and r.verdict == "pass" and "per-iteration" in r.label
