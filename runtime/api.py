@@ -255,7 +255,7 @@ def start(c: Container) -> None:
             _rewrite(c.dir / "resolv.conf", network.resolv_conf(att))
 
     try:
-        spawned = spawn(c._plan, c._security, c._stdio, on_forked, on_ready)
+        spawned = spawn(c._plan, c._security, c._stdio, on_forked, on_ready if c._netplan is not None else None)
     except BaseException:
         c.state.update(status="exited", exit_code=125, finished_at=S.now_iso())
         _after_exit(c)

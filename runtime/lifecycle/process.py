@@ -73,11 +73,13 @@ def exit_code_of(status: int) -> int:
 
 
 def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
-          on_forked: Callable[[int], None], on_ready: Callable[[int], None]) -> Spawned:
+          on_forked: Callable[[int], None], on_ready: Callable[[int], None] | None) -> Spawned:
     """Fork the container's PID 1 and run it up to ``execve``.
 
     ``on_forked(pid)`` runs while the child builds its rootfs (join the cgroup); ``on_ready(pid)`` runs
-    once its namespaces and root exist (attach the network). Either raising kills the child."""
+    once its namespaces and root exist (attach the network). Either raising kills the child. Without
+    ``on_ready`` and uid maps to write, the go-ahead is sent right after the cgroup join, so the child
+    does not wait for a round trip through the parent."""
     timings: dict[str, int] = {}
     r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
     r_go, w_go = os.pipe2(os.O_CLOEXEC)
@@ -105,7 +107,8 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
     try:
         on_forked(pid)
         timings["cgroup"] = time.perf_counter_ns()
-        os.write(w_go, b"C")
+        handshake = on_ready is not None or plan.userns_remap
+        os.write(w_go, b"C" if handshake else b"CG")
         msg = _read_line(r_ready)
         if not msg.startswith("R "):
             raise ContainerError(_failure(plan, msg, pid))
@@ -113,9 +116,11 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         timings["namespaces"], timings["rootfs"], timings["child"] = int(stamps[1]), int(stamps[2]), int(stamps[3])
         if plan.userns_remap:
             namespaces.write_id_maps(pid)
-        on_ready(pid)
+        if on_ready is not None:
+            on_ready(pid)
         timings["network"] = time.perf_counter_ns()
-        os.write(w_go, b"G")
+        if handshake:
+            os.write(w_go, b"G")
         os.close(w_go)
         w_go = -1
         rest = _read_all(r_ready)  # EOF: the exec happened (or the child exited)
