@@ -26,6 +26,7 @@ def _orphan_domains() -> list[str]:
     import libvirt
 
     from vmharness.daemons import LIBVIRT_SOCK, connect, socket_alive
+    from vmharness.vm import qemu_pid, wait_pid_exit
 
     if not socket_alive(LIBVIRT_SOCK):
         return []  # no libvirtd: no domains can exist
@@ -35,9 +36,11 @@ def _orphan_domains() -> list[str]:
         name = dom.name()
         if not name.startswith(PREFIX) or leases.owner_alive(name):
             continue
+        pid = qemu_pid(name)
         with contextlib.suppress(libvirt.libvirtError):
             dom.destroy()
             removed.append(f"domain {name}")
+        wait_pid_exit(pid)
     return removed
 
 

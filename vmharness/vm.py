@@ -116,6 +116,24 @@ def kernel_cmdline(fragment: str, hostname: str, ip: str = "", gw: str = "", tsc
     return line
 
 
+def pid_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_pid_exit(pid: int | None, timeout_s: float = 10.0) -> None:
+    """libvirt may report a domain gone a moment before its QEMU process has finished exiting."""
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout_s
+    while pid_running(pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def qemu_pid(name: str) -> int | None:
     try:
         return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
@@ -305,6 +323,7 @@ class VM:
         except libvirt.libvirtError:
             pass  # already gone: transient domains vanish when QEMU exits
         self.wait_gone(10.0)
+        wait_pid_exit(self.pid)
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM to QEMU first (graceful destroy), then hard destroy."""
@@ -531,6 +550,7 @@ def destroy_domain(name: str, graceful_s: float = 0.0) -> bool:
         dom = connect().lookupByName(name)
     except libvirt.libvirtError:
         return False
+    pid = qemu_pid(name)
     with contextlib.suppress(libvirt.libvirtError):
         if graceful_s > 0:
             dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
@@ -539,6 +559,7 @@ def destroy_domain(name: str, graceful_s: float = 0.0) -> bool:
                 time.sleep(0.02)
         if domain_active(name):
             dom.destroy()
+    wait_pid_exit(pid)
     return True
 
 
