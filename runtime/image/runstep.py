@@ -61,8 +61,14 @@ def run_step(paths: HostPaths, lower_dirs: list[Path], upper: Path, work: Path, 
         except OSError:
             resolv.write_text("")
         created = _make_mountpoints(lower_dirs, upper)
+        from runtime import security
+        from runtime.spec import SecuritySpec
+
+        # build containers get the same defaults as `isobench run` (Docker does the same): default caps,
+        # no_new_privs, default seccomp profile, masked/read-only /proc and /sys paths; compiled here
+        prepared = security.prepare(SecuritySpec())
         try:
-            return _fork_and_run(merged, lowers, upper, work, argv, env, workdir, user, resolv, log)
+            return _fork_and_run(merged, lowers, upper, work, argv, env, workdir, user, resolv, log, prepared)
         finally:
             _remove_mountpoints(upper, created)
     finally:
@@ -99,14 +105,14 @@ def _remove_mountpoints(upper: Path, created: list[Path]) -> None:
 
 
 def _fork_and_run(merged: Path, lowers: list[str], upper: Path, work: Path, argv: list[str], env: list[str],
-                  workdir: str, user: str | None, resolv: Path, log: Callable[[str], None]) -> int:
+                  workdir: str, user: str | None, resolv: Path, log: Callable[[str], None], prepared: object) -> int:
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns
         os.close(rfd)
         code = 125
         try:
-            code = _child(merged, lowers, upper, work, argv, env, workdir, user, resolv, wfd)
+            code = _child(merged, lowers, upper, work, argv, env, workdir, user, resolv, wfd, prepared)
         except BaseException as exc:  # noqa: BLE001 - report any setup failure through the pipe, then exit
             with contextlib.suppress(OSError):
                 os.write(wfd, f"isobench build container: {exc}\n".encode())
@@ -133,7 +139,7 @@ def _fork_and_run(merged: Path, lowers: list[str], upper: Path, work: Path, argv
 
 
 def _child(merged: Path, lowers: list[str], upper: Path, work: Path, argv: list[str], env: list[str],
-           workdir: str, user: str | None, resolv: Path, wfd: int) -> int:
+           workdir: str, user: str | None, resolv: Path, wfd: int, prepared: object) -> int:
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWPID)
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
@@ -148,7 +154,7 @@ def _child(merged: Path, lowers: list[str], upper: Path, work: Path, argv: list[
         if pid == 0:
             code = 126
             try:
-                _grandchild(merged, argv, env, workdir, user, resolv, wfd)
+                _grandchild(merged, argv, env, workdir, user, resolv, wfd, prepared)
             except BaseException as exc:  # noqa: BLE001 - exec failed: report and exit like a shell
                 msg = f"{argv[0]}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
                 with contextlib.suppress(OSError):
@@ -165,7 +171,7 @@ def _child(merged: Path, lowers: list[str], upper: Path, work: Path, argv: list[
 
 
 def _grandchild(merged: Path, argv: list[str], env: list[str], workdir: str, user: str | None,
-                resolv: Path, wfd: int) -> None:
+                resolv: Path, wfd: int, prepared: object) -> None:
     """PID 1 of the build container: mounts, chroot, identity, exec."""
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     m = str(merged)
@@ -182,14 +188,19 @@ def _grandchild(merged: Path, argv: list[str], env: list[str], workdir: str, use
                    "newinstance,ptmxmode=0666,mode=0620")
     os.mkdir(f"{m}/dev/shm")
     syscalls.mount("shm", f"{m}/dev/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777,size=65536k")
-    syscalls.mount("/sys", f"{m}/sys", None, syscalls.MS_BIND | syscalls.MS_REC)
-    syscalls.mount(None, f"{m}/sys", None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
+    # a fresh read-only sysfs, not a recursive bind of the host's /sys: that would carry the host's
+    # cgroup hierarchies (read-write submounts) into the build container
+    syscalls.mount("sysfs", f"{m}/sys", "sysfs",
+                   syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
     resolv_target = f"{m}/etc/resolv.conf"
     if os.path.islink(resolv_target) or not os.path.exists(resolv_target):
         resolv_target = ""  # a dangling symlink (systemd-resolved style): leave it alone
     if resolv_target:
         syscalls.mount(str(resolv), resolv_target, None, syscalls.MS_BIND)
     os.chroot(m)
+    from runtime import security
+
+    security.prepare_mounts_in_child(prepared)  # paths are absolute: after chroot they are the container's
     os.makedirs(workdir or "/", exist_ok=True)
     os.chdir(workdir or "/")
     envmap = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
@@ -200,10 +211,7 @@ def _grandchild(merged: Path, argv: list[str], env: list[str], workdir: str, use
     os.dup2(null, 0)
     os.dup2(wfd, 1)
     os.dup2(wfd, 2)
-    if uid != 0 or gid != 0:
-        os.setgroups([gid])
-        os.setgid(gid)
-        os.setuid(uid)
+    security.enter(prepared, uid, gid, (gid,) if uid else ())
     os.execvpe(argv[0], argv, envmap)
 
 

@@ -133,8 +133,6 @@ def test_isobench_init_pid1_exe_unreachable(leak_check):
     assert "OPENED" not in out and "READ" not in out and "RESOLVED" not in out, out
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN (reported): runtime/image/runstep.py's RUN executor does not apply "
-                                      "runtime.security yet; RUN steps keep every capability")
 @pytest.mark.requires("cgroup_v1")
 def test_build_containers_get_the_same_defaults(tmp_path, isobench_root, leak_check):
     """RUN steps of `isobench image build` run with Docker's default caps, no_new_privs and seccomp."""
@@ -144,12 +142,16 @@ def test_build_containers_get_the_same_defaults(tmp_path, isobench_root, leak_ch
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(
         "FROM busybox\nRUN grep -E 'CapEff|NoNewPrivs|Seccomp:' /proc/self/status && "
-        "(mount -t tmpfs x /mnt 2>&1 || true) && head -c 64 /proc/keys | wc -c\n")
+        "(mount -t tmpfs x /mnt 2>&1 || true) && echo KEYS=$(head -c 64 /proc/keys | wc -c) && "
+        "(mkdir /sys/fs/cgroup/pids/isobench-sec-buildprobe 2>/dev/null && echo CGROUP-CREATED; "
+        "rmdir /sys/fs/cgroup/pids/isobench-sec-buildprobe 2>/dev/null; true)\n")
     proc = crashkit.isobench(["image", "build", "--no-cache", "-t", "sec-build-defaults:1", str(ctx)], isobench_root)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "CapEff:\t00000000a80425fb" in out, f"build RUN step is not limited to Docker's default caps: {out}"
     assert "Seccomp:\t2" in out and "NoNewPrivs:\t1" in out, out
+    assert "KEYS=0" in out, f"/proc/keys is not masked in build containers: {out}"
+    assert "CGROUP-CREATED" not in out, f"a RUN step could create a host cgroup: {out}"
 
 
 @pytest.mark.requires("cgroup_v1")
