@@ -143,7 +143,7 @@ def test_build_containers_get_the_same_defaults(tmp_path, isobench_root, leak_ch
     (ctx / "Dockerfile").write_text(
         "FROM busybox\nRUN grep -E 'CapEff|NoNewPrivs|Seccomp:' /proc/self/status && "
         "(mount -t tmpfs x /mnt 2>&1 || true) && echo KEYS=$(head -c 64 /proc/keys | wc -c) && "
-        "(mkdir /sys/fs/cgroup/pids/isobench-sec-buildprobe 2>/dev/null && echo CGROUP-CREATED; "
+        "(mkdir /sys/fs/cgroup/pids/isobench-sec-buildprobe 2>/dev/null && echo CGROUP-CREATED-$((40+2)); "
         "rmdir /sys/fs/cgroup/pids/isobench-sec-buildprobe 2>/dev/null; true)\n")
     proc = crashkit.isobench(["image", "build", "--no-cache", "-t", "sec-build-defaults:1", str(ctx)], isobench_root)
     out = proc.stdout + proc.stderr
@@ -151,7 +151,7 @@ def test_build_containers_get_the_same_defaults(tmp_path, isobench_root, leak_ch
     assert "CapEff:\t00000000a80425fb" in out, f"build RUN step is not limited to Docker's default caps: {out}"
     assert "Seccomp:\t2" in out and "NoNewPrivs:\t1" in out, out
     assert "KEYS=0" in out, f"/proc/keys is not masked in build containers: {out}"
-    assert "CGROUP-CREATED" not in out, f"a RUN step could create a host cgroup: {out}"
+    assert "CGROUP-CREATED-42" not in out, f"a RUN step could create a host cgroup: {out}"
 
 
 @pytest.mark.requires("cgroup_v1")
