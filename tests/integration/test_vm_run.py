@@ -75,10 +75,21 @@ def test_echo_hello_returns_output_exit_code_and_phases(vm_paths, leak_check):
     assert not _overlays(vm_paths)
 
 
-def test_exit_status_through_the_cli(vm_paths, leak_check):
-    r = _cli("vm", "run", "--rm", "--network", "none", "--memory", "256m", "busybox", "sh", "-c", "echo out; exit 7")
+def test_exit_status_env_workdir_user_through_the_cli(vm_paths, leak_check):
+    r = _cli("vm", "run", "--rm", "--network", "none", "--memory", "256m", "-e", "FOO=bar", "-w", "/etc",
+             "-u", "65534:65534", "busybox", "sh", "-c", "echo $FOO $(pwd) $(id -u):$(id -g); exit 7")
     assert r.returncode == 7, r.stderr
-    assert r.stdout == "out\n"
+    assert r.stdout == "bar /etc 65534:65534\n"
+    assert not _overlays(vm_paths)
+
+
+def test_kernel_panic_is_reported_with_console_tail(vm_paths, leak_check):
+    from vmharness import api
+
+    with pytest.raises(VMError, match=r"kernel panic while running the workload: Kernel panic - not syncing: "
+                                      r"sysrq triggered crash.*full console log"):
+        api.run("busybox", ["sh", "-c", "echo c > /proc/sysrq-trigger"],
+                api.VMRunConfig(network="none", memory_mib=256), vm_paths)
     assert not _overlays(vm_paths)
 
 
