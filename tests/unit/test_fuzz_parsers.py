@@ -215,3 +215,32 @@ def test_store_index_with_non_object_entry(tmp_path):
     (tmp_path / "images" / "index.json").write_text('{"manifests": [null]}')
     with pytest.raises(ImageError):
         store.list()
+
+
+image_configs = st.one_of(json_values, st.fixed_dictionaries({}, optional={
+    "config": st.one_of(json_values, st.fixed_dictionaries({}, optional={
+        "Env": st.one_of(json_values, st.lists(st.text(max_size=12), max_size=3)),
+        "Cmd": st.one_of(json_values, st.lists(st.text(max_size=8), max_size=3)),
+        "Entrypoint": st.one_of(json_values, st.lists(st.text(max_size=8), max_size=3)),
+        "WorkingDir": json_values, "User": json_values,
+        "ExposedPorts": st.one_of(json_values, st.dictionaries(st.text(max_size=10), st.just({}), max_size=3)),
+    }))}))
+
+
+@pytest.mark.xfail(strict=False, reason="BUG (runtime/config_image.py, reported): an image config whose fields have "
+                                        "the wrong JSON type (e.g. Env not a list) raises TypeError/AttributeError")
+@SETTINGS
+@given(image_configs, st.one_of(st.none(), st.lists(st.text(max_size=6), max_size=2).map(tuple)))
+def test_image_config_to_process_never_crashes(image_config, command):
+    """OCI image config (as read from a loaded/imported image) -> the container's process."""
+    from runtime.config_image import exposed_ports, process_spec
+    from runtime.spec import ContainerConfig
+
+    cfg = ContainerConfig(image="x", command=command)
+    try:
+        spec = process_spec(cfg, image_config if isinstance(image_config, dict) else {"config": image_config},
+                            "host")
+        exposed_ports(image_config if isinstance(image_config, dict) else {})
+    except IsobenchError:
+        return
+    assert all(isinstance(a, str) for a in spec.argv)
