@@ -20,6 +20,7 @@ network package only for ``bridge``) and never runs a subprocess.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import signal
@@ -219,7 +220,9 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
     return c
 
 
+@functools.lru_cache(maxsize=64)
 def _config_dict(config: ContainerConfig) -> dict[str, Any]:
+    """The config as JSON-able data (cached: a harness starts the same frozen config many times)."""
     from dataclasses import asdict
 
     return asdict(config)

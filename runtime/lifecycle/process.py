@@ -109,7 +109,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         timings["cgroup"] = time.perf_counter_ns()
         handshake = on_ready is not None or plan.userns_remap
         os.write(w_go, b"C" if handshake else b"CG")
-        msg = _read_line(r_ready)
+        msg, pending = _read_line(r_ready)
         if not msg.startswith("R "):
             raise ContainerError(_failure(plan, msg, pid))
         stamps = msg.split()
@@ -123,7 +123,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
             os.write(w_go, b"G")
         os.close(w_go)
         w_go = -1
-        rest = _read_all(r_ready)  # EOF: the exec happened (or the child exited)
+        rest = pending + _read_all(r_ready)  # EOF: the exec happened (or the child exited)
         if rest.startswith("E "):
             raise ContainerError(_failure(plan, rest, pid))
         timings["exec"] = time.perf_counter_ns()
@@ -153,14 +153,16 @@ def _kill_and_reap(pid: int) -> None:
         pass
 
 
-def _read_line(fd: int) -> str:
+def _read_line(fd: int) -> tuple[str, str]:
+    """The first message line, and whatever arrived after it (the child may already have sent more)."""
     buf = b""
-    while not buf.endswith(b"\n"):
+    while b"\n" not in buf:
         chunk = os.read(fd, 4096)
         if not chunk:
             break
         buf += chunk
-    return buf.decode(errors="replace")
+    line, _, rest = buf.partition(b"\n")
+    return line.decode(errors="replace"), rest.decode(errors="replace")
 
 
 def _read_all(fd: int) -> str:

@@ -40,8 +40,9 @@ def now_iso() -> str:
 
 def write_state(cdir: Path, state: dict[str, Any]) -> None:
     tmp = cdir / f".{STATE_FILE}.{os.getpid()}"
+    text = json.dumps(state)  # compact: the C encoder (indent= falls back to the slow Python one)
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
+        f.write(text)
     os.replace(tmp, cdir / STATE_FILE)
 
 
