@@ -59,6 +59,8 @@ def prepare(spec: SecuritySpec) -> PreparedSecurity:
     program = None
     if not spec.privileged:
         program = _seccomp.program_for(spec.seccomp or "default", names)
+        if program is not None:
+            _seccomp.ready(program)
     return PreparedSecurity(
         privileged=spec.privileged, cap_names=names, keep_mask=_caps.mask_of(names), last_cap=last,
         no_new_privileges=spec.no_new_privileges, seccomp_program=program,
