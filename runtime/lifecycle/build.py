@@ -44,7 +44,10 @@ def run_build_step(paths: HostPaths, lower_dirs: list[Path], upper: Path, work: 
         groups=(gid,) if uid else (), unshare_flags=namespaces.child_flags(config, cgroupns=False),
         loopback_up=False,
         rootfs=RootfsPlan(lowerdirs=tuple(str(d) for d in lower_dirs), upper=str(upper), work=str(work),
-                          merged=str(merged), etc_files=etc_files))
+                          merged=str(merged), etc_files=etc_files,
+                          # the layer is a plain diff of ``upper``: changed files carry their data,
+                          # renamed dirs show up as copies, no overlay-private xattrs
+                          overlay_extra="index=off,redirect_dir=off,metacopy=off"))
     prepared = security.prepare(SecuritySpec())
     r_out, w_out = os.pipe2(os.O_CLOEXEC)
     null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)

@@ -44,11 +44,13 @@ class RootfsPlan:
     mounts: tuple[MountPlan, ...] = ()
     etc_files: tuple[tuple[str, str], ...] = ()   # (container path, host file) bind-mounted
     read_only: bool = False
+    overlay_extra: str = ""          # e.g. build steps: "index=off,redirect_dir=off,metacopy=off"
 
 
-def overlay_options(lowerdirs: tuple[str, ...], upper: str, work: str) -> str:
+def overlay_options(lowerdirs: tuple[str, ...], upper: str, work: str, extra: str = "") -> str:
     """overlayfs wants the *topmost* lowerdir first."""
-    return f"lowerdir={':'.join(reversed(lowerdirs))},upperdir={upper},workdir={work}"
+    opts = f"lowerdir={':'.join(reversed(lowerdirs))},upperdir={upper},workdir={work}"
+    return f"{opts},{extra}" if extra else opts
 
 
 def secure_join(root: str, path: str, _depth: int = 0) -> str:
@@ -133,7 +135,8 @@ def setup(plan: RootfsPlan) -> None:
     """Build the root at ``plan.merged`` and pivot into it. Caller: the child, in its own mount ns."""
     S.mount(None, "/", None, S.MS_REC | S.MS_PRIVATE)  # nothing propagates back to the host
     root = plan.merged
-    S.mount("overlay", root, "overlay", 0, overlay_options(plan.lowerdirs, plan.upper, plan.work))
+    S.mount("overlay", root, "overlay", 0, overlay_options(plan.lowerdirs, plan.upper, plan.work,
+                                                                  plan.overlay_extra))
     for m in plan.mounts:
         target = secure_join(root, m.destination)
         if m.kind == "tmpfs":
