@@ -58,6 +58,7 @@ class DomainConfig:
     vcpupin: tuple[str, ...] = ()         # cpuset per vCPU index, e.g. ("1",) pins vCPU 0 to host CPU 1
     net: NetConfig = field(default_factory=NetConfig)
     emulator: str = "/usr/bin/qemu-system-x86_64"
+    kvm_cpu_passthrough: bool = True      # host-passthrough under KVM (False: QEMU's default model)
 
     @property
     def domain_type(self) -> DomainType:
@@ -98,7 +99,7 @@ def to_xml(cfg: DomainConfig) -> str:
     _sub(os_, "cmdline", cfg.cmdline)
     feats = _sub(dom, "features")
     _sub(feats, "acpi")
-    if cfg.accel == "kvm":
+    if cfg.accel == "kvm" and cfg.kvm_cpu_passthrough:
         _sub(dom, "cpu", mode="host-passthrough", check="none", migratable="off")
     _sub(dom, "clock", offset="utc")
     _sub(dom, "on_poweroff", "destroy")
@@ -155,7 +156,7 @@ def bare_qemu_argv(cfg: DomainConfig) -> list[str]:
             "-drive", f"id=d0,file={cfg.disk_path},format={cfg.disk_format},if=none",
             "-device", "virtio-blk-device,drive=d0" if cfg.machine == "microvm" else "virtio-blk-pci,drive=d0",
             "-serial", f"file:{cfg.console_path}"]
-    if cfg.accel == "kvm":
+    if cfg.accel == "kvm" and cfg.kvm_cpu_passthrough:
         argv += ["-cpu", "host"]
     return argv
 

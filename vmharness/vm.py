@@ -401,7 +401,7 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
            boot_timeout_s: float = 60.0, console_path: Path | None = None, detached: bool = False,
            vm_id: str | None = None, machine: str = "microvm", workdir: str | None = None,
            user: str | None = None, hostname: str | None = None, user_name: str = "",
-           echo: Callable[[str], None] | None = None) -> VM:
+           kvm_cpu_passthrough: bool = True, echo: Callable[[str], None] | None = None) -> VM:
     """Prepare everything and start the domain; returns as soon as QEMU runs (see VM.wait_ready)."""
     import libvirt
 
@@ -436,7 +436,8 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
             name=name, kernel=str(arts.kernel), initrd=str(arts.initrd), cmdline=cmdline,
             disk_path=str(overlay), console_path=str(console_log), accel=accel, machine=machine,
             memory_mib=memory_mib, vcpus=vcpus,
-            cpu_quota_us=None if cpus is None else int(round(cpus * 100_000)), vcpupin=tuple(vcpupin), net=netcfg)
+            cpu_quota_us=None if cpus is None else int(round(cpus * 100_000)), vcpupin=tuple(vcpupin), net=netcfg,
+            kvm_cpu_passthrough=kvm_cpu_passthrough)
         vm = VM(id=vm_id, paths=paths, domain_cfg=dcfg, accel=accel, accel_reason=accel_reason,
                 image=image.name, image_digest=image.digest, argv=plan.argv, ip=ip.split("/")[0],
                 ports=published, detached=detached, artifacts_s=artifacts_s, user_name=user_name)
@@ -473,7 +474,7 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
     return vm
 
 
-def probe_boot(paths: HostPaths, bound_s: float):
+def probe_boot(paths: HostPaths, bound_s: float, kvm_cpu_passthrough: bool = True):
     """Boot busybox under KVM for the accelerator probe; always destroys the probe VM."""
     from vmharness.accel import BootOutcome
 
@@ -481,7 +482,7 @@ def probe_boot(paths: HostPaths, bound_s: float):
     t0 = time.monotonic()
     try:
         vm = create(image, ["true"], paths=paths, accel="kvm", accel_reason="probe", memory_mib=256,
-                    boot_timeout_s=bound_s)
+                    boot_timeout_s=bound_s, kvm_cpu_passthrough=kvm_cpu_passthrough)
     except IsobenchError as exc:
         return BootOutcome(False, f"QEMU/KVM failed to start: {exc}", time.monotonic() - t0)
     try:

@@ -237,6 +237,23 @@ def test_missing_kernel_names_the_package(tmp_path):
         find_kernel(boot_dir=tmp_path, modules_dir=tmp_path)
 
 
+def test_kvm_probe_notices_a_hanging_guest_within_its_bound(vm_paths, leak_check):
+    """With QEMU's default CPU model (no host-passthrough) nested KVM here hangs instead of aborting:
+    the probe must give up after its bound, destroy the probe VM and report why."""
+    from vmharness import vm as vmmod
+
+    if not Path("/dev/kvm").exists():
+        pytest.skip("/dev/kvm missing: the probe does not boot at all")
+    before = _domains()
+    t = time.monotonic()
+    out = vmmod.probe_boot(vm_paths, 3.0, kvm_cpu_passthrough=False)
+    elapsed = time.monotonic() - t
+    assert elapsed < 3.0 + 5.0, "the probe must not hang"
+    if not out.reached_init:
+        assert "hung" in out.detail or "exited" in out.detail or "failed" in out.detail
+    assert not (_domains() - before)
+
+
 @pytest.mark.requires("kvm")
 def test_kvm_boot(vm_paths, leak_check):
     from vmharness import api
