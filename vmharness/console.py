@@ -20,6 +20,8 @@ from pathlib import Path
 from vmharness.artifacts import MARK_EXIT, MARK_INIT, MARK_INITRD, MARK_PANIC, MARK_READY
 
 POLL_S = 0.002
+POLL_SLOW_S = 0.05
+SLOW_AFTER_READY_S = 2.0
 
 # phase names, in boot order; values in results are seconds since the create call
 PHASES: tuple[str, ...] = ("create", "qemu_up", "first_output", "initrd", "init_started", "ready", "exited",
@@ -101,6 +103,7 @@ class ConsoleWatcher:
     _echoed: int = 0
     _offset: int = 0
     _scan_from: int = 0
+    _file: object = None
     _decoder: object = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
     def start(self) -> "ConsoleWatcher":
@@ -113,20 +116,35 @@ class ConsoleWatcher:
         if self._thread is not None:
             self._thread.join(timeout=2)
         self._poll_once()  # whatever the guest wrote last
+        with self._changed:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._poll_once()
-            time.sleep(POLL_S)
+        try:
+            while not self._stop.is_set():
+                self._poll_once()
+                ready_at = self.events.get("ready")
+                # fast while booting; a long-running server's console is then polled gently so the
+                # harness does not steal CPU from the benchmark
+                slow = ready_at is not None and time.monotonic() - ready_at > SLOW_AFTER_READY_S
+                self._stop.wait(POLL_SLOW_S if slow else POLL_S)
+        finally:
+            with self._changed:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
 
     def _poll_once(self) -> None:
         with self._changed:  # an RLock: wait_for() polls too, from the caller's thread
-            try:
-                with open(self.path, "rb") as f:
-                    f.seek(self._offset)
-                    chunk = f.read()
-            except FileNotFoundError:
-                return
+            if self._file is None:
+                try:
+                    self._file = open(self.path, "rb")
+                except FileNotFoundError:
+                    return
+                self._file.seek(self._offset)
+            chunk = self._file.read()
             if not chunk:
                 return
             now = time.monotonic()
