@@ -42,14 +42,20 @@ def child_flags(config: ContainerConfig, cgroupns: bool) -> int:
 
 
 def joined_namespaces(config_network_mode: str, userns_remap: bool, cgroupns: bool) -> list[str]:
-    """Names under /proc/<pid>/ns that ``exec`` joins, in setns order (user first, mnt last)."""
-    names = ["user"] if userns_remap else []
-    names += ["ipc", "uts"]
+    """Names under /proc/<pid>/ns that ``exec`` joins, in setns order.
+
+    The container's user namespace (``--userns=remap``) is joined *last*: every other namespace was
+    made by real root before it and is owned by the host's user namespace, so joining those needs the
+    host privileges we lose on entering it; and the kernel refuses a user namespace to a chrooted
+    caller, which we no longer are once in the container's mount namespace."""
+    names = ["ipc", "uts"]
     if config_network_mode != "host":
         names.append("net")
     if cgroupns:
         names.append("cgroup")
     names += ["pid", "mnt"]
+    if userns_remap:
+        names.append("user")
     return names
 
 

@@ -189,3 +189,11 @@ def test_gc_after_in_process_owner_killed(paths, leak_check):
     assert any(cid in r for r in removed)
     assert not S.container_dir(paths, cid).exists()
     assert not list(Path("/sys/fs/cgroup").glob(f"*/isobench-{cid}"))
+
+
+def test_exec_joins_remapped_container(cli, paths, leak_check):
+    cli("run", "-d", "--name", "remapped", "--userns", "remap", "--network", "none", "busybox", "sleep", "30",
+        check_rc=0)
+    p = cli("exec", "remapped", "cat", "/proc/self/uid_map", check_rc=0)
+    assert p.stdout.split() == ["0", "100000", "65536"]
+    cli("rm", "-f", "remapped", check_rc=0)

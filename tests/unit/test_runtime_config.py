@@ -87,7 +87,7 @@ def test_namespace_flags():
     assert not namespaces.child_flags(cfg(network=NetworkSpec(mode="host")), cgroupns=True) & syscalls.CLONE_NEWNET
     assert namespaces.child_flags(cfg(), cgroupns=True) & syscalls.CLONE_NEWCGROUP
     assert namespaces.id_map_line() == "0 100000 65536\n"
-    assert namespaces.joined_namespaces("none", True, False)[0] == "user"
+    assert namespaces.joined_namespaces("none", True, False)[-1] == "user"
     assert namespaces.joined_namespaces("host", False, False)[-1] == "mnt"
     assert "net" not in namespaces.joined_namespaces("host", False, False)
 
