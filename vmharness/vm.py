@@ -195,7 +195,10 @@ class VM:
     artifacts_s: float = 0.0
     _dom: object = None
     _cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    _gone_at: float | None = None
+    _gone_at: float | None = None         # monotonic time libvirt reported the domain gone
+    _qemu_up: float | None = None         # monotonic time createXML returned (QEMU running)
+    _boot_timeout_s: float = 60.0
+    _created: float = 0.0                 # UNIX time, for `vm ps`
 
     @property
     def name(self) -> str:
@@ -247,8 +250,6 @@ class VM:
             ph["gone"] = self._gone_at - self.t0
         return {k: round(v, 4) for k, v in sorted(ph.items(), key=lambda kv: kv[1])}
 
-    _qemu_up: float | None = None
-
     def console_text(self) -> str:
         if self.watcher is not None:
             return self.watcher.text
@@ -278,8 +279,6 @@ class VM:
         if gone:
             raise self._fail("stopped before the workload started")
         raise self._fail(f"did not reach the workload within {bound:.0f} s (boot timeout)")
-
-    _boot_timeout_s: float = 60.0
 
     def wait_exit(self, timeout_s: float | None = None) -> int:
         """Block until the workload exits and the domain is gone; its exit code."""
@@ -359,8 +358,6 @@ class VM:
         if self.watcher is not None:
             rec["exit_code"] = con.exit_code(self.watcher.text)
         return rec
-
-    _created: float = 0.0
 
 
 def _network(stack: contextlib.ExitStack, vm_id: str, kind: str, ports: tuple, paths: HostPaths):
