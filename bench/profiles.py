@@ -32,8 +32,8 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile(name="quick", values=5, warmups=1, tool_duration_s=1.0, footprint_n=(1, 3),
-                     footprint_values=5, enforcement_duration_s=2.0),
+    "quick": Profile(name="quick", values=5, warmups=1, tool_duration_s=1.0, footprint_n=(1, 2),
+                     footprint_values=5, enforcement_duration_s=2.0, fio_size_mib=32),
     "full": Profile(name="full", values=15, warmups=2, tool_duration_s=5.0, footprint_n=(1, 4, 8),
                     footprint_values=10, enforcement_duration_s=5.0),
 }

@@ -192,7 +192,11 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
     prog = Progress(plan, progress_stream)
     try:
         for w in wls:
-            run_workload(w, environments, ctx, state, prog, log)
+            t0 = time.monotonic()
+            try:
+                run_workload(w, environments, ctx, state, prog, log)
+            finally:
+                state.meta.setdefault("workload_seconds", {})[w.name] = round(time.monotonic() - t0, 1)
             state.save(facts)
     finally:
         prog.end()
@@ -247,6 +251,8 @@ def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context
         msg = str(exc) if isinstance(exc, IsobenchError) else f"{type(exc).__name__}: {exc}"
         state.failures.append({"benchmark": w.name, "environment": env, "error": msg})
         wlog.write(f"FAILED {env}: {msg}\n{traceback.format_exc()}\n")
+        if getattr(exc, "output", None):
+            wlog.write(f"--- output of the failed command ---\n{exc.output}\n---\n")
         log(f"\n[bench] {w.name} failed in {env}: {msg}")
 
     try:

@@ -96,8 +96,12 @@ class Workload(abc.ABC):
 
 def check_exit(out: Outcome, what: str, env: str) -> Outcome:
     if out.exit_code != 0:
-        tail = out.output.strip().splitlines()[-3:]
-        raise BenchError(f"{what} in {env} exited {out.exit_code}: {' | '.join(tail) or '(no output)'}")
+        lines = out.output.strip().splitlines()
+        errs = [ln.strip() for ln in lines if ln.strip().startswith(("fio:", "error", "Error")) or "err=" in ln]
+        tail = (errs or lines)[-3:]
+        exc = BenchError(f"{what} in {env} exited {out.exit_code}: {' | '.join(tail) or '(no output)'}")
+        exc.output = out.output  # the runner writes it to the benchmark's log
+        raise exc
     return out
 
 

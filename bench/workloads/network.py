@@ -18,7 +18,7 @@ import time
 from bench.environments.base import Environment, Instance, Job
 from bench.workloads.base import Context, Measurement, Metric, Workload
 from bench.workloads.startup import first_response_s
-from runtime.errors import BenchError
+from runtime.errors import BenchError, IsobenchError
 
 HTTP_PORT = 80
 IPERF_PORT = 5201
@@ -96,6 +96,15 @@ class Network(Workload):
     def _servers(self, env: Environment, ctx: Context) -> tuple[Instance, Instance]:
         if env.name in self.servers:
             return self.servers[env.name]
+        try:
+            return self._start_servers(env, ctx)
+        except IsobenchError as exc:
+            # one retry: a shared host's bridge or libvirt connection can be reset under us by others
+            ctx.log(f"\n[bench] network: starting servers in {env.name} failed ({exc}); retrying once")
+            time.sleep(1.0)
+            return self._start_servers(env, ctx)
+
+    def _start_servers(self, env: Environment, ctx: Context) -> tuple[Instance, Instance]:
         http = env.start(Job(image=ctx.image("busybox"), argv=("httpd", "-f", "-p", "{port}", "-h", "/www"),
                              port=HTTP_PORT, timeout_s=3600))
         try:
