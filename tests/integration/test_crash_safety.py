@@ -78,7 +78,7 @@ def _trial_plan(tmp_path: Path, root: Path, verbs: set[str], counts: dict[str, i
         for i in range(counts["rm"]):
             plan.append(("rm", ["rm", "-f", f"crash-rm-{i}"]))
     if "bench" in counts:
-        bench_args = ["bench", "--only", "startup", "--env", "native,runc", "--values", "3"]
+        bench_args = ["bench", "--only", "startup", "--env", "native,container,runc", "--values", "5"]
         durations["bench"] = crashkit.timed([*bench_args, "--out", str(tmp_path / "bench-warm")], root)
         for i in range(counts["bench"]):
             plan.append(("bench", [*bench_args, "--out", str(tmp_path / f"bench-{i}")]))

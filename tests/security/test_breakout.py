@@ -178,3 +178,17 @@ def test_isobench_exec_leaves_no_host_exe_reachable(host_ctx, isobench_root, lea
         assert "HOSTEXE" not in log.stdout, f"a container process saw a host executable during exec: {log.stdout}"
     finally:
         crashkit.isobench(["rm", "-f", cid], isobench_root)
+
+
+@pytest.mark.requires("cgroup_v1", "iptables")
+def test_isobench_bridge_cannot_reach_host_loopback(host_ctx, leak_check):
+    """With --network bridge the host is the gateway: a 127.0.0.1-only host listener must stay unreachable
+    (no route_localnet leak through the port-mapping hairpin rules)."""
+    if not harness._cli_has_run():
+        pytest.skip("needs the isobench run CLI")
+    p = probes.PROBES["host_loopback"]
+    code, out = harness.run_isobench(probes.render(p.argv, host_ctx), Path("/nonexistent"), with_helper=False,
+                                     extra=("--network", "bridge"))
+    assert out.count("nc:") >= 2, f"expected attempts via 127.0.0.1 and via the bridge gateway: {out}"
+    RESULTS.setdefault("isobench", {})["host_loopback_bridge"] = p.blocked_if(code, out)
+    assert p.blocked_if(code, out), f"a bridge container reached the host-only listener: {out}"
