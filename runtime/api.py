@@ -193,13 +193,22 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
         if remap:  # the container's root must own its writable layer's top
             for sub in ("upper", "work"):
                 os.chown(cdir / sub, namespaces.REMAP_HOST_BASE, namespaces.REMAP_HOST_BASE)
+        argv, init_bin, python_init = proc.argv, "", False
+        if config.init:
+            from runtime.lifecycle.cbin import INIT_SOURCE, static_binary
+
+            built = static_binary(paths, INIT_SOURCE, "isobench-init")
+            if built is not None:
+                argv, init_bin = ("/dev/init", "--") + proc.argv, str(built)
+            else:
+                python_init = True  # no compiler: PID 1 is a forked Python init instead
         c._plan = LaunchPlan(
-            container_id=cid, hostname=hostname, argv=proc.argv, env=env, workdir=proc.workdir,
+            container_id=cid, hostname=hostname, argv=argv, env=env, workdir=proc.workdir,
             uid=uid, gid=gid, groups=(gid,) if uid else (), unshare_flags=namespaces.child_flags(config, cgroupns),
-            cgroupns=cgroupns, userns_remap=remap, loopback_up=config.network.mode == "none", init=config.init,
+            cgroupns=cgroupns, userns_remap=remap, loopback_up=config.network.mode == "none", init=python_init,
             rootfs=RootfsPlan(lowerdirs=tuple(str(d) for d in lowers), upper=str(cdir / "upper"),
                               work=str(cdir / "work"), merged=str(cdir / "rootfs"), mounts=mounts,
-                              etc_files=etc, read_only=config.read_only_rootfs))
+                              etc_files=etc, read_only=config.read_only_rootfs, init_binary=init_bin))
         c._security = prepared
         c._stdio = stdio
         c._is_parent = True

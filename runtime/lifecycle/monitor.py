@@ -20,7 +20,6 @@ Python finisher (``python -m runtime.lifecycle.monitor finish ...``). Foreground
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import sys
@@ -32,7 +31,6 @@ from runtime.errors import IsobenchError
 from runtime.paths import HostPaths, host_name
 from runtime.spec import ContainerConfig
 
-SHIM_SOURCE = Path(__file__).with_name("monitor_shim.c")
 STATUS_FILE = "exit-status"
 
 
@@ -161,28 +159,9 @@ def _crash_log(paths: HostPaths, c: object, text: str) -> None:
 
 def shim_path(paths: HostPaths) -> Path | None:
     """The compiled shim (built once per source version with ``gcc -static``); None without gcc."""
-    source = SHIM_SOURCE.read_bytes()
-    out = paths.root / "bin" / f"isobench-monitor-{hashlib.sha256(source).hexdigest()[:12]}"
-    if out.exists():
-        return out
-    import shutil
-    import subprocess
+    from runtime.lifecycle.cbin import MONITOR_SOURCE, static_binary
 
-    from runtime.fsutil import file_lock
-
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        return None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(paths.locks / "monitor-shim.lock"):
-        if not out.exists():
-            tmp = out.with_suffix(".tmp")
-            proc = subprocess.run([gcc, "-static", "-Os", "-o", str(tmp), str(SHIM_SOURCE)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                return None
-            os.replace(tmp, out)
-    return out
+    return static_binary(paths, MONITOR_SOURCE, "isobench-monitor")
 
 
 def _exec_shim(c, paths: HostPaths, w: int) -> None:

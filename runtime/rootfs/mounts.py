@@ -45,6 +45,7 @@ class RootfsPlan:
     etc_files: tuple[tuple[str, str], ...] = ()   # (container path, host file) bind-mounted
     read_only: bool = False
     overlay_extra: str = ""          # e.g. build steps: "index=off,redirect_dir=off,metacopy=off"
+    init_binary: str = ""            # --init: host path of the static init, bound read-only at /dev/init
 
 
 def overlay_options(lowerdirs: tuple[str, ...], upper: str, work: str, extra: str = "") -> str:
@@ -150,6 +151,9 @@ def setup(plan: RootfsPlan) -> None:
     _ensure(proc, True)
     S.mount("proc", proc, "proc", _NOSUID_NODEV_NOEXEC)
     mount_dev(root)
+    if plan.init_binary:
+        _ensure(f"{root}/dev/init", False)
+        _bind(plan.init_binary, f"{root}/dev/init", read_only=True, recursive=False)
     mount_sys(root)
     for dest, host_file in plan.etc_files:
         target = secure_join(root, dest)
