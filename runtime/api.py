@@ -11,7 +11,8 @@ per-container monitor runs.
 The calling process is the container's parent (its "monitor"): it holds the lease on the container's
 host objects, so ``gc`` leaves them alone while it lives. Timings are ``time.perf_counter_ns()``
 stamps (CLOCK_MONOTONIC, comparable across processes) of each phase so start-up can be broken down:
-``call, created, forked, cgroup, namespaces, rootfs, network, exec, exited``.
+``call, created, start, forked, child, cgroup, namespaces, rootfs, network, exec, exited`` (``child``,
+``namespaces`` and ``rootfs`` are stamped inside the container's process).
 
 Kept lean on purpose: the start path imports only what it uses (security and the image store; the
 network package only for ``bridge``) and never runs a subprocess.

@@ -10,7 +10,9 @@ one ``fork`` of the calling process with no subprocesses, no polling and no impo
   pivots, and reports ``R`` on a close-on-exec pipe; the parent meanwhile has put it in its cgroup
   and, on ``R``, attaches the network and writes uid maps, then answers ``G``. The child execs; the
   pipe's EOF tells the parent the exec happened (an error before exec arrives as ``E <message>``).
-* With ``--init`` PID 1 stays a tiny init (forwards signals, reaps zombies) and forks the workload.
+* With ``--init`` PID 1 is the static C init bound at /dev/init (``init_shim.c``): the plan's argv
+  simply starts with it. Only where no C compiler exists does PID 1 stay a forked Python init
+  (``LaunchPlan.init``) that forwards signals, reaps zombies and forks the workload.
 
 The child never returns into the caller's code: every path ends in ``execve`` or ``os._exit``.
 """
