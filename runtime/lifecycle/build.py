@@ -42,7 +42,7 @@ def run_build_step(paths: HostPaths, lower_dirs: list[Path], upper: Path, work: 
         container_id=cid, hostname=BUILD_HOSTNAME, argv=tuple(argv),
         env=tuple(f"{k}={v}" for k, v in envmap.items()), workdir=workdir or "/", uid=uid, gid=gid,
         groups=(gid,) if uid else (), unshare_flags=namespaces.child_flags(config, cgroupns=False),
-        loopback_up=False,
+        loopback_up=False, die_with_parent=True,
         rootfs=RootfsPlan(lowerdirs=tuple(str(d) for d in lower_dirs), upper=str(upper), work=str(work),
                           merged=str(merged), etc_files=etc_files,
                           # the layer is a plain diff of ``upper``: changed files carry their data,

@@ -57,6 +57,7 @@ class LaunchPlan:
     userns_remap: bool = False
     loopback_up: bool = True     # --network none: the child brings lo up itself (no netlink import)
     init: bool = False
+    die_with_parent: bool = False  # build steps: SIGKILL when the builder dies (PR_SET_PDEATHSIG)
 
 
 @dataclass
@@ -193,6 +194,8 @@ def _describe(exc: BaseException) -> str:
 
 def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go: int, w_ready: int) -> None:
     t_child = time.perf_counter_ns()
+    if plan.die_with_parent:
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     # Python ignores SIGPIPE/SIGXFSZ; ignored dispositions survive execve, so restore the defaults.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
