@@ -42,10 +42,20 @@ def _overlays(paths) -> list[Path]:
     return sorted(paths.vms.glob("*/disk.qcow2")) if paths.vms.is_dir() else []
 
 
-def _domains() -> set[str]:
+def _domains(paths) -> set[str]:
+    """isobench domains of this test session's state root (other roots may run VMs concurrently)."""
+    import libvirt
+
     from vmharness.daemons import connect
 
-    return {d.name() for d in connect().listAllDomains() if d.name().startswith("isobench-")}
+    out = set()
+    for d in connect().listAllDomains():
+        try:
+            if d.name().startswith("isobench-") and str(paths.root) in d.XMLDesc():
+                out.add(d.name())
+        except libvirt.libvirtError:
+            continue  # vanished meanwhile
+    return out
 
 
 def _free_port() -> int:
@@ -151,20 +161,20 @@ def test_boot_timeout_destroys_domain_and_keeps_console_log(vm_paths, leak_check
     assert "\n" not in str(ei.value)
     log = Path(str(ei.value).rsplit("full console log: ", 1)[1])
     assert log.exists()
-    assert not _domains() & {f"isobench-{p.parent.name}" for p in _overlays(vm_paths)}
+    assert not _domains(vm_paths) & {f"isobench-{p.parent.name}" for p in _overlays(vm_paths)}
     assert not _overlays(vm_paths)
 
 
 def test_ctrl_c_destroys_the_domain(vm_paths, leak_check):
-    before = _domains()
+    before = _domains(vm_paths)
     proc = subprocess.Popen([*ISOBENCH, "vm", "run", "--rm", "--network", "none", "--memory", "256m", "busybox",
                              "sleep", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[2])
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (_domains() - before):
+        while time.monotonic() < deadline and not (_domains(vm_paths) - before):
             time.sleep(0.2)
-        assert _domains() - before, "the VM never started"
+        assert _domains(vm_paths) - before, "the VM never started"
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=30)
@@ -173,7 +183,7 @@ def test_ctrl_c_destroys_the_domain(vm_paths, leak_check):
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
-    assert not (_domains() - before)
+    assert not (_domains(vm_paths) - before)
     assert not _overlays(vm_paths)
 
 
@@ -244,14 +254,14 @@ def test_kvm_probe_notices_a_hanging_guest_within_its_bound(vm_paths, leak_check
 
     if not Path("/dev/kvm").exists():
         pytest.skip("/dev/kvm missing: the probe does not boot at all")
-    before = _domains()
+    before = _domains(vm_paths)
     t = time.monotonic()
     out = vmmod.probe_boot(vm_paths, 3.0, kvm_cpu_passthrough=False)
     elapsed = time.monotonic() - t
     assert elapsed < 3.0 + 5.0, "the probe must not hang"
     if not out.reached_init:
         assert "hung" in out.detail or "exited" in out.detail or "failed" in out.detail
-    assert not (_domains() - before)
+    assert not (_domains(vm_paths) - before)
 
 
 @pytest.mark.requires("kvm")
