@@ -196,3 +196,18 @@ def test_isobench_bridge_cannot_reach_host_loopback(host_ctx, leak_check):
     assert out.count("nc:") >= 2, f"expected attempts via 127.0.0.1 and via the bridge gateway: {out}"
     RESULTS.setdefault("isobench", {})["host_loopback_bridge"] = p.blocked_if(code, out)
     assert p.blocked_if(code, out), f"a bridge container reached the host-only listener: {out}"
+
+
+@pytest.mark.requires("cgroup_v1")
+@pytest.mark.parametrize("cap,probe", [("SYS_TIME", "set_time"), ("SYS_ADMIN", "mount_fs")])
+def test_isobench_cap_add_reopens_exactly_that_door(cap, probe, helper, host_ctx, leak_check):
+    """--cap-add gives the capability *and* the syscalls Docker's profile gates on it (both probes are
+    harmless when they succeed: settimeofday(NULL, NULL), a tmpfs in the container's mount namespace)."""
+    if not harness._cli_has_run():
+        pytest.skip("needs the isobench run CLI")
+    p = probes.PROBES[probe]
+    code, out = harness.run_isobench(probes.render(p.argv, host_ctx), helper.parent, extra=("--cap-add", cap))
+    assert not p.blocked_if(code, out), f"--cap-add {cap} did not allow {probe}: {out}"
+    code, out = harness.run_isobench(probes.render(probes.PROBES["keyctl"].argv, host_ctx), helper.parent,
+                                     extra=("--cap-add", cap))
+    assert probes.PROBES["keyctl"].blocked_if(code, out), f"--cap-add {cap} opened keyctl too: {out}"
