@@ -100,7 +100,7 @@ def enter(spec: SecuritySpec | PreparedSecurity, uid: int, gid: int, groups: tup
             os.setuid(uid)
             if p.no_new_privileges:
                 step = "no_new_privs"
-                _caps._prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
+                _caps.prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
             return
         step = "capability bounding set"
         _caps.drop_bounding(p.keep_mask, p.last_cap)
@@ -117,7 +117,7 @@ def enter(spec: SecuritySpec | PreparedSecurity, uid: int, gid: int, groups: tup
         _caps.clear_ambient()
         if p.no_new_privileges:
             step = "no_new_privs"
-            _caps._prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
+            _caps.prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
             if p.seccomp_program is not None:
                 step = "seccomp"
                 _seccomp.load_bpf(p.seccomp_program)
@@ -129,7 +129,7 @@ def harden_joining_process() -> None:
     """Make the calling (host Python) process non-dumpable before it joins a container's namespaces,
     so container processes cannot open /proc/<pid>/exe of the host interpreter (CVE-2019-5736)."""
     try:
-        _caps._prctl(PR_SET_DUMPABLE, 0, what="PR_SET_DUMPABLE")
+        _caps.prctl(PR_SET_DUMPABLE, 0, what="PR_SET_DUMPABLE")
     except OSError as exc:
         raise SecurityError(f"prctl(PR_SET_DUMPABLE, 0) failed: {exc}") from exc
 

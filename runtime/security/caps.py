@@ -103,7 +103,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
-def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "") -> int:
+def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "") -> int:
     ret = _libc.prctl(option, arg2, arg3, 0, 0)
     if ret < 0:
         err = ctypes.get_errno()
@@ -116,16 +116,16 @@ def drop_bounding(keep_mask: int, last_cap: int) -> None:
     init still has: this runs before setuid and capset)."""
     for cap in range(last_cap + 1):
         if not keep_mask & (1 << cap):
-            _prctl(PR_CAPBSET_DROP, cap, what=f"PR_CAPBSET_DROP {cap}")
+            prctl(PR_CAPBSET_DROP, cap, what=f"PR_CAPBSET_DROP {cap}")
 
 
 def set_keepcaps(on: bool) -> None:
-    _prctl(PR_SET_KEEPCAPS, 1 if on else 0, what="PR_SET_KEEPCAPS")
+    prctl(PR_SET_KEEPCAPS, 1 if on else 0, what="PR_SET_KEEPCAPS")
 
 
 def clear_ambient() -> None:
     try:
-        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT_CLEAR_ALL")
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT_CLEAR_ALL")
     except OSError as exc:  # kernels before 4.3 have no ambient set: nothing to clear
         if exc.errno != 22:
             raise
@@ -152,5 +152,6 @@ def capget(pid: int = 0) -> tuple[int, int, int]:
     if _libc.capget(ctypes.byref(hdr), data) < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"capget({pid}): {os.strerror(err)}")
-    return tuple(data[0].__getattribute__(f) | (data[1].__getattribute__(f) << 32)  # type: ignore[return-value]
-                 for f in ("effective", "permitted", "inheritable"))
+    lo, hi = data[0], data[1]
+    return (lo.effective | hi.effective << 32, lo.permitted | hi.permitted << 32,
+            lo.inheritable | hi.inheritable << 32)
