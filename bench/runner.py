@@ -199,6 +199,10 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
                 state.meta.setdefault("workload_seconds", {})[w.name] = round(time.monotonic() - t0, 1)
             state.save(facts)
     finally:
+        from bench.environments.base import stop_all_live
+
+        for err in stop_all_live():  # anything a Ctrl-C or a crash cut off between create and stop
+            state.failures.append({"benchmark": "*", "environment": "*", "error": f"cleanup: {err}"})
         prog.end()
         state.meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         if "vm" in environments:

@@ -90,8 +90,31 @@ class Usage:
     detail: str = ""
 
 
+LIVE: "set[Instance]" = set()   # instances not yet stopped: the runner stops them on Ctrl-C/crash
+
+
+def stop_all_live() -> list[str]:
+    """Stop every instance still alive (after an interrupt landed between create and stop, or inside a
+    stop); returns the errors. Each stop is idempotent, so a half-done stop is finished here."""
+    errors = []
+    for inst in list(LIVE):
+        try:
+            inst.stop()
+        except BenchError as exc:
+            errors.append(str(exc))
+        LIVE.discard(inst)
+    return errors
+
+
 class Instance(abc.ABC):
-    """A started (detached) job."""
+    """A started (detached) job. Subclasses call :meth:`_register` first thing in ``__init__`` and
+    :meth:`_unregister` at the end of a completed ``stop``."""
+
+    def _register(self) -> None:
+        LIVE.add(self)
+
+    def _unregister(self) -> None:
+        LIVE.discard(self)
 
     env_name: str = ""
     created_ns: int = 0                   # perf_counter_ns at the create call
@@ -117,6 +140,9 @@ class Instance(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> None:
         """Stop the job and remove everything it made on the host (idempotent)."""
+
+    def __hash__(self) -> int:
+        return id(self)
 
     def __enter__(self) -> "Instance":
         return self

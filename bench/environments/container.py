@@ -74,6 +74,7 @@ class ContainerInstance(Instance):
         self.api = api
         self.job = job
         self.created_ns = time.perf_counter_ns()
+        self._register()
         cfg = container_config(job, env.paths)
         r, w = os.pipe()
         devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
@@ -85,8 +86,7 @@ class ContainerInstance(Instance):
         except BaseException:
             os.close(r)
             self._close_fds(w, devnull)
-            if self.c is not None:
-                api.delete(self.c, force=True)
+            self.stop()
             raise
         self._close_fds(w, devnull)
         self.pump = OutputPump(os.fdopen(r, "rb", buffering=0), job.ready_marker)
@@ -134,13 +134,14 @@ class ContainerInstance(Instance):
         return Outcome(exit_code=code, output=self.pump.text(), wall_s=wall, phases=ph, extra=extra)
 
     def stop(self) -> None:
-        if self.c is None:
-            return
-        c = self.c
-        try:
-            self.api.delete(c, force=True)
-        except IsobenchError as exc:
-            raise BenchError(f"container {c.id}: cleanup failed: {exc}") from exc
+        if self.c is not None:
+            c = self.c
+            try:
+                self.api.delete(c, force=True)
+            except IsobenchError as exc:
+                raise BenchError(f"container {c.id}: cleanup failed: {exc}") from exc
+            self.c = None
+        self._unregister()
 
 
 class ContainerEnvironment(Environment):

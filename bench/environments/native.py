@@ -27,10 +27,12 @@ class NativeInstance(Instance):
         self.created_ns = time.perf_counter_ns()
         self.job = job
         self.phases: dict[str, float] = {}
-        rec, flat = images.flat_rootfs(env.paths, job.image)
-        self.root = rootfs.make_overlay(env.paths, flat)
         self.proc: subprocess.Popen | None = None
+        self.root = None
+        self._register()
         try:
+            rec, flat = images.flat_rootfs(env.paths, job.image)
+            self.root = rootfs.make_overlay(env.paths, flat)
             rootfs.mount_proc(self.root)
             rootfs.bind(self.root, "/dev", "/dev", recursive=True)
             rootfs.bind(self.root, "/sys", "/sys", recursive=True)
@@ -92,9 +94,10 @@ class NativeInstance(Instance):
             kill_wait(self.proc)
             if self.proc.stdout:
                 self.proc.stdout.close()
-        if getattr(self, "root", None) is not None:
+        if self.root is not None:
             self.root.remove()
             self.root = None
+        self._unregister()
 
 
 class NativeEnvironment(Environment):

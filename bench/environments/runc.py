@@ -144,7 +144,7 @@ class RuncInstance(Instance):
         self.holder: subprocess.Popen | None = None
         self.net_attached = False
         self.root = None
-        self._stopped = False
+        self._register()
         leases.take(self.id, kind="bench-runc", root=str(env.paths.root))
         try:
             rec, flat = images.flat_rootfs(env.paths, job.image)
@@ -230,9 +230,7 @@ class RuncInstance(Instance):
                        extra=dict(self.readings))
 
     def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
+        """Idempotent: every step checks what is left, so a stop cut short by Ctrl-C can be finished."""
         errors = []
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -247,17 +245,21 @@ class RuncInstance(Instance):
 
             try:
                 net.detach(self.id, self.env.paths)
+                self.net_attached = False
             except IsobenchError as exc:  # keep tearing down; reported below
                 errors.append(str(exc))
         if self.holder is not None:
             kill_wait(self.holder)
+            self.holder = None
         try:
             remove_cgroups(self.id)
         except BenchError as exc:
             errors.append(str(exc))
         if self.root is not None:
             self.root.remove()
+            self.root = None
         leases.release(self.id)
+        self._unregister()
         if errors:
             raise BenchError(f"runc {self.id}: cleanup: {'; '.join(errors)}")
 

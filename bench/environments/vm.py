@@ -43,6 +43,8 @@ class VMInstance(Instance):
 
         self.created_ns = time.perf_counter_ns()
         self.job = job
+        self.vm = None
+        self._register()
         hp = free_port() if job.port is not None else None
         self.vm = api.start(job.image, fill_port(job.argv, job.port), vm_config(job, hp), env.paths)
         env.note_accel(self.vm.accel, self.vm.accel_reason)
@@ -69,8 +71,11 @@ class VMInstance(Instance):
     def stop(self) -> None:
         import shutil
 
-        self.vm.close()
-        shutil.rmtree(self.vm.dir, ignore_errors=True)
+        if self.vm is not None:
+            self.vm.close()
+            shutil.rmtree(self.vm.dir, ignore_errors=True)
+            self.vm = None
+        self._unregister()
 
 
 class VMEnvironment(Environment):
