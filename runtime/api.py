@@ -150,10 +150,9 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
     None: stdin /dev/null, output to ``stdout.log``/``stderr.log`` in the container dir."""
     t_call = time.perf_counter_ns()
     validate(config)
-    from runtime import security
     from runtime.image.store import ImageStore
 
-    prepared = security.prepare(config.security)
+    prepared = _prepared_security(config.security)
     store = ImageStore(paths)
     img = store.resolve(config.image)
     lowers = store.layer_dirs(img)
@@ -170,7 +169,7 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
             undo.callback(S.release_name, paths, config.name, cid)
         cdir.mkdir(parents=True)
         undo.callback(S.remove_dir, paths, cid)
-        for sub in ("upper", "work", "rootfs"):
+        for sub in ("upper", "work"):
             (cdir / sub).mkdir()
         leases.take(cid, pid=owner_pid, kind="container", root=str(paths.root))
         undo.callback(leases.release, cid)
@@ -208,7 +207,7 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
             uid=uid, gid=gid, groups=(gid,) if uid else (), unshare_flags=namespaces.child_flags(config, cgroupns),
             cgroupns=cgroupns, userns_remap=remap, loopback_up=config.network.mode == "none", init=python_init,
             rootfs=RootfsPlan(lowerdirs=tuple(str(d) for d in lowers), upper=str(cdir / "upper"),
-                              work=str(cdir / "work"), merged=str(cdir / "rootfs"), mounts=mounts,
+                              work=str(cdir / "work"), merged=_shared_mountpoint(paths), mounts=mounts,
                               etc_files=etc, read_only=config.read_only_rootfs, init_binary=init_bin))
         c._security = prepared
         c._stdio = stdio
@@ -228,6 +227,23 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
     c.timings_ns["call"] = t_call
     c.timings_ns["created"] = time.perf_counter_ns()
     return c
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared_security(spec: Any) -> Any:
+    """security.prepare is pure (caps, compiled seccomp program): compute once per distinct spec."""
+    from runtime import security
+
+    return security.prepare(spec)
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_mountpoint(paths: HostPaths) -> str:
+    """One mountpoint for every container's root: each container mounts its overlay there inside its
+    own mount namespace only, so they never meet, and no per-container directory is needed."""
+    mnt = paths.containers / ".rootfs"
+    mnt.mkdir(parents=True, exist_ok=True)
+    return str(mnt)
 
 
 @functools.lru_cache(maxsize=64)

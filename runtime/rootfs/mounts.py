@@ -105,9 +105,12 @@ def mount_dev(root: str) -> None:
     dev = f"{root}/dev"
     _ensure(dev, True)
     S.mount("tmpfs", dev, "tmpfs", S.MS_NOSUID, "mode=755,size=65536k")
-    for name, (major, minor) in DEVICES.items():
-        S.mknod(f"{dev}/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
-        os.chmod(f"{dev}/{name}", 0o666)
+    old_umask = os.umask(0)  # nodes get exactly 0666, without a chmod each
+    try:
+        for name, (major, minor) in DEVICES.items():
+            S.mknod(f"{dev}/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+    finally:
+        os.umask(old_umask)
     for name, target in DEV_LINKS.items():
         os.symlink(target, f"{dev}/{name}")
     os.mkdir(f"{dev}/pts")
