@@ -1,0 +1,84 @@
+"""Pure pieces of the container CLI and its state: the monitor's report protocol, name reservation,
+lookup by name / id prefix, and the inspect document."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from runtime.cli.container import inspect_doc, status_text
+from runtime.errors import ContainerError, IsobenchError, UsageError
+from runtime.lifecycle import state as S
+from runtime.lifecycle.monitor import Launch
+from runtime.paths import HostPaths
+
+
+def _launch(text: bytes) -> Launch:
+    r, w = os.pipe()
+    os.write(w, text)
+    os.close(w)
+    return Launch(r)
+
+
+def test_monitor_protocol_started_then_exit():
+    h = _launch(b"S abc123 4242\nX 3\n")
+    assert h.started() == ("abc123", 4242)
+    assert h.exit_code() == 3
+
+
+def test_monitor_protocol_error_keeps_exit_code():
+    h = _launch(b"E 2 --memory '1x' is not a size\n")
+    with pytest.raises(IsobenchError, match="--memory") as exc:
+        h.started()
+    assert exc.value.exit_code == 2
+
+
+def test_monitor_gone_is_an_error():
+    with pytest.raises(IsobenchError, match="monitor exited"):
+        _launch(b"").started()
+
+
+def test_names_are_unique_and_freed(tmp_path):
+    paths = HostPaths(root=tmp_path)
+    S.container_dir(paths, "aaa111").mkdir(parents=True)
+    S.reserve_name(paths, "web", "aaa111")
+    with pytest.raises(UsageError, match="already in use"):
+        S.reserve_name(paths, "web", "bbb222")
+    S.release_name(paths, "web", "aaa111")
+    S.reserve_name(paths, "web", "bbb222")  # free again
+    # a name whose container dir is gone is taken over
+    S.reserve_name(paths, "old", "ccc333")
+    S.reserve_name(paths, "old", "ddd444")
+
+
+def test_lookup_by_name_id_and_prefix(tmp_path):
+    paths = HostPaths(root=tmp_path)
+    for cid, name in (("abc111", "one"), ("abd222", None)):
+        d = S.container_dir(paths, cid)
+        d.mkdir(parents=True)
+        S.write_state(d, {"id": cid, "name": name, "status": "exited", "exit_code": 0})
+        if name:
+            S.reserve_name(paths, name, cid)
+    assert S.lookup(paths, "one")["id"] == "abc111"
+    assert S.lookup(paths, "abd222")["id"] == "abd222"
+    assert S.lookup(paths, "abd")["id"] == "abd222"
+    with pytest.raises(UsageError, match="ambiguous"):
+        S.lookup(paths, "ab")
+    with pytest.raises(ContainerError, match="no such container"):
+        S.lookup(paths, "zzz")
+
+
+def test_inspect_doc_and_status_of_exited_container():
+    st = {"id": "abc", "name": "n", "status": "exited", "exit_code": 137, "oom_killed": True,
+          "argv": ["sh", "-c", "x"], "finished_at": "2000-01-01T00:00:00.000000Z"}
+    doc = inspect_doc(st)
+    assert doc["State"]["ExitCode"] == 137 and doc["State"]["OOMKilled"] is True
+    assert doc["Path"] == "sh" and doc["Args"] == ["-c", "x"] and not doc["State"]["Running"]
+    assert status_text(st).startswith("Exited (137)")
+
+
+def test_dead_process_is_not_alive():
+    assert not S.alive(None, None)
+    assert not S.alive(os.getpid(), 0)
+    assert S.alive(os.getpid(), S.proc_start_time(os.getpid()))
