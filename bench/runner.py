@@ -80,7 +80,7 @@ def point_latest(run_dir: Path) -> None:
 class RunState:
     run_dir: Path
     meta: dict
-    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)   # env -> name -> values
+    values: dict[str, dict[str, list]] = field(default_factory=dict)   # env -> name -> (value, date, s)
     units: dict[str, str] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
 
@@ -282,7 +282,9 @@ def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context
                 finally:
                     state.failures.extend(ctx.failures)
                     ctx.failures.clear()
-                prog.done((w.name, env.name), time.monotonic() - t0)
+                step_s = time.monotonic() - t0
+                prog.done((w.name, env.name), step_s)
+                date = dt.datetime.now().isoformat(sep=" ", timespec="seconds")
                 wlog.write(f"{env.name} it={it}{' (warm-up)' if it < warm else ''}: "
                            + ", ".join(f"{m.metric}={m.value:.6g}" for m in ms) + "\n")
                 wlog.flush()
@@ -295,7 +297,8 @@ def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context
                                                value=float(m.value), unit=md.unit, iteration=it - warm,
                                                direction=md.direction))
                     name = f"{w.name}.{m.metric}"
-                    state.values.setdefault(env.name, {}).setdefault(name, []).append(float(m.value))
+                    state.values.setdefault(env.name, {}).setdefault(name, []).append(
+                        (float(m.value), date, round(step_s, 3)))
                     state.units[name] = md.unit
                 results.append_samples(state.run_dir, rows)
             state.save(ctx.facts)

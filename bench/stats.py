@@ -25,21 +25,30 @@ def pyperf_unit(unit: str) -> tuple[str, float]:
     return PYPERF_UNITS.get(unit, ("integer", 1.0))
 
 
-def build_suite(values: dict[str, list[float]], units: dict[str, str], meta: dict[str, object]):
-    """A pyperf BenchmarkSuite from ``name -> values`` (names ``<benchmark>.<metric>``)."""
+def build_suite(values: dict[str, list], units: dict[str, str], meta: dict[str, object]):
+    """A pyperf BenchmarkSuite from ``name -> values`` (names ``<benchmark>.<metric>``). A value is a
+    float or ``(value, date_iso, duration_s)``: date and duration become the pyperf run's metadata."""
     import pyperf
 
     benches = []
     for name, vals in sorted(values.items()):
         unit = units.get(name, "")
         pu, factor = pyperf_unit(unit)
-        good = [v * factor for v in vals if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
-        if not good:
-            continue
         md = {"name": name, "unit": pu, "isobench_unit": unit}
         md.update({k: v for k, v in meta.items() if isinstance(v, (str, int, float)) and v != ""})
-        runs = [pyperf.Run([v], metadata=md, collect_metadata=False) for v in good]
-        benches.append(pyperf.Benchmark(runs))
+        runs = []
+        for item in vals:
+            v, date, dur = (item, None, None) if isinstance(item, (int, float)) else item
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                continue
+            rmd = dict(md)
+            if date:
+                rmd["date"] = date
+            if dur:
+                rmd["duration"] = float(dur)
+            runs.append(pyperf.Run([v * factor], metadata=rmd, collect_metadata=False))
+        if runs:
+            benches.append(pyperf.Benchmark(runs))
     if not benches:
         return None
     return pyperf.BenchmarkSuite(benches)
