@@ -209,3 +209,23 @@ def test_cpu_model():
     from bench import meta
 
     assert meta.cpu_model("processor: 0\nmodel name\t: AMD EPYC 7B13\n") == "AMD EPYC 7B13"
+
+
+def test_pyperf_runs_carry_date_and_duration(tmp_path):
+    import pyperf
+
+    stats.write_suite(tmp_path / "vm.json", {"startup.create_to_exit_s": [(5.0, "2026-01-01 10:00:00", 6.0),
+                                                                           (6.0, "2026-01-01 10:00:07", 7.0)]},
+                      {"startup.create_to_exit_s": "s"}, {"isobench_accelerator": "tcg"})
+    b = pyperf.BenchmarkSuite.load(str(tmp_path / "vm.json")).get_benchmark("startup.create_to_exit_s")
+    assert b.get_values() == (5.0, 6.0)
+    assert b.get_total_duration() == pytest.approx(13.0)
+    assert b.get_metadata()["isobench_accelerator"] == "tcg"
+
+
+def test_gc_recognises_bench_mount_points():
+    from bench import gc
+
+    m = gc._ID.search("/var/lib/isobench/tmp/bench/isobench-0123abcd/rootfs/proc")
+    assert m and m.group(1) == "isobench-0123abcd"
+    assert gc._ID.search("/var/lib/isobench/containers/0123/rootfs") is None
