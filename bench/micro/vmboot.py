@@ -9,6 +9,7 @@ Three measurements in one run, the two boot paths interleaved round by round so 
 * **bare**: ``qemu-system-x86_64`` started directly with the SAME kernel, initrd, disk (its own qcow2
   overlay of the same base) and kernel command line, to the same READY line on the same kind of
   console file read by the same watcher. Ratio libvirt/bare of median boot-to-ready (target <= 1.15x).
+* **footprint**: an idle VM's QEMU PSS, the guest RAM it touched and the hypervisor overhead.
 
 Everything lives in a private state root that is removed at the end. Exit status 1 when a target is
 missed.
@@ -120,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
                     bare.append(bare_boot(paths, arts))
             print(f"round {i + 1}/{args.rounds}: libvirt ready {lv[-1]['ready']:.2f} s, bare ready "
                   f"{bare[-1]['ready']:.2f} s", flush=True)
+        # footprint of an idle guest (the harness's server case): QEMU PSS vs the guest RAM size
+        vm = api.start("busybox", ["sleep", "600"], cfg, paths)
+        try:
+            vm.wait_ready()
+            time.sleep(1.0)
+            use = vm.usage()
+        finally:
+            vm.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -141,11 +150,16 @@ def main(argv: list[str] | None = None) -> int:
           f"target <= {RATIO_TARGET}x: {'OK' if ratio <= RATIO_TARGET else 'MISSED'}")
     print(f"artifacts reused: time spent on artifacts per `vm run` at most {art_run * 1000:.1f} ms "
           f"(cold build {cold_s:.2f} s)")
+    print(f"idle VM footprint: QEMU PSS {use.pss_bytes / 2**20:.1f} MiB for a {use.guest_ram_bytes // 2**20} MiB "
+          f"guest (guest RAM touched {use.guest_ram_pss_bytes / 2**20:.1f} MiB, hypervisor overhead "
+          f"{use.overhead_pss_bytes / 2**20:.1f} MiB), QEMU CPU {use.cpu_user_s + use.cpu_system_s:.2f} s")
     if args.json:
         args.json.write_text(json.dumps({"libvirt": lv, "bare": bare, "artifacts_cold_s": cold_s,
                                          "artifacts_warm_s": warm_s, "run_artifacts_s": run_artifacts,
                                          "ratio": ratio, "libvirt_ready_median_s": lv_ready,
-                                         "bare_ready_median_s": bare_ready}, indent=2))
+                                         "bare_ready_median_s": bare_ready,
+                                         "idle_usage": {k: getattr(use, k) for k in use.__dataclass_fields__}},
+                                        indent=2))
     return 0 if lv_ready < BOOT_TARGET_S and ratio <= RATIO_TARGET else 1
 
 
