@@ -19,6 +19,7 @@ The child never returns into the caller's code: every path ends in ``execve`` or
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -94,6 +95,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         syscalls.setns(pidns, syscalls.CLONE_NEWPID)
         raise
     if pid == 0:  # the container's PID 1
+        gc.disable()  # it execs within milliseconds: a collection would only copy-on-write pages
         code = EXIT_SETUP_FAILED
         try:
             os.close(r_ready)
