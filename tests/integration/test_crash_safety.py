@@ -82,6 +82,11 @@ def _trial_plan(tmp_path: Path, root: Path, verbs: set[str], counts: dict[str, i
         durations["bench"] = crashkit.timed([*bench_args, "--out", str(tmp_path / "bench-warm")], root)
         for i in range(counts["bench"]):
             plan.append(("bench", [*bench_args, "--out", str(tmp_path / f"bench-{i}")]))
+    if "bench-vm" in counts:
+        durations["bench-vm"] = 20.0  # a TCG microvm boot + one sample; no warm-up run (it costs ~30 s)
+        for i in range(counts["bench-vm"]):
+            plan.append(("bench-vm", ["bench", "--only", "startup", "--env", "vm", "--values", "1",
+                                      "--out", str(tmp_path / f"bench-vm-{i}")]))
     return plan, durations
 
 
@@ -94,10 +99,16 @@ def _crash_and_audit(tmp_path: Path, counts: dict[str, int], capsys) -> tuple[di
         rng.shuffle(plan)
         trials = [crashkit.kill_at(verb, argv, root, rng.uniform(0.0, durations.get(verb, 1.0) * 1.1))
                   for verb, argv in plan]
-        time.sleep(0.5)  # let orphaned short-lived container commands finish
+        # owners that outlive the killed CLI (container monitors, qemu) finish their short commands on
+        # their own; what is still alive after that would never be collected by gc
+        still_alive = crashkit.wait_owners_gone(root, timeout_s=60 if "bench-vm" in counts else 15)
+        if "bench-vm" in counts:
+            time.sleep(10)  # libvirtd finishes a domain start the killed harness had asked for
         gc = crashkit.isobench(["gc"], root)
         assert gc.returncode == 0, f"isobench gc failed: {gc.stderr.strip()[-800:]}"
         left = crashkit.leftovers(root)
+        if still_alive:
+            left["owners_alive_after_crash"] = still_alive
         problems = crashkit.store_problems(root)
         with capsys.disabled():
             by_verb = {v: sum(1 for t in trials if t.verb == v) for v in counts}
@@ -149,4 +160,11 @@ def test_kill9_bench_then_gc_leaves_nothing(tmp_path, leak_check, capsys):
                 load_run(tmp_path / f"bench-{i}")
             except IsobenchError:
                 pass
+    _verdict(left)
+
+
+@pytest.mark.requires("libvirt", "qemu")
+def test_kill9_vm_bench_then_gc_leaves_no_domain_tap_or_qemu(tmp_path, leak_check, capsys):
+    """The harness killed while a VM boots or runs: gc must remove the libvirt domain, its tap and qemu."""
+    left, trials = _crash_and_audit(tmp_path, {"bench-vm": 2}, capsys)
     _verdict(left)

@@ -144,3 +144,30 @@ def cleanup_root(root: Path) -> list[str]:
         if subprocess.run(["umount", "-l", m], capture_output=True).returncode == 0:
             done.append(f"unmounted {m}")
     return done
+
+
+def live_leases(root: Path) -> list[str]:
+    """Leases of this state root whose owner process is still alive (objects gc must keep)."""
+    from runtime import leases
+
+    d = leases.lease_dir()
+    out = []
+    for f in d.glob("*.json") if d.is_dir() else ():
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("root") == str(root) and leases.is_live(f.stem):
+            out.append(f"{f.stem} ({rec.get('kind')}, pid {rec.get('pid')})")
+    return out
+
+
+def wait_owners_gone(root: Path, timeout_s: float) -> list[str]:
+    """After a crash, owners of this root's objects that outlive the killed CLI (a container monitor, a
+    qemu) should finish on their own; wait up to ``timeout_s`` and return those still alive."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = live_leases(root)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.5)
