@@ -24,7 +24,9 @@ from bench.report.tables import env_order, fmt_ratio, metric_n
 
 ENV_COLORS = {"native": "#7f7f7f", "container": "#1f77b4", "runc": "#2ca02c", "vm": "#d62728"}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
-PHASE_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7"]
+PHASE_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
+                "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#ff7f0e", "#98df8a", "#d62728", "#c5b0d5",
+                "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]  # phase names differ per runtime: many colours
 
 
 def env_color(env: str) -> str:
@@ -187,6 +189,9 @@ def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] =
 
 # ---------------------------------------------------------------- footprint vs instances
 
+PREFERRED_FOOTPRINT = ("mem_delta_per_instance_mib", "pss_per_instance_mib")
+
+
 def footprint_figure(samples: pd.DataFrame, benchmark: str = "footprint") -> Figure | None:
     """Host memory per instance and in total against the number of instances running."""
     part = samples[samples["benchmark"] == benchmark]
@@ -201,7 +206,8 @@ def footprint_figure(samples: pd.DataFrame, benchmark: str = "footprint") -> Fig
     if not rows:
         return None
     df = pd.DataFrame(rows).sort_values("n")
-    base = df["base"].iloc[0]
+    bases = list(dict.fromkeys(df["base"]))
+    base = next((b for b in PREFERRED_FOOTPRINT if b in bases), bases[0])
     df = df[df["base"] == base]
     unit = df["unit"].iloc[0]
     fig, (ax1, ax2) = _new_figure(11, 3.8, ncols=2)
@@ -209,10 +215,15 @@ def footprint_figure(samples: pd.DataFrame, benchmark: str = "footprint") -> Fig
         e = df[df["environment"] == env]
         ax1.plot(e["n"], e["median"], marker="o", color=env_color(env), label=env)
         ax2.plot(e["n"], e["median"] * e["n"], marker="o", color=env_color(env), label=env)
+    positive = bool((df["median"] > 0).all())  # a noisy host-memory delta can come out negative
     for ax, what in ((ax1, f"per instance ({unit})"), (ax2, f"total for N instances ({unit})")):
         ax.set_xlabel("N instances running")
-        ax.set_ylabel(what)
-        ax.set_yscale("log")
+        ax.set_ylabel(what + (", log scale" if positive else ", symmetric log scale"))
+        if positive:
+            ax.set_yscale("log")
+        else:  # log-like for the VM's hundreds of MiB, linear through zero for the containers' noise
+            ax.set_yscale("symlog", linthresh=1.0)
+            ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_xticks(sorted(df["n"].unique()))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=9, loc="best")

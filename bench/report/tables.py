@@ -148,7 +148,8 @@ class NotesRow:
 
 
 WEIGHT_ROWS = (
-    NotesRow("Size", "on-disk size", "footprint", ("disk_bytes",), "Lightweight", "Heavy (full OS)"),
+    NotesRow("Size", "on-disk size", "footprint", ("disk_bytes", "size_on_disk_mib"), "Lightweight",
+             "Heavy (full OS)"),
     NotesRow("Startup", "create → exit", "startup", ("create_to_exit_s", "create_to_exit_ms"), "Seconds", "Minutes"),
     NotesRow("Startup", "create → first HTTP reply", "startup", ("create_to_http_s", "create_to_http_ms"), "Seconds", "Minutes"),
     NotesRow("Resources", "memory per instance (PSS)", "footprint", ("pss_per_instance_mib",),
@@ -191,7 +192,8 @@ def weight_performance(summary: pd.DataFrame, facts: dict) -> pd.DataFrame:
         medians = {}
         for env in envs:
             hit = lookup(summary, spec.benchmark, metric, env)
-            if hit is None and metric == "disk_bytes" and env in sizes:
+            # facts.sizes says what was counted, per environment: it wins over a size metric
+            if spec.aspect == "Size" and isinstance(sizes.get(env), dict) and "bytes" in sizes[env]:
                 hit = {"median": float(sizes[env].get("bytes", float("nan"))), "unit": "bytes",
                        "ratio_native": float("nan")}
             if hit is None:
