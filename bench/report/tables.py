@@ -20,6 +20,7 @@ from bench.results import ENVIRONMENTS
 from runtime.units import format_bytes
 
 NOT_MEASURED = "not measured"
+FAILED = "failed (see Failed benchmarks)"
 NAMESPACES = {  # facts key -> the course notes' wording
     "pid": "Process IDs (PIDs)",
     "hostname": "Hostnames",
@@ -73,6 +74,15 @@ def env_order(envs) -> list[str]:
     """Known environments in their canonical order, then any others alphabetically."""
     envs = list(dict.fromkeys(envs))
     return [e for e in ENVIRONMENTS if e in envs] + sorted(e for e in envs if e not in ENVIRONMENTS)
+
+
+def failed_pairs(failures) -> set[tuple[str, str]]:
+    return {(str(f.get("benchmark")), str(f.get("environment"))) for f in failures or [] if isinstance(f, dict)}
+
+
+def _absent(failed: set, benchmark: str, env: str) -> str:
+    """What an empty cell says: the benchmark failed there, or it simply was not run."""
+    return FAILED if (benchmark, env) in failed else NOT_MEASURED
 
 
 def metric_n(metric: str) -> tuple[str, int] | None:
@@ -179,7 +189,8 @@ def _resolve_metric(summary: pd.DataFrame, benchmark: str, metrics: tuple[str, .
     return metrics[0]
 
 
-def weight_performance(summary: pd.DataFrame, facts: dict) -> pd.DataFrame:
+def weight_performance(summary: pd.DataFrame, facts: dict, failures: list | None = None) -> pd.DataFrame:
+    failed = failed_pairs(failures)
     envs = env_order(list(ENVIRONMENTS) + list(summary["environment"].unique()))
     sizes = facts.get("sizes") or {}
     rows = []
@@ -197,7 +208,7 @@ def weight_performance(summary: pd.DataFrame, facts: dict) -> pd.DataFrame:
                 hit = {"median": float(sizes[env].get("bytes", float("nan"))), "unit": "bytes",
                        "ratio_native": float("nan")}
             if hit is None:
-                row[env] = NOT_MEASURED
+                row[env] = _absent(failed, spec.benchmark, env)
                 continue
             medians[env] = hit["median"]
             text = fmt_value(hit["median"], hit["unit"])
@@ -285,9 +296,10 @@ PORT_COST_METRICS = (  # (column, alternatives): the cost shown beside each mapp
 )
 
 
-def port_mapping_table(facts: dict, summary: pd.DataFrame | None = None,
-                       benchmark: str = "network") -> pd.DataFrame:
+def port_mapping_table(facts: dict, summary: pd.DataFrame | None = None, benchmark: str = "network",
+                       failures: list | None = None) -> pd.DataFrame:
     """host:PORT → target:PORT per environment, with what traffic through it measured (× native)."""
+    failed = failed_pairs(failures)
     rows = []
     for p in facts.get("port_mapping") or []:
         env = p.get("environment", "?")
@@ -297,7 +309,7 @@ def port_mapping_table(facts: dict, summary: pd.DataFrame | None = None,
             hit = None
             if summary is not None:
                 hit = next((h for m in metrics if (h := lookup(summary, benchmark, m, env))), None)
-            row[column] = NOT_MEASURED if hit is None else \
+            row[column] = _absent(failed, benchmark, env) if hit is None else \
                 f"{fmt_value(hit['median'], hit['unit'])} ({fmt_ratio(hit['ratio_native'])} native)"
         rows.append(row)
     return pd.DataFrame(rows, columns=["environment", "protocol", "host", "→", "target",
@@ -373,7 +385,7 @@ def _base_styler(df: pd.DataFrame, table_id: str):
 
 
 _GOOD = {"held", "lost", "faster", "pass"}
-_BAD = {"NOT held", "survived", "slower", "FAIL", "missing"}
+_BAD = {"NOT held", "survived", "slower", "FAIL", "missing", FAILED}
 
 
 def _cell_class(value) -> str:

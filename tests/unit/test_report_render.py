@@ -122,3 +122,13 @@ def test_short_version():
     assert short_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)") == "7.2.22"
     assert short_version("runc version 1.1.5+ds1") == "1.1.5+ds1"
     assert short_version("unknown") == "unknown"
+
+
+def test_failed_benchmark_cells_say_failed():
+    import pandas as pd
+
+    empty = tables.metric_summary(pd.DataFrame(columns=["benchmark", "environment", "metric", "value", "unit",
+                                                        "iteration", "direction"]))
+    weight = tables.weight_performance(empty, {}, [{"benchmark": "cpu", "environment": "vm", "error": "boom"}])
+    cpu = weight[weight["measured as"] == "CPU throughput, 1 CPU"].iloc[0]
+    assert cpu["vm"] == tables.FAILED and cpu["container"] == tables.NOT_MEASURED
