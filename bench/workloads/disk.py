@@ -1,9 +1,9 @@
 """disk: fio random 4 KiB and sequential 1 MiB reads and writes (direct I/O, psync), one fio run with
 four stonewalled jobs per location:
 
-- ``layer_*``: the instance's own root filesystem: the container's (and runc's) overlay writable layer,
+- ``layer_*``: the instance's own root filesystem: the container's and runc's overlay writable layer,
   the VM's virtual disk;
-- ``volume_*``: a host directory mounted into the instance; natively that is simply the host's
+- ``volume_*``: a host directory bind-mounted into the container; natively that is simply the host's
   filesystem, the baseline.
 
 Metrics ``<location>_<job>_mib_s`` (MiB/s, higher is better). Course-notes claim: a container's writable
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 from bench.environments.base import Environment, Job, Volume
 from bench.workloads.base import Context, Measurement, Metric, Workload, run_tool
@@ -21,8 +22,9 @@ from runtime.errors import BenchError
 
 JOBS = (("randread", "randread", "4k"), ("randwrite", "randwrite", "4k"), ("seqread", "read", "1m"),
         ("seqwrite", "write", "1m"))
+# runc's volume would repeat the container's bind mount: its writable layer is the comparison that matters
 LOCATIONS: dict[str, tuple[str, ...]] = {"native": ("volume",), "container": ("layer", "volume"),
-                                         "runc": ("layer", "volume"), "vm": ("layer",)}
+                                         "runc": ("layer",), "vm": ("layer",)}
 
 
 def command(filename: str, size_mib: int, duration_s: float) -> tuple[str, ...]:
@@ -63,7 +65,9 @@ class Disk(Workload):
         for loc in LOCATIONS.get(env.name, ()):
             vol = None
             if loc == "volume":
-                vol = Volume(host_dir=(ctx.work_dir or ctx.paths.tmp) / f"disk-{env.name}", destination="/data")
+                # a fresh directory per run: nothing of an earlier instance's (lazily unmounted) volume is reused
+                vol = Volume(host_dir=(ctx.work_dir or ctx.paths.tmp) / f"disk-{env.name}-{iteration}-{time.monotonic_ns()}",
+                             destination="/data")
                 target = "/data/fio.dat"
             else:
                 target = "/fio.dat"

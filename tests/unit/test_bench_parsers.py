@@ -77,3 +77,10 @@ def test_garbage_is_one_line_bench_error(parser):
 
 def test_meminfo_total():
     assert enforcement.meminfo_total_mib("MemTotal:         236544 kB\nMemFree: 1 kB") == pytest.approx(231.0)
+
+
+def test_sysbench_cpu_two_runs_in_one_output():
+    one = text("sysbench_cpu.txt")
+    assert cpu.parse_all(one + one) == [pytest.approx(3468.31)] * 2
+    argv = cpu.both_command(2, 1.0)
+    assert argv[:2] == ("/bin/sh", "-c") and "--threads=1" in argv[2] and "--threads=2" in argv[2]
