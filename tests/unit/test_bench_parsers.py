@@ -31,8 +31,17 @@ def test_sysbench_memory_mib_per_second():
 
 
 def test_fio_single_job_json():
-    assert disk.parse(text("fio_randread.json"))["randrw"] > 0
+    assert disk.parse(text("fio_randread.json"))["randrwread"] > 0
     assert disk.parse(text("fio_seqwrite.json"))["seqwrite"] > 0
+
+
+def test_fio_two_mixed_jobs_give_four_numbers():
+    got = disk.parse(text("fio_mixed_jobs.json"))
+    assert set(got) == set(disk.METRIC_NAMES)
+    assert got["randread"] == pytest.approx(29138 / 1024)
+    assert got["seqwrite"] == pytest.approx(739612 / 1024)
+    argv = disk.command("/f", 32, 1.0)
+    assert "--rw=randrw" in argv and "--rw=rw" in argv and argv.count("--stonewall") == 1
 
 
 def test_fio_four_stonewalled_jobs():
