@@ -34,8 +34,9 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", values=5, warmups=1, tool_duration_s=1.0, footprint_n=(1, 2),
                      footprint_values=5, enforcement_duration_s=2.0, fio_size_mib=32),
-    "full": Profile(name="full", values=15, warmups=2, tool_duration_s=5.0, footprint_n=(1, 4, 8),
-                    footprint_values=10, enforcement_duration_s=5.0),
+    # estimated ~45 min on the 2-core TCG host (per-workload estimate from the quick run's step times)
+    "full": Profile(name="full", values=15, warmups=2, tool_duration_s=3.0, footprint_n=(1, 4, 8),
+                    footprint_values=5, enforcement_duration_s=5.0),
 }
 
 
