@@ -150,8 +150,10 @@ def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] =
     part["factor"] = np.where(higher, 1.0 / part["ratio_native"], part["ratio_native"])
     lo = np.where(higher, 1.0 / part["ratio_ci_high"], part["ratio_ci_low"])
     hi = np.where(higher, 1.0 / part["ratio_ci_low"], part["ratio_ci_high"])
-    part["err_lo"] = np.clip(part["factor"] - lo, 0, None)
-    part["err_hi"] = np.clip(hi - part["factor"], 0, None)
+    # an interval reaching zero or below (a noisy memory delta) has no place on a log axis: no bar
+    usable = (part["ratio_ci_low"] > 0) & (part["ratio_ci_high"] > 0)
+    part["err_lo"] = np.where(usable, np.clip(part["factor"] - lo, 0, None), 0.0)
+    part["err_hi"] = np.where(usable, np.clip(hi - part["factor"], 0, None), 0.0)
     labels = list(dict.fromkeys(part["benchmark"] + " · " + part["metric"]))
     envs = env_order(part["environment"].unique())
     height = 0.8 / len(envs)
@@ -169,8 +171,8 @@ def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] =
             if f >= 1:
                 ax.text(f + eh, y, f" {fmt_ratio(f)}", va="center", ha="left", fontsize=7, color="#333")
             else:
-                ax.text(max(f - el, 1e-9), y, f"{fmt_ratio(f)} ", va="center", ha="right", fontsize=7,
-                        color="#333")
+                ax.text(f - el if f - el > 0 else f, y, f"{fmt_ratio(f)} ", va="center", ha="right",
+                        fontsize=7, color="#333")
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
