@@ -280,7 +280,9 @@ def start(c: Container) -> None:
 
             att = network.attach(c._netplan, pid)
             attachment.append(att)
-            _rewrite(c.dir / "hosts", network.hosts_file(att, c._plan.hostname))
+            listed = {n for _, names in att.hosts_entries for n in names.split()}
+            hostname = None if c._plan.hostname in listed else c._plan.hostname  # no duplicate line
+            _rewrite(c.dir / "hosts", network.hosts_file(att, hostname))
             _rewrite(c.dir / "resolv.conf", network.resolv_conf(att))
 
     try:
