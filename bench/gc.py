@@ -76,5 +76,8 @@ def gc(paths: HostPaths) -> list[str]:
                 shutil.rmtree(d, ignore_errors=True)
                 leases.release(d.name)
                 removed.append(f"bench scratch {d}")
+    for d in (base, scratch):  # the parents go too once empty (a live run recreates them)
+        with contextlib.suppress(OSError):
+            d.rmdir()
     return removed
 
