@@ -149,15 +149,24 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
     needed = tuple(sorted({i for w in wls for i in w.images}))
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     log(f"[bench] building images {', '.join(needed)} (cached after the first run)")
-    build_log = open(run_dir / "logs" / "images.log", "w")
-    try:
-        imgs = imagesmod.ensure(paths, needed, log=lambda s: print(s, file=build_log, flush=True))
-    except IsobenchError as exc:
-        raise BenchError(f"building the benchmark images failed: {exc} (log: {run_dir / 'logs' / 'images.log'})") from exc
-    finally:
-        build_log.close()
+    imgs: dict = {}
+    image_errors: dict[str, str] = {}
+    with open(run_dir / "logs" / "images.log", "w") as build_log:
+        for name in needed:  # one image failing (e.g. no apt mirror) only fails the workloads that need it
+            try:
+                imgs.update(imagesmod.ensure(paths, (name,), log=lambda s: print(s, file=build_log, flush=True)))
+            except IsobenchError as exc:
+                image_errors[name] = f"building image {name} failed: {exc} (log: logs/images.log)"
+                log(f"[bench] {image_errors[name]}")
+    if not imgs:
+        raise BenchError("; ".join(image_errors.values()))
 
     state = RunState(run_dir=run_dir, meta={})
+    for w in list(wls):
+        missing = [i for i in w.images if i in image_errors]
+        if missing:
+            wls.remove(w)
+            state.failures.append({"benchmark": w.name, "environment": "*", "error": image_errors[missing[0]]})
     environments: dict[str, Environment] = {}
     for name in envs:
         try:
