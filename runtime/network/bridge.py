@@ -185,8 +185,7 @@ def ensure_bridge(paths: HostPaths) -> BridgeInfo:
         _sysctl(PROC_SYS / "conf" / cfg.bridge / "route_localnet", "1")
         from runtime.network import firewall
 
-        firewall.apply(firewall.missing_base(firewall.save("nat", "filter"), cfg.bridge, str(net)),
-                       f"bridge {cfg.bridge}")
+        firewall.apply(firewall.base_script(cfg.bridge, str(net)), f"bridge {cfg.bridge}")
     _READY[key] = info
     return info
 
@@ -242,7 +241,8 @@ def remove_bridge(paths: HostPaths) -> None:
     cfg = load_config(paths)
     from runtime.network import firewall
 
-    firewall.remove_chains(cfg.bridge)
+    firewall.remove_table()
+    firewall.remove_legacy_iptables(keep_tag=lambda tag: False)
     if bridge_exists(cfg.bridge):
         _delete_link(cfg.bridge)
     _READY.clear()

@@ -18,21 +18,21 @@ from runtime.paths import HostPaths
 def gc(paths: HostPaths) -> list[str]:
     """Remove this area's orphans; return what was removed (one description per object)."""
     from runtime import leases
-    from runtime.network import bridge, firewall, ipam, portmap
+    from runtime.network import firewall, ipam, portmap
     from runtime.network.veth import delete_link, project_links
 
     removed: list[str] = []
-    bridge_name = bridge.load_config(paths).bridge
 
-    # firewall rules by tag (any state root: rules are host-wide)
-    text = firewall.save("nat", "filter")
-    keep = {firewall.base_tag(bridge_name)}
-    doomed = {r.tag for r in firewall.parse_save(text)[1]
-              if r.tag.startswith(firewall.TAG_PREFIX) and r.tag not in keep and not r.tag.endswith("-base")
-              and not leases.owner_alive(r.tag)}
+    # firewall rules by tag (any state root: the table is host-wide); base rules stay until prune
+    def keep(tag: str) -> bool:
+        return tag.endswith("-base") or not tag.startswith(firewall.TAG_PREFIX) or leases.owner_alive(tag)
+
+    doomed = {r.tag for r in firewall.tagged_rules() if not keep(r.tag)}
     if doomed:
-        for r in firewall.remove_tagged(doomed, text):
-            removed.append(f"rule {r.table} {r.line}")
+        for r in firewall.remove_tagged(doomed):
+            removed.append(f"rule {r.chain} handle {r.handle} ({r.tag})")
+    for line in firewall.remove_legacy_iptables(keep_tag=keep):
+        removed.append(f"iptables rule {line}")
 
     # veths (never the bridge, never taps: libvirt owns those)
     for name, kind in project_links().items():

@@ -193,7 +193,7 @@ def publish_ports(owner_id: str, target_ip: str, ports: tuple[PortMapping, ...],
         write_json(record_path(owner_id, paths),
                           {"owner": owner_id, "target_ip": target_ip, "ports": [_to_json(m) for m in resolved]})
         undo.callback(_unlink, record_path(owner_id, paths))
-        firewall.apply(firewall.restore_text(firewall.port_rules(tag, resolved, target_ip)), f"ports of {tag}")
+        firewall.apply(firewall.publish_script(tag, resolved, target_ip), f"ports of {tag}")
         undo.pop_all()
     return resolved
 
@@ -209,25 +209,15 @@ def _unlink(path: Path) -> None:
 
 
 def unpublish_ports(owner_id: str, paths: HostPaths) -> None:
-    """Remove the owner's rules, port claims and record; idempotent, free when nothing was published.
-    The rules are deleted from the record (one exec); if that fails (a rule already gone, a record
-    from an older layout) every rule with the owner's tag is found by ``iptables-save`` instead."""
+    """Remove the owner's rules (by tag), port claims and record; idempotent, free when nothing was
+    published."""
     rec = record_path(owner_id, paths)
     if not rec.exists():
         return
     from runtime.network import firewall
 
-    tag = firewall.owner_tag(owner_id)
-    try:
-        raw = read_json(rec)
-        ports = tuple(_from_json(d) for d in raw.get("ports", ()))
-        text = firewall.restore_text(firewall.port_rules(tag, ports, raw["target_ip"]))
-        firewall.apply(text.replace("\n-A ", "\n-D "), f"removing ports of {tag}")
-    except (OSError, ValueError, KeyError, NetworkError):
-        ports = ()
-        firewall.remove_tagged({tag})
-    release_ports(owner_id, ports)
-    for key, holder in all_port_claims().items():  # claims the record did not list (crash mid-publish)
+    firewall.remove_tagged({firewall.owner_tag(owner_id)}, firewall.DNAT_CHAIN)
+    for key, holder in all_port_claims().items():
         if holder == owner_id:
             _unlink(claims_dir() / key)
     _unlink(rec)

@@ -33,8 +33,9 @@ BUSYBOX = "/bin/busybox"
 
 
 def _stable(objs: dict[str, set[str]]) -> dict[str, set[str]]:
-    """``nft list ruleset`` prints packet counters, so a bridge-wide rule that merely saw traffic would
-    look like a new rule; compare rules without counters (hostprobe could use ``nft -s`` instead)."""
+    """``nft list ruleset`` prints packet counters of rules that have them (iptables-nft rules always
+    do), so a rule that merely saw traffic would look new; compare rules without counters
+    (hostprobe could use ``nft -s`` instead)."""
     import re
 
     out = dict(objs)
@@ -157,7 +158,7 @@ def _no_traces(owner: str, paths: HostPaths) -> None:
     from runtime.network import firewall, ipam, portmap, veth
 
     assert not Path(f"/sys/class/net/{veth.veth_name(owner)}").exists()
-    assert not [r for r in firewall.parse_save(firewall.save())[1] if r.tag == firewall.owner_tag(owner)]
+    assert not [r for r in firewall.tagged_rules() if r.tag == firewall.owner_tag(owner)]
     assert owner not in ipam.allocations(paths)
     assert owner not in ipam.all_claims().values()
     assert owner not in portmap.all_port_claims().values()
