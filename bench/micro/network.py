@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
-        print("bench.micro.network: needs root (network namespaces, bridge, iptables)", file=sys.stderr)
+        print("bench.micro.network: needs root (network namespaces, bridge, nftables)", file=sys.stderr)
         return 1
     from runtime.network import bridge
     from runtime.network.gc import prune

@@ -8,7 +8,7 @@ and a MASQUERADE of locally-sourced traffic entering the bridge (see :mod:`runti
 The price: nothing listens on the host port, so the "port in use" check is done explicitly before a
 container starts: a host-wide claim file per port (``/run/isobench/ports/tcp-18080``, created with
 ``O_EXCL``: another container of any state root owns it) and a bind test on the host address (a host
-process owns it). Claims make the check atomic without a lock or an ``iptables-save`` on the start path.
+process owns it). Claims make the check atomic without a lock or a ruleset listing on the start path.
 
 Each owner's published ports are recorded in ``network/ports/<owner>.json`` *before* the rules are
 added, so ``isobench port`` and ``ps`` can list them and a crash in between still leaves a record;
