@@ -10,6 +10,7 @@ import importlib
 
 GC_AREAS: tuple[str, ...] = (
     "runtime.lifecycle.gc",  # monitors, mounts, container dirs (first: they hold the rest)
+    "runtime.scratch",       # leased scratch dirs (build/RUN/load) and pid-tagged temp files of killed commands
     "bench.gc",              # runc containers and overlay mounts of a killed `isobench bench`
     "runtime.cgroups.gc",
     "runtime.network.gc",

@@ -21,16 +21,15 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from runtime.errors import BuildError, ImageError
-from runtime.fsutil import atomic_write_json
 from runtime.image import dockerfile as D
 from runtime.image import layers as L
-from runtime.image.store import FIXED_CREATED, ImageRecord, ImageStore, LayerRef, check_name
+from runtime.scratch import make_scratch, remove_scratch, scratch_dir
+from runtime.image.store import FIXED_CREATED, ImageRecord, ImageStore, LayerRef, write_state_json, check_name
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 _CACHE_VERSION = "isobench-build-cache-v1"
@@ -242,7 +241,7 @@ class Builder:
             rec = self.store.commit(tag, config, stage.layers)
         finally:
             for d in self._tmp_dirs:
-                shutil.rmtree(d, ignore_errors=True)
+                remove_scratch(d)
         self.log(f"Successfully built {rec.short_id}")
         self.log(f"Successfully tagged {rec.name}")
         return rec
@@ -443,7 +442,7 @@ class Builder:
     def _remember(self, key: str, layer: LayerRef | None) -> None:
         body = {"version": _CACHE_VERSION, "layer": None if layer is None else
                 {"digest": layer.digest, "diff_id": layer.diff_id, "size_bytes": layer.size_bytes}}
-        atomic_write_json(self.paths.build_cache / (key.split(":", 1)[1] + ".json"), body)
+        write_state_json(self.paths.build_cache / (key.split(":", 1)[1] + ".json"), body)
 
     def _layer_step(self, text: str, extra: str, make: Callable[[], LayerRef | None]) -> None:
         key = self._advance(text, extra)
@@ -491,23 +490,17 @@ class Builder:
 
         def make() -> LayerRef:
             lower = self.store.layer_dirs(self.cur.record())
-            tmp = Path(tempfile.mkdtemp(prefix="isobench-build-", dir=self._tmp_root()))
-            self._tmp_dirs.append(tmp)
-            (tmp / "upper").mkdir()
-            (tmp / "work").mkdir()
-            rc = run_step(self.paths, lower, tmp / "upper", tmp / "work", argv, env, workdir, user,
-                          lambda line: self.log(f"  {line}"))
-            if rc != 0:
-                raise self._fail(ins, f"RUN {ins.args} failed with exit code {rc}")
-            layer = self.store.write_layer(L.dir_entries(tmp / "upper", overlay_upper=True))
-            shutil.rmtree(tmp, ignore_errors=True)
-            return layer
+            # leased: after a kill -9 `isobench gc` removes it (runtime.scratch)
+            with scratch_dir(self.paths, "build") as tmp:
+                (tmp / "upper").mkdir()
+                (tmp / "work").mkdir()
+                rc = run_step(self.paths, lower, tmp / "upper", tmp / "work", argv, env, workdir, user,
+                              lambda line: self.log(f"  {line}"))
+                if rc != 0:
+                    raise self._fail(ins, f"RUN {ins.args} failed with exit code {rc}")
+                return self.store.write_layer(L.dir_entries(tmp / "upper", overlay_upper=True))
 
         self._layer_step(text, f"env={json.dumps(env)} user={user} workdir={workdir}", make)
-
-    def _tmp_root(self) -> Path:
-        self.paths.tmp.mkdir(parents=True, exist_ok=True)
-        return self.paths.tmp
 
     def _copy(self, ins: D.Instruction) -> None:
         self._copy_or_add(ins, add=False)
@@ -610,7 +603,7 @@ class Builder:
     def _flat(self, layers: tuple[LayerRef, ...]) -> Path:
         """A private flattened rootfs of ``layers`` for reading COPY --from sources."""
         if layers not in self._flat_cache:
-            tmp = Path(tempfile.mkdtemp(prefix="isobench-from-", dir=self._tmp_root()))
+            tmp = make_scratch(self.paths, "from")
             self._tmp_dirs.append(tmp)
             self.store.flatten(ImageRecord("(stage)", "", "", {}, layers), tmp / "rootfs")
             self._flat_cache[layers] = tmp / "rootfs"

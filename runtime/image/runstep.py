@@ -25,13 +25,13 @@ import select
 import shutil
 import signal
 import stat
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from runtime import syscalls
 from runtime.errors import BuildError
 from runtime.paths import HostPaths
+from runtime.scratch import scratch_dir
 
 _DEVICES = {  # name: (major, minor) -- the set runc gives every container
     "null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0),
@@ -45,9 +45,8 @@ def run_step(paths: HostPaths, lower_dirs: list[Path], upper: Path, work: Path, 
     code (128+N when killed by signal N). ``log`` receives each output line."""
     if not argv:
         raise BuildError("RUN: empty command")
-    paths.tmp.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="isobench-run-", dir=paths.tmp))
-    try:
+    # leased scratch dir: after a kill -9 of the builder `isobench gc` removes it (runtime.scratch)
+    with scratch_dir(paths, "run") as scratch:
         merged = scratch / "merged"
         merged.mkdir()
         lowers = [str(d) for d in lower_dirs]
@@ -71,8 +70,6 @@ def run_step(paths: HostPaths, lower_dirs: list[Path], upper: Path, work: Path, 
             return _fork_and_run(merged, lowers, upper, work, argv, env, workdir, user, resolv, log, prepared)
         finally:
             _remove_mountpoints(upper, created)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _exists_in_lowers(lower_dirs: list[Path], rel: str) -> bool:

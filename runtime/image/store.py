@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from runtime.errors import ImageError
-from runtime.fsutil import atomic_write_bytes, atomic_write_json, file_lock
+from runtime.fsutil import file_lock
+from runtime.scratch import atomic_write_owned, temp_prefix
 from runtime.image import layers as L
 from runtime.paths import HostPaths
 
@@ -40,6 +41,11 @@ FIXED_CREATED = "2000-01-01T00:00:00Z"  # reproducible images: the same build gi
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+
+
+def write_state_json(path: Path, obj) -> None:
+    # pid-tagged temp name: a kill -9 mid-write leaves a file `isobench gc` can tell is orphaned
+    atomic_write_owned(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 @dataclass(frozen=True)
@@ -134,9 +140,9 @@ class ImageStore:
         self.blobs.mkdir(parents=True, exist_ok=True)
         with file_lock(self._index_lock):
             if not (self.root / "oci-layout").exists():
-                atomic_write_json(self.root / "oci-layout", {"imageLayoutVersion": "1.0.0"})
+                write_state_json(self.root / "oci-layout", {"imageLayoutVersion": "1.0.0"})
             if not (self.root / "index.json").exists():
-                atomic_write_json(self.root / "index.json", {"schemaVersion": 2, "manifests": []})
+                write_state_json(self.root / "index.json", {"schemaVersion": 2, "manifests": []})
 
     def blob_path(self, digest: str) -> Path:
         return self.blobs / _hex(digest)
@@ -149,7 +155,7 @@ class ImageStore:
         digest = digest_bytes(data)
         path = self.blob_path(digest)
         if not path.exists():
-            atomic_write_bytes(path, data)
+            atomic_write_owned(path, data)
         return digest
 
     def read_json_blob(self, digest: str) -> dict:
@@ -170,7 +176,7 @@ class ImageStore:
     def new_layer(self) -> Iterator[Callable[[Iterable[L.Entry]], LayerRef]]:
         """Context yielding ``write(entries) -> LayerRef``; the blob is published by rename."""
         self.blobs.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-layer-", dir=self.blobs)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix("layer"), dir=self.blobs)
         published: list[bool] = []
 
         def write(entries: Iterable[L.Entry]) -> LayerRef:
@@ -211,7 +217,7 @@ class ImageStore:
         digest = "sha256:" + sha.hexdigest()
         dest = self.blob_path(digest)
         if not dest.exists():
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-layer-", dir=self.blobs)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix("layer"), dir=self.blobs)
             os.close(fd)
             try:
                 shutil.copyfile(src, tmp)
@@ -269,7 +275,7 @@ class ImageStore:
             if kept != index.get("manifests"):
                 index["schemaVersion"] = 2
                 index["manifests"] = kept
-                atomic_write_json(self.root / "index.json", index)
+                write_state_json(self.root / "index.json", index)
 
     # ----------------------------------------------------------------- resolve / list / remove
     def _record(self, name: str, man_digest: str) -> ImageRecord:
@@ -360,7 +366,7 @@ class ImageStore:
                 kept = [m for m in index["manifests"]
                         if m.get("annotations", {}).get(REF_ANNOTATION) != rec.name]
             index["manifests"] = kept
-            atomic_write_json(self.root / "index.json", index)
+            write_state_json(self.root / "index.json", index)
             self._gc_blobs(kept)
 
     def _gc_blobs(self, manifests: list[dict]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -23,6 +24,7 @@ from runtime.image import layers as L
 from runtime.image.store import (FIXED_CREATED, MT_MANIFEST, REF_ANNOTATION, ImageRecord, ImageStore,
                                  canonical_json, check_name, digest_bytes)
 from runtime.image.bases import DEFAULT_PATH
+from runtime.scratch import temp_prefix
 
 _LAYER_TYPES = ("tar", "tar+gzip")  # media type suffixes we can unpack (no zstd)
 
@@ -76,9 +78,10 @@ def load(store: ImageStore, archive: Path) -> list[ImageRecord]:
     """Load every named image of an OCI archive after validating all of it; returns the records."""
     if not archive.is_file():
         raise ImageError(f"{archive}: no such archive file")
-    store.paths.tmp.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="isobench-load-", dir=store.paths.tmp))
-    try:
+    from runtime.scratch import scratch_dir
+
+    # leased staging dir: after a kill -9 `isobench gc` removes it (runtime.scratch)
+    with scratch_dir(store.paths, "load") as staging:
         _extract_outer(archive, staging)
         images = _validate_layout(staging, archive)
         # everything checked: publish blobs (content addressed, so order does not matter), then names
@@ -92,13 +95,11 @@ def load(store: ImageStore, archive: Path) -> list[ImageRecord]:
             store._set_ref(name, man_digest, store.blob_path(man_digest).stat().st_size)
             out.append(store.resolve(name))
         return out
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _adopt(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-load-", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("load"), dir=dest.parent)
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
@@ -136,9 +137,28 @@ def _extract_outer(archive: Path, staging: Path) -> None:
         raise ImageError(f"{label}: not a readable tar archive ({type(exc).__name__})") from exc
 
 
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _expect(value, kind: type, label: str, what: str):
+    """``value`` when it has JSON type ``kind``; else one ImageError line naming the member and field."""
+    if not isinstance(value, kind):
+        names = {dict: "an object", list: "an array", str: "a string"}
+        raise ImageError(f"{label}: {what} must be {names.get(kind, kind.__name__)}, "
+                         f"not {type(value).__name__} {json.dumps(value)[:40]}")
+    return value
+
+
+def _digest(value, label: str, what: str) -> str:
+    if not isinstance(value, str) or not _DIGEST.match(value):
+        raise ImageError(f"{label}: {what} {json.dumps(value)[:80]} is not a sha256 digest")
+    return value
+
+
 def _read_verified(blobs: Path, digest: str, label: str) -> bytes:
     if not isinstance(digest, str) or not digest.startswith("sha256:"):
         raise ImageError(f"{label}: unsupported digest {digest!r} (only sha256)")
+    digest = _digest(digest, label, "digest")
     path = blobs / digest.split(":", 1)[1]
     try:
         data = path.read_bytes()
@@ -149,41 +169,61 @@ def _read_verified(blobs: Path, digest: str, label: str) -> bytes:
     return data
 
 
+def _json_object(data: bytes, label: str, member: str) -> dict:
+    """Parse ``member`` (index.json or a blob) as a JSON object, or one ImageError line naming it."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ImageError(f"{label}: {member} is not valid JSON: {str(exc).splitlines()[0]}") from exc
+    return _expect(obj, dict, label, member)
+
+
 def _validate_layout(staging: Path, archive: Path) -> list[tuple[str, str, list[str]]]:
     """(name, manifest digest, all blob digests) per image, after checking every blob and layer member."""
     label = f"archive {archive.name}"
     try:
-        index = json.loads((staging / "index.json").read_bytes())
+        raw_index = (staging / "index.json").read_bytes()
     except FileNotFoundError as exc:
         raise ImageError(f"{label}: no index.json (not an OCI archive)") from exc
-    except ValueError as exc:
-        raise ImageError(f"{label}: index.json is not valid JSON: {exc}") from exc
+    index = _json_object(raw_index, label, "index.json")
     blobs = staging / "blobs" / "sha256"
     images = []
-    for desc in index.get("manifests", []):
+    for i, desc in enumerate(_expect(index.get("manifests", []), list, label, "index.json manifests")):
+        where = f"index.json manifests[{i}]"
+        _expect(desc, dict, label, where)
         if desc.get("mediaType") not in (MT_MANIFEST, None):
             raise ImageError(f"{label}: {desc.get('mediaType')} entries (multi-platform indexes) are not supported")
-        man_digest = desc.get("digest", "")
-        name_raw = (desc.get("annotations") or {}).get(REF_ANNOTATION)
+        man_digest = _digest(desc.get("digest"), label, f"{where} digest")
+        annotations = _expect(desc.get("annotations") or {}, dict, label, f"{where} annotations")
+        name_raw = annotations.get(REF_ANNOTATION)
         if not name_raw:
             raise ImageError(f"{label}: manifest {man_digest} has no {REF_ANNOTATION} annotation (no image name)")
-        name = check_name(name_raw)
-        manifest = json.loads(_read_verified(blobs, man_digest, label))
-        cfg_digest = manifest.get("config", {}).get("digest", "")
-        config = json.loads(_read_verified(blobs, cfg_digest, label))
-        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-        layers = manifest.get("layers", [])
+        name = check_name(_expect(name_raw, str, label, f"{where} {REF_ANNOTATION}"))
+        mlabel = f"manifest blob {man_digest[:19]}"
+        manifest = _json_object(_read_verified(blobs, man_digest, label), label, mlabel)
+        cfg_desc = _expect(manifest.get("config", {}), dict, label, f"{mlabel} config")
+        cfg_digest = _digest(cfg_desc.get("digest"), label, f"{mlabel} config digest")
+        clabel = f"config blob {cfg_digest[:19]}"
+        config = _json_object(_read_verified(blobs, cfg_digest, label), label, clabel)
+        rootfs = _expect(config.get("rootfs", {}), dict, label, f"{clabel} rootfs")
+        diff_ids = _expect(rootfs.get("diff_ids", []), list, label, f"{clabel} rootfs.diff_ids")
+        layers = _expect(manifest.get("layers", []), list, label, f"{mlabel} layers")
         if len(diff_ids) != len(layers):
             raise ImageError(f"{label}: manifest {man_digest} has {len(layers)} layers but its config lists "
                              f"{len(diff_ids)} diff_ids")
-        for ld, diff_id in zip(layers, diff_ids):
+        layer_digests = []
+        for j, (ld, diff_id) in enumerate(zip(layers, diff_ids)):
+            _expect(ld, dict, label, f"{mlabel} layers[{j}]")
             mt = ld.get("mediaType", "")
-            if not mt.endswith(_LAYER_TYPES):
+            if not isinstance(mt, str) or not mt.endswith(_LAYER_TYPES):
                 raise ImageError(f"{label}: layer {ld.get('digest')} has unsupported media type {mt!r}")
-            for _ in L.iter_blob_members(blobs / ld["digest"].split(":", 1)[1], ld["digest"],
-                                         f"{label}: layer {ld['digest'][:19]}", strict=True, diff_id=diff_id):
+            ldig = _digest(ld.get("digest"), label, f"{mlabel} layers[{j}] digest")
+            _digest(diff_id, label, f"{clabel} rootfs.diff_ids[{j}]")
+            for _ in L.iter_blob_members(blobs / ldig.split(":", 1)[1], ldig,
+                                         f"{label}: layer {ldig[:19]}", strict=True, diff_id=diff_id):
                 pass
-        images.append((name, man_digest, [man_digest, cfg_digest] + [ld["digest"] for ld in layers]))
+            layer_digests.append(ldig)
+        images.append((name, man_digest, [man_digest, cfg_digest] + layer_digests))
     if not images:
         raise ImageError(f"{label}: index.json lists no images")
     return images

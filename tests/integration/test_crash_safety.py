@@ -21,9 +21,9 @@ from tests.security import crashkit, harness
 
 pytestmark = pytest.mark.requires("root", "busybox")
 
-# Leftover kinds no area's gc collects yet (reported to the lead): build/run temp dirs under <root>/tmp and
-# half-written ``.tmp-*`` files of atomic writes. Remove from this set once `isobench gc` removes them.
-KNOWN_UNCOLLECTED = {"tmp", "partial_files"}
+# Leftover kinds no area's gc collects yet (reported to the lead). Empty: build/RUN/load scratch dirs are
+# leased (runtime.scratch) and the image store's temp files carry their writer's pid, so gc removes both.
+KNOWN_UNCOLLECTED: set[str] = set()
 TRIALS_TOTAL = int(os.environ.get("ISOBENCH_CRASH_TRIALS", "24"))
 
 

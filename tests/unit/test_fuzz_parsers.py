@@ -289,8 +289,6 @@ def _write_archive(path, index, blobs) -> None:
             tf.addfile(ti, io.BytesIO(data))
 
 
-@pytest.mark.xfail(strict=False, reason="BUG (image area, reported): image load of an OCI archive whose index/"
-                                        "manifest/config JSON has wrong types raises AttributeError/KeyError/TypeError")
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(oci_archives())
@@ -309,8 +307,6 @@ def test_image_load_of_malformed_oci_archives(tmp_path_factory, doc):
         assert "\n" not in str(exc)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="BUG (image area, reported): index.json that is a JSON list -> AttributeError in load")
 def test_image_load_index_is_a_list(tmp_path):
     from runtime.image import transfer
     from runtime.image.store import ImageStore
