@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("isobench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `isobench ... | head`: the reader left; quietly stop writing, as coreutils do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return int(rc or 0)
 
 
