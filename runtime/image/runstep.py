@@ -1,18 +1,15 @@
-"""The builder's RUN executor: one command in an isolated build container over the image's layers.
+"""The builder's RUN executor: one command in a build container over the image's layers.
 
-Kept in its own module because the container runtime will later replace this first implementation.
-Until then it does the minimum Docker's classic builder does for a RUN step:
+A RUN step runs through the container runtime (:mod:`runtime.lifecycle.build`): the same fork /
+namespaces / overlayfs / pivot_root / security path as ``isobench run`` (default caps, no_new_privs,
+seccomp, masked paths, a fresh read-only sysfs), with the host's network (so ``apt-get install``
+works, as in Docker's classic builder), a cgroup, hostname ``isobench-build``, a copy of the host's
+/etc/resolv.conf, and the output streamed to the build log. What stays here is specific to building:
 
-* a child process unshares mount, UTS, IPC and PID namespaces (the network stays the host's, so
-  ``apt-get install`` works), mounts overlayfs (image layers as lowerdirs, the step's ``upper``),
-  then a grandchild -- PID 1 of the new PID namespace -- mounts /proc, a tmpfs /dev with the
-  standard device nodes, /sys read-only and a *copy* of the host's /etc/resolv.conf, chroots,
-  applies WORKDIR/USER/ENV and execs the command;
-* everything is mounted inside the child's private mount namespace, so the mounts disappear with it
-  even if the builder is killed; the child also unmounts explicitly;
 * mountpoints missing from the image (/proc, /dev, /sys, /etc/resolv.conf in ``scratch``-based
   images) are created in ``upper`` beforehand and removed afterwards, so they never end up in the
-  layer, as with Docker.
+  layer, as with Docker;
+* USER is resolved against the image's /etc/passwd and /etc/group (also used by COPY --chown).
 
 The resulting ``upper`` is what :func:`runtime.image.layers.dir_entries` turns into the step's layer.
 """
@@ -21,21 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import shutil
-import signal
-import stat
 from pathlib import Path
 from typing import Callable
 
-from runtime import syscalls
-from runtime.errors import BuildError
+from runtime.errors import BuildError, IsobenchError
 from runtime.paths import HostPaths
 from runtime.scratch import scratch_dir
 
-_DEVICES = {  # name: (major, minor) -- the set runc gives every container
-    "null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0),
-}
 _MOUNTPOINT_DIRS = ("proc", "dev", "sys")
 
 
@@ -60,14 +50,19 @@ def run_step(paths: HostPaths, lower_dirs: list[Path], upper: Path, work: Path, 
         except OSError:
             resolv.write_text("")
         created = _make_mountpoints(lower_dirs, upper)
-        from runtime import security
-        from runtime.spec import SecuritySpec
-
-        # build containers get the same defaults as `isobench run` (Docker does the same): default caps,
-        # no_new_privs, default seccomp profile, masked/read-only /proc and /sys paths; compiled here
-        prepared = security.prepare(SecuritySpec())
         try:
-            return _fork_and_run(merged, lowers, upper, work, argv, env, workdir, user, resolv, log, prepared)
+            uid, gid, home = resolve_user_in(user or "root", _top(lower_dirs, upper, "etc/passwd"),
+                                             _top(lower_dirs, upper, "etc/group"))
+            from runtime.lifecycle.build import run_build_step
+
+            try:
+                return run_build_step(paths, [Path(d) for d in lowers], upper, work, merged, argv, env,
+                                      workdir or "/", uid, gid, home, log,
+                                      etc_files=(("/etc/resolv.conf", str(resolv)),))
+            except BuildError:
+                raise
+            except IsobenchError as exc:
+                raise BuildError(f"RUN {argv[0]}: the build container failed to start: {exc}") from exc
         finally:
             _remove_mountpoints(upper, created)
 
@@ -101,115 +96,12 @@ def _remove_mountpoints(upper: Path, created: list[Path]) -> None:
                 p.unlink()
 
 
-def _fork_and_run(merged: Path, lowers: list[str], upper: Path, work: Path, argv: list[str], env: list[str],
-                  workdir: str, user: str | None, resolv: Path, log: Callable[[str], None], prepared: object) -> int:
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        os.close(rfd)
-        code = 125
-        try:
-            code = _child(merged, lowers, upper, work, argv, env, workdir, user, resolv, wfd, prepared)
-        except BaseException as exc:  # noqa: BLE001 - report any setup failure through the pipe, then exit
-            with contextlib.suppress(OSError):
-                os.write(wfd, f"isobench build container: {exc}\n".encode())
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    buf = b""
-    try:
-        while True:
-            select.select([rfd], [], [])
-            chunk = os.read(rfd, 65536)
-            if not chunk:
-                break
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                log(line.decode(errors="replace"))
-        if buf:
-            log(buf.decode(errors="replace"))
-    finally:
-        os.close(rfd)
-        _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-
-
-def _child(merged: Path, lowers: list[str], upper: Path, work: Path, argv: list[str], env: list[str],
-           workdir: str, user: str | None, resolv: Path, wfd: int, prepared: object) -> int:
-    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-    syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWPID)
-    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-    syscalls.sethostname("isobench-build")
-    # metacopy/redirect_dir off: the layer is a plain diff of ``upper``, so every changed file must be
-    # there with its data and renamed dirs must show up as copies (not as overlay-private xattrs)
-    opts = (f"lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work},"
-            "index=off,redirect_dir=off,metacopy=off")
-    syscalls.mount("overlay", str(merged), "overlay", 0, opts)
-    try:
-        pid = os.fork()
-        if pid == 0:
-            code = 126
-            try:
-                _grandchild(merged, argv, env, workdir, user, resolv, wfd, prepared)
-            except BaseException as exc:  # noqa: BLE001 - exec failed: report and exit like a shell
-                msg = f"{argv[0]}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-                with contextlib.suppress(OSError):
-                    os.write(wfd, f"isobench build container: {msg}\n".encode())
-                code = 127 if isinstance(exc, FileNotFoundError) else 126
-            finally:
-                os._exit(code)
-        os.close(wfd)
-        _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-    finally:
-        with contextlib.suppress(OSError):
-            syscalls.umount(str(merged), syscalls.MNT_DETACH)
-
-
-def _grandchild(merged: Path, argv: list[str], env: list[str], workdir: str, user: str | None,
-                resolv: Path, wfd: int, prepared: object) -> None:
-    """PID 1 of the build container: mounts, chroot, identity, exec."""
-    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-    m = str(merged)
-    syscalls.mount("proc", f"{m}/proc", "proc", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
-    syscalls.mount("tmpfs", f"{m}/dev", "tmpfs", syscalls.MS_NOSUID, "mode=755,size=65536k")
-    for name, (major, minor) in _DEVICES.items():
-        syscalls.mknod(f"{m}/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
-        os.chmod(f"{m}/dev/{name}", 0o666)
-    for name, target in {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
-                         "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}.items():
-        os.symlink(target, f"{m}/dev/{name}")
-    os.mkdir(f"{m}/dev/pts")
-    syscalls.mount("devpts", f"{m}/dev/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
-                   "newinstance,ptmxmode=0666,mode=0620")
-    os.mkdir(f"{m}/dev/shm")
-    syscalls.mount("shm", f"{m}/dev/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777,size=65536k")
-    # a fresh read-only sysfs, not a recursive bind of the host's /sys: that would carry the host's
-    # cgroup hierarchies (read-write submounts) into the build container
-    syscalls.mount("sysfs", f"{m}/sys", "sysfs",
-                   syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
-    resolv_target = f"{m}/etc/resolv.conf"
-    if os.path.islink(resolv_target) or not os.path.exists(resolv_target):
-        resolv_target = ""  # a dangling symlink (systemd-resolved style): leave it alone
-    if resolv_target:
-        syscalls.mount(str(resolv), resolv_target, None, syscalls.MS_BIND)
-    os.chroot(m)
-    from runtime import security
-
-    security.prepare_mounts_in_child(prepared)  # paths are absolute: after chroot they are the container's
-    os.makedirs(workdir or "/", exist_ok=True)
-    os.chdir(workdir or "/")
-    envmap = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
-    envmap.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    uid, gid, home = resolve_user(user or "root", "/")
-    envmap.setdefault("HOME", home)
-    null = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(wfd, 1)
-    os.dup2(wfd, 2)
-    security.enter(prepared, uid, gid, (gid,) if uid else ())
-    os.execvpe(argv[0], argv, envmap)
+def _top(lower_dirs: list[Path], upper: Path, rel: str) -> Path | None:
+    """The file as the step will see it: ``upper`` over the layers, topmost first."""
+    for d in [upper, *reversed(lower_dirs)]:
+        if os.path.lexists(d / rel):
+            return d / rel
+    return None
 
 
 def resolve_user(spec: str, root: str) -> tuple[int, int, str]:
