@@ -115,6 +115,9 @@ def check_modes(c: ContainerConfig) -> None:
         raise UsageError(f"--network {c.network.mode!r} is not one of bridge, none, host")
     if c.userns not in ("host", "remap"):
         raise UsageError(f"--userns {c.userns!r} is not one of host, remap")
+    if (c.network.ports or c.network.publish_all) and c.network.mode != "bridge":
+        flag = "-p" if c.network.ports else "-P"
+        raise UsageError(f"{flag} needs --network bridge (got {c.network.mode})")
 
 
 def check_read_only_volumes(c: ContainerConfig) -> None:

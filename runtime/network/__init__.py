@@ -11,13 +11,29 @@ for a libvirt tap on the same bridge.
 
 from __future__ import annotations
 
-from runtime.network.bridge import BridgeInfo, ensure_bridge, set_subnet
-from runtime.network.container import (NetworkAttachment, NetworkPlan, attach, detach, hosts_file,
-                                       prepare, resolv_conf)
-from runtime.network.ipam import allocate_address, release_address
-from runtime.network.portmap import list_mappings, publish_ports, unpublish_ports
-from runtime.network.portspec import format_mapping, parse_port_spec, short_mapping
-from runtime.network.veth import bring_up_loopback, veth_name
+import importlib
+
+# name -> submodule; resolved on first attribute access (PEP 562), so `import runtime.network` costs
+# nothing on the `--network none` start path and in the CLI parser.
+_EXPORTS = {
+    "BridgeInfo": "bridge", "ensure_bridge": "bridge", "set_subnet": "bridge",
+    "NetworkAttachment": "container", "NetworkPlan": "container", "attach": "container",
+    "detach": "container", "hosts_file": "container", "prepare": "container", "resolv_conf": "container",
+    "allocate_address": "ipam", "release_address": "ipam",
+    "list_mappings": "portmap", "publish_ports": "portmap", "unpublish_ports": "portmap",
+    "format_mapping": "portspec", "parse_port_spec": "portspec", "short_mapping": "portspec",
+    "bring_up_loopback": "veth", "veth_name": "veth",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtime.network' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"runtime.network.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BridgeInfo", "NetworkAttachment", "NetworkPlan",

@@ -10,7 +10,6 @@ prctl/capset calls made in the already-forked child.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 from runtime.errors import SecurityError
@@ -99,7 +98,8 @@ class _Data(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# glibc by soname: ctypes.util.find_library forks `ldconfig -p` (~10 ms) on the start path
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 

@@ -14,7 +14,6 @@ classic BPF program) run in the parent; the forked init only calls :func:`load_b
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as errno_mod
 import functools
 import hashlib
@@ -214,7 +213,7 @@ class _ArgCmpC(ctypes.Structure):
 
 @functools.cache
 def _lib() -> ctypes.CDLL:
-    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    name = "libseccomp.so.2"  # by soname: find_library would fork ldconfig
     try:
         lib = ctypes.CDLL(name, use_errno=True)
     except OSError as exc:
@@ -299,7 +298,8 @@ class _SockFprog(ctypes.Structure):
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# glibc by soname: ctypes.util.find_library forks `ldconfig -p` (~10 ms) on the start path
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
 
 

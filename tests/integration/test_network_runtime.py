@@ -129,8 +129,6 @@ def test_bad_input_one_line_nothing_left(leak_check, cli, paths):
     assert ipam.allocations(paths) == {}
 
 
-@pytest.mark.xfail(reason="runtime.api calls network.prepare (which rejects -p without a bridge) only for "
-                          "--network bridge; runtime.validate has no such check yet", strict=False)
 def test_publish_with_network_none_refused(leak_check, cli):
     r = cli("run", "--rm", "--network", "none", "-p", "8080:80", "busybox", "true")
     assert r.returncode == 2 and r.stderr == "isobench: -p needs --network bridge (got none)\n"
