@@ -20,6 +20,7 @@ from bench.results import ENVIRONMENTS
 from runtime.units import format_bytes
 
 NOT_MEASURED = "not measured"
+BREAKOUT = "breakout:"  # isolation facts keys of the breakout probes (bench/workloads/isolation.py)
 FAILED = "failed (see Failed benchmarks)"
 NAMESPACES = {  # facts key -> the course notes' wording
     "pid": "Process IDs (PIDs)",
@@ -243,7 +244,8 @@ def namespace_matrix(facts: dict) -> pd.DataFrame:
                 row[env] = f"{verdict}: {cell.get('evidence', '')}".rstrip(": ")
         rows.append(row)
     # namespaces the harness measured beyond the notes' list (e.g. cgroup, time)
-    extra = sorted({k for env in iso.values() for k in (env or {}) if k not in NAMESPACES})
+    extra = sorted({k for env in iso.values() for k in (env or {}) if k not in NAMESPACES
+                    and not k.startswith(BREAKOUT)})
     for key in extra:
         row = {"namespace": key}
         for env in envs:
@@ -251,7 +253,36 @@ def namespace_matrix(facts: dict) -> pd.DataFrame:
             row[env] = NOT_MEASURED if cell is None else \
                 f"{'isolated' if cell.get('isolated') else 'shared with host'}: {cell.get('evidence', '')}"
         rows.append(row)
+    rows += breakout_rows(iso, envs)
     return pd.DataFrame(rows, columns=["namespace", *envs])
+
+
+def breakout_rows(iso: dict, envs: list[str]) -> list[dict]:
+    """The security area's breakout probes (``breakout:<probe>`` keys): blocked / NOT blocked / not run,
+    in the order the harness wrote them, then a count of blocked probes per environment."""
+    names = list(dict.fromkeys(k for env in envs for k in (iso.get(env) or {}) if k.startswith(BREAKOUT)))
+    rows, counts = [], {env: [0, 0] for env in envs}
+    for key in names:
+        desc = next((c.get("description") for env in envs if (c := (iso.get(env) or {}).get(key))), None)
+        row = {"namespace": f"breakout probe {key[len(BREAKOUT):]}" + (f": {desc}" if desc else "")}
+        for env in envs:
+            cell = (iso.get(env) or {}).get(key)
+            if cell is None:
+                row[env] = NOT_MEASURED
+                continue
+            ev = str(cell.get("evidence", ""))
+            if cell.get("isolated") is None:
+                row[env] = ev if ev.startswith(("not run", "skipped")) else f"not run: {ev}"
+                continue
+            counts[env][0] += bool(cell["isolated"])
+            counts[env][1] += 1
+            row[env] = ev if ev.startswith(("blocked", "NOT blocked")) else \
+                f"{'blocked' if cell['isolated'] else 'NOT blocked'}: {ev}"
+        rows.append(row)
+    if names:
+        rows.append({"namespace": "breakout probes blocked",
+                     **{env: f"{b}/{n} run" if n else "none run" for env, (b, n) in counts.items()}})
+    return rows
 
 
 def _fmt_any(value) -> str:
@@ -392,9 +423,11 @@ def _cell_class(value) -> str:
     text = str(value)
     if text in (NOT_MEASURED, "not tested", "skipped"):
         return "color:#888;font-style:italic;"
-    if text.startswith("isolated") or text in _GOOD:
+    if text.startswith(("not run", "skipped")):
+        return "color:#888;font-style:italic;"
+    if text.startswith(("isolated", "blocked")) or text in _GOOD:
         return "background-color:#e3f4e1;"
-    if text.startswith("shared with host") or text in _BAD:
+    if text.startswith(("shared with host", "NOT blocked")) or text in _BAD:
         return "background-color:#fbe3d6;"
     return ""
 
