@@ -2,8 +2,9 @@
 
 Unpacking and flattening write into ``.tmp-*`` dirs renamed into place when complete; a ``kill -9``
 leaves the temp dir. Such a dir is an orphan when its per-digest lock is free (nobody is unpacking it).
-Build/load scratch dirs in ``paths.tmp`` have no lock; they are removed once older than a day, which no
-build step lasts. Published layers, flat rootfs dirs and blobs are never touched here (``image rm``).
+Build/RUN/load scratch dirs in ``paths.tmp`` and pid-tagged blob temp files are leased/owned and
+collected by :mod:`runtime.scratch` as soon as their owner is dead; the day-old rule below only catches
+names made before that (no lease, no pid). Published layers, flat rootfs dirs and blobs are never touched here (``image rm``).
 """
 
 from __future__ import annotations
