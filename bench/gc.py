@@ -69,7 +69,7 @@ def gc(paths: HostPaths) -> list[str]:
             shutil.rmtree(d, ignore_errors=True)
             leases.release(d.name)
             removed.append(f"bench dir {d}")
-    scratch = paths.tmp / "bench-work"
+    scratch = paths.tmp / "bench-work"  # work dirs of runs predating runtime.scratch (now its gc)
     if scratch.is_dir():
         for d in scratch.iterdir():
             if d.name.startswith(PREFIX) and not leases.owner_alive(d.name):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
-import shutil
 import sys
 import time
 import traceback
@@ -181,14 +180,11 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
                       warmups_excluded=True, interleaved=True,
                       vm_batching="cpu, memory and disk run all their iterations inside one VM boot")
     facts: dict = {"platform": platform_facts(state.meta, environments)}
-    from runtime import leases
-    from runtime.paths import new_id
+    from runtime import scratch
 
-    work_id = f"isobench-{new_id()}"
-    leases.take(work_id, kind="bench-scratch", root=str(paths.root))
+    # leased to this process (runtime.scratch): after a kill -9, `isobench gc` removes it
     ctx = Context(paths=paths, profile=profile, images=imgs, facts=facts, log=log,
-                  work_dir=paths.tmp / "bench-work" / work_id)
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+                  work_dir=scratch.make_scratch(paths, "benchwork"))
     results.append_samples(run_dir, [])  # header: a valid (empty) table from the start
     state.save(facts)
 
@@ -221,8 +217,7 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
         state.save(facts)
         for env in environments.values():
             env.close()
-        shutil.rmtree(ctx.work_dir, ignore_errors=True)
-        leases.release(work_id)
+        scratch.remove_scratch(ctx.work_dir)
     return state
 
 

@@ -68,6 +68,7 @@ class Job:
     memory_mib: int = 256                 # VM guest RAM
     ready_marker: str | None = None       # a line the workload prints when ready (start())
     workdir: str | None = None
+    cap_drop: tuple[str, ...] = ()        # capabilities to drop (container, runc); native/vm have no such knob
 
 
 @dataclass

@@ -21,7 +21,7 @@ from runtime.paths import HostPaths
 
 def container_config(job: Job, paths: HostPaths):
     """The ContainerConfig of a job (pure apart from the disk lookup for a write throttle)."""
-    from runtime.spec import (ContainerConfig, MountSpec, NetworkSpec, PortMapping, Resources,
+    from runtime.spec import (ContainerConfig, MountSpec, NetworkSpec, PortMapping, Resources, SecuritySpec,
                               ThrottleDevice)
 
     lim = job.limits
@@ -47,7 +47,8 @@ def container_config(job: Job, paths: HostPaths):
         job.volume.host_dir.mkdir(parents=True, exist_ok=True)
         mounts = (MountSpec(destination=job.volume.destination, source=str(job.volume.host_dir), type="bind"),)
     return ContainerConfig(image=job.image, command=tuple(fill_port(job.argv, job.port)), env=job.env,
-                           workdir=job.workdir, mounts=mounts, resources=res, network=net)
+                           workdir=job.workdir, mounts=mounts, resources=res, network=net,
+                           security=SecuritySpec(cap_drop=tuple(job.cap_drop)))
 
 
 def phases_s(timings_ns: dict[str, int]) -> dict[str, float]:

@@ -68,6 +68,11 @@ def bundle_config(job: Job, image_config: dict, rootfs_path: Path, obj_id: str, 
                           env=[f"{k}={v}" for k, v in env.items()],
                           cwd=job.workdir or icfg.get("WorkingDir") or "/")
     cfg["root"] = {"path": str(rootfs_path), "readonly": False}
+    if job.cap_drop:
+        drop = {c if c.startswith("CAP_") else f"CAP_{c}" for c in (x.upper() for x in job.cap_drop)}
+        caps = cfg["process"].get("capabilities") or {}
+        for kind, names in caps.items():
+            caps[kind] = [c for c in names if c not in drop]
     cfg["hostname"] = obj_id[:20]
     if job.volume is not None:
         cfg["mounts"].append({"destination": job.volume.destination, "type": "bind",

@@ -7,6 +7,14 @@ Host-side bait, removed afterwards: the security area's host context (a marker p
 not isolated. Natively, /proc is the host's, so ``/proc/<host pid>/root`` reaches the host's filesystem even
 from the chroot. A VM runs its own kernel (its boot_id differs from the host's): an identity uid_map
 there is the guest's own, not the host's.
+
+Then the security area's breakout probes (:data:`runtime.security.probes.PROBES`, the same ones
+tests/security/ expects the runtime and runc to block) run in each environment, all probes of one
+capability set in one instance (one start per environment instead of sixteen), with the static probe
+helper bind-mounted at ``/isoprobe``. Each lands in ``facts["isolation"][env]["breakout:<probe>"]``.
+Natively most are expected *not* blocked -- that is the comparison. Three would write host state
+natively (the hostname, the harness's own cgroup files, a node in the host's /dev) and are skipped
+there; the VM is not probed (see :data:`VM_NOT_RUN`).
 """
 
 from __future__ import annotations
@@ -14,15 +22,27 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+import shlex
 import socket
 import subprocess
 from pathlib import Path
 
 from bench.environments.base import Environment, Job
 from bench.workloads.base import Context, Measurement, Workload
-from runtime.errors import BenchError
+from runtime.errors import BenchError, IsobenchError
 
 KINDS = ("pid", "hostname", "network", "user", "ipc", "filesystem")
+BREAKOUT = "breakout:"
+PROBE_MARK = "==ISOBENCH-PROBE"
+# probes that, when not blocked, change the host natively (chroot runs as host root on host /dev, /sys)
+NATIVE_SKIP = {
+    "set_hostname": "would call sethostname on the host",
+    "cgroup_write": "would write the harness's own (host) cgroup limit files",
+    "device_node": "would create a device node in the host's /dev",
+}
+VM_NOT_RUN = ("not run: the VM harness passes the command on the guest kernel command line (at most 2000 bytes, "
+              "too small for the probe scripts) and mounts no host directory, so the static probe helper cannot "
+              "reach the guest; the guest runs its own kernel anyway (see the namespace rows)")
 
 
 def probe_script(marker: str, loopback_port: int, token: str, shm_key: int, marker_file: str, host_pid: int) -> str:
@@ -89,6 +109,61 @@ def judge(p: dict[str, str], host: dict[str, str]) -> dict[str, dict]:
     return {k: {"isolated": bool(own_kernel or ok), "evidence": kern + ev} for k, (ok, ev) in rows.items()}
 
 
+def breakout_script(probes: dict[str, tuple[str, ...] | list[str]]) -> str:
+    """One shell script running each probe's rendered argv in a subshell between marker lines."""
+    parts = []
+    for name, argv in probes.items():
+        cmd = " ".join(shlex.quote(a) for a in argv)
+        parts.append(f"echo '{PROBE_MARK} {name}'; ( {cmd} ) 2>&1; echo \"{PROBE_MARK}-RC {name} $?\"")
+    return "\n".join(parts + ["true"])
+
+
+def parse_breakout(output: str) -> dict[str, tuple[int | None, str]]:
+    """name -> (exit code or None when the probe never finished, its output)."""
+    out: dict[str, tuple[int | None, str]] = {}
+    name, buf = None, []
+    for line in output.splitlines():
+        if line.startswith(PROBE_MARK + "-RC "):
+            f = line.split()
+            if name is not None and len(f) >= 3 and f[1] == name:
+                out[name] = (int(f[2]) if f[2].lstrip("-").isdigit() else None, "\n".join(buf))
+                name, buf = None, []
+        elif line.startswith(PROBE_MARK + " "):
+            if name is not None:
+                out[name] = (None, "\n".join(buf))
+            name, buf = line.split(None, 1)[1].strip(), []
+        elif name is not None:
+            buf.append(line)
+    if name is not None:
+        out[name] = (None, "\n".join(buf))
+    return out
+
+
+def _short(text: str, limit: int = 160) -> str:
+    one = " | ".join(ln.strip() for ln in text.strip().splitlines() if ln.strip())
+    return one if len(one) <= limit else one[:limit - 3] + "..."
+
+
+def judge_breakout(env: str, results: dict[str, tuple[int | None, str]], cap_drop: dict[str, tuple[str, ...]],
+                   description: dict[str, str], blocked_if) -> dict[str, dict]:
+    """``breakout:<probe>`` cells of one environment. ``blocked_if(name, code, out)`` is the probe's verdict."""
+    cells = {}
+    for name, (code, text) in results.items():
+        if code is None:
+            cells[BREAKOUT + name] = {"isolated": None, "description": description[name],
+                                      "evidence": f"not run to the end: {_short(text) or '-'}"}
+            continue
+        blocked = bool(blocked_if(name, code, text))
+        drop = f" (with --cap-drop {','.join(cap_drop[name])})" if cap_drop.get(name) and env != "native" else ""
+        # ENOSYS counts as blocked, but then it is the host kernel (e.g. no module support), not the wall
+        kernel = " (ENOSYS: this kernel lacks the call, blocked everywhere)" if "Function not implemented" in text else ""
+        cells[BREAKOUT + name] = {
+            "isolated": blocked, "description": description[name],
+            "evidence": f"{'blocked' if blocked else 'NOT blocked'}{drop}{kernel}: exit {code}: "
+                        f"{_short(text) or '(no output)'}"}
+    return cells
+
+
 class Isolation(Workload):
     name = "isolation"
     images = ("busybox",)
@@ -118,6 +193,13 @@ class Isolation(Workload):
         marker_file = Path(f"/tmp/isobench-hostmarker-{secrets.token_hex(4)}")
         marker_file.write_text("host\n")
         self._stack.callback(marker_file.unlink, missing_ok=True)
+        self.hc = hc
+        self.helper_dir, self.helper_error = None, ""
+        try:
+            self.helper_dir = (ctx.work_dir or ctx.paths.tmp) / "probe-helper"
+            probes.build_helper(self.helper_dir)
+        except (IsobenchError, OSError) as exc:
+            self.helper_dir, self.helper_error = None, str(exc)
         self.script = probe_script(probes.MARKER, hc["loopback_port"], token.split("-")[-1], shm_key,
                                    str(marker_file), int(hc["host_pid"]))
         self.host = {"boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
@@ -131,8 +213,44 @@ class Isolation(Workload):
         if "FILE" not in p:
             raise BenchError(f"isolation probe in {env.name} printed no results (exit {out.exit_code}): "
                              f"{out.output.strip()[-200:]!r}")
-        ctx.facts.setdefault("isolation", {})[env.name] = judge(p, self.host)
+        row = judge(p, self.host)
+        row.update(self._breakout(env, ctx))
+        ctx.facts.setdefault("isolation", {})[env.name] = row
         return []
+
+    def _breakout(self, env: Environment, ctx: Context) -> dict[str, dict]:
+        from runtime.security import probes
+
+        if env.name == "vm":
+            return {BREAKOUT + n: {"isolated": None, "description": p.description, "evidence": VM_NOT_RUN}
+                    for n, p in probes.PROBES.items()}
+        cells: dict[str, dict] = {}
+        groups: dict[tuple[str, ...], dict[str, list[str]]] = {}
+        pctx = {**self.hc, "state_root": str(ctx.paths.root)}
+        for name, probe in probes.PROBES.items():
+            if env.name == "native" and name in NATIVE_SKIP:
+                cells[BREAKOUT + name] = {"isolated": None, "description": probe.description,
+                                          "evidence": f"skipped natively: would change the host ({NATIVE_SKIP[name]})"}
+            elif probe.needs_helper and self.helper_dir is None:
+                cells[BREAKOUT + name] = {"isolated": None, "description": probe.description,
+                                          "evidence": f"not run: no probe helper ({self.helper_error})"}
+            else:
+                groups.setdefault(tuple(probe.cap_drop), {})[name] = probes.render(probe.argv, pctx)
+        from bench.environments.base import Volume
+
+        vol = Volume(host_dir=self.helper_dir, destination=probes.HELPER_DIR) if self.helper_dir else None
+        for cap_drop, argvs in groups.items():
+            job = Job(image=ctx.image("busybox"), argv=("/bin/sh", "-c", breakout_script(argvs)), timeout_s=180,
+                      volume=vol, cap_drop=cap_drop)
+            out = env.run(job)
+            results = parse_breakout(out.output)
+            for name in argvs:
+                results.setdefault(name, (None, f"no output (instance exit {out.exit_code}: "
+                                                f"{_short(out.output, 120)})"))
+            cells.update(judge_breakout(env.name, results, {n: probes.PROBES[n].cap_drop for n in argvs},
+                                        {n: probes.PROBES[n].description for n in argvs},
+                                        lambda n, c, t: probes.PROBES[n].blocked_if(c, t)))
+        return {k: cells[k] for k in (BREAKOUT + n for n in probes.PROBES) if k in cells}
 
     def teardown(self, ctx: Context) -> None:
         stack = getattr(self, "_stack", None)

@@ -1,0 +1,83 @@
+"""The isolation workload's breakout part: probe script + parsing + verdicts, cap_drop mapping, report rows."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+from bench.environments import runc as runcenv
+from bench.environments.base import Job
+from bench.report import tables
+from bench.workloads import isolation
+
+CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_RAW"]
+
+
+def test_breakout_script_roundtrip_through_sh():
+    script = isolation.breakout_script({"a": ["/bin/sh", "-c", "echo 'hi'; exit 3"], "b": ["/nonexistent/x"],
+                                        "c": ["/bin/sh", "-c", 'echo "$((1+1))" WROTE']})
+    out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=10).stdout
+    res = isolation.parse_breakout(out)
+    assert res["a"] == (3, "hi")
+    assert res["b"][0] == 127
+    assert res["c"] == (0, "2 WROTE")
+
+
+def test_parse_breakout_unfinished_probe():
+    out = f"{isolation.PROBE_MARK} a\npartial\n"
+    assert isolation.parse_breakout(out) == {"a": (None, "partial")}
+
+
+def test_judge_breakout_verdicts_and_notes():
+    res = {"raw": (1, "DENIED socket: Operation not permitted"), "mod": (1, "DENIED init_module: Function not implemented"),
+           "pids": (0, "1"), "gone": (None, "")}
+    cells = isolation.judge_breakout("runc", res, {"raw": ("NET_RAW",)}, {n: n + " desc" for n in res},
+                                     lambda n, c, t: "DENIED" in t)
+    assert cells["breakout:raw"]["isolated"] is True
+    assert "--cap-drop NET_RAW" in cells["breakout:raw"]["evidence"]
+    assert "ENOSYS" in cells["breakout:mod"]["evidence"]
+    assert cells["breakout:pids"]["isolated"] is False
+    assert cells["breakout:pids"]["evidence"].startswith("NOT blocked")
+    assert cells["breakout:gone"]["isolated"] is None
+
+
+def test_native_skips_only_host_changing_probes():
+    from runtime.security import probes
+
+    assert set(isolation.NATIVE_SKIP) <= set(probes.PROBES)
+
+
+def test_runc_bundle_drops_capabilities(monkeypatch):
+    tpl = {"process": {"terminal": True, "args": ["sh"], "env": [], "cwd": "/",
+                       "capabilities": {"bounding": list(CAPS), "effective": list(CAPS)}},
+           "root": {"path": "rootfs"}, "mounts": [], "linux": {"namespaces": []}}
+    monkeypatch.setattr(runcenv, "spec_template", lambda: copy.deepcopy(tpl))
+    cfg = runcenv.bundle_config(Job(image="x", argv=("true",), cap_drop=("net_raw",)), {}, Path("/r"), "isobench-x",
+                                None, None, None)
+    assert cfg["process"]["capabilities"]["bounding"] == ["CAP_AUDIT_WRITE", "CAP_KILL"]
+    assert cfg["process"]["capabilities"]["effective"] == ["CAP_AUDIT_WRITE", "CAP_KILL"]
+
+
+def test_container_config_cap_drop(tmp_path):
+    from bench.environments.container import container_config
+    from runtime.paths import HostPaths
+
+    cfg = container_config(Job(image="i", argv=("true",), cap_drop=("NET_RAW",)), HostPaths(root=tmp_path))
+    assert cfg.security.cap_drop == ("NET_RAW",)
+
+
+def test_report_breakout_rows_and_counts():
+    facts = {"isolation": {
+        "native": {"pid": {"isolated": False, "evidence": "x"},
+                   "breakout:a": {"isolated": False, "evidence": "NOT blocked: exit 0", "description": "do a"},
+                   "breakout:b": {"isolated": None, "evidence": "skipped natively: would change the host"}},
+        "runc": {"breakout:a": {"isolated": True, "evidence": "blocked: exit 1"},
+                 "breakout:b": {"isolated": True, "evidence": "blocked: exit 1"}}}}
+    df = tables.namespace_matrix(facts)
+    rows = {r["namespace"]: r for r in df.to_dict("records")}
+    assert rows["breakout probe a: do a"]["native"].startswith("NOT blocked")
+    assert rows["breakout probe b"]["native"].startswith("skipped")
+    assert rows["breakout probes blocked"] == {"namespace": "breakout probes blocked", "native": "0/1 run",
+                                               "runc": "2/2 run"}
+    assert not any(k.startswith("breakout:") for k in rows)  # not also listed as extra namespaces
