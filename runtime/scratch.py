@@ -167,7 +167,7 @@ def orphan_temp_files(paths: HostPaths) -> list[Path]:
     out: list[Path] = []
     if not paths.root.is_dir():
         return out
-    skip = {paths.layers, paths.flat, paths.tmp}
+    skip = {paths.layers, paths.flat, paths.tmp, paths.volumes}  # content and user data: never ours to sweep
     for dirpath, dirnames, filenames in os.walk(paths.root):
         here = Path(dirpath)
         dirnames[:] = [d for d in dirnames if d not in _CONTENT_DIRS and here / d not in skip

@@ -90,10 +90,12 @@ def test_gc_removes_pid_tagged_temp_files_of_dead_writers(paths):
     untagged = blobs / ".tmp-12345678"  # fsutil's names carry no pid: left alone
     content = paths.root / "flat" / "f1" / f".tmp-w-pid{_dead_pid()}-x"  # inside content trees: never walked
     content.parent.mkdir(parents=True)
-    for f in (dead, mine, untagged, content):
+    user_data = paths.volumes / "v1" / f".tmp-pid{_dead_pid()}-x"  # a volume's files are the user's
+    user_data.parent.mkdir(parents=True)
+    for f in (dead, mine, untagged, content, user_data):
         f.write_bytes(b"x")
     assert scratch.gc(paths) == [f"partial file {dead}"]
-    assert mine.exists() and untagged.exists() and content.exists()
+    assert mine.exists() and untagged.exists() and content.exists() and user_data.exists()
 
 
 def test_atomic_write_owned_leaves_only_the_file(paths):
