@@ -19,7 +19,7 @@ class Profile:
     tool_duration_s: float       # sysbench/wrk/iperf3/fio run time per value
     footprint_n: tuple[int, ...]  # instance counts for footprint vs N (the largest is the headline)
     footprint_values: int        # repetitions of the footprint measurement
-    enforcement_duration_s: float
+    enforcement_duration_s: float  # seconds per enforcement value (a sampling window, or one fio run)
     vm_memory_mib: int = 256
     fio_size_mib: int = 64
 
@@ -33,10 +33,10 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", values=5, warmups=1, tool_duration_s=1.0, footprint_n=(1, 2),
-                     footprint_values=5, enforcement_duration_s=2.0, fio_size_mib=32),
+                     footprint_values=5, enforcement_duration_s=1.0, fio_size_mib=32),
     # estimated ~45 min on the 2-core TCG host (per-workload estimate from the quick run's step times)
     "full": Profile(name="full", values=15, warmups=2, tool_duration_s=3.0, footprint_n=(1, 4, 8),
-                    footprint_values=5, enforcement_duration_s=5.0),
+                    footprint_values=5, enforcement_duration_s=3.0),
 }
 
 

@@ -81,3 +81,30 @@ def test_report_breakout_rows_and_counts():
     assert rows["breakout probes blocked"] == {"namespace": "breakout probes blocked", "native": "0/1 run",
                                                "runc": "2/2 run"}
     assert not any(k.startswith("breakout:") for k in rows)  # not also listed as extra namespaces
+
+
+def test_enforcement_window_deltas_and_median_fact():
+    from bench.profiles import PROFILES
+    from bench.workloads import enforcement
+    from bench.workloads.base import Context
+    from runtime.paths import HostPaths
+
+    assert enforcement.window_deltas([(0.0, 0.0), (1.0, 0.5), (3.0, 1.5)]) == [0.5, 0.5]
+    ctx = Context(paths=HostPaths(root=Path("/nonexistent")), profile=PROFILES["quick"], images={})
+    for v, ok in ((0.5, True), (0.6, True), (0.52, False)):
+        enforcement._fact(ctx, "runc", "memory", 64, v, "MiB", ok, "ev")
+    enforcement._fact(ctx, "runc", "cpus", 0.5, 0.5, "CPUs", lambda m: m <= 0.575, "ev")
+    enforcement._fact(ctx, "runc", "cpus", 0.5, 0.9, "CPUs", lambda m: m <= 0.575, "ev")
+    enforcement._fact(ctx, "runc", "cpus", 0.5, 0.51, "CPUs", lambda m: m <= 0.575, "ev")
+    rows = {r["limit"]: r for r in ctx.facts["enforcement"]}
+    assert rows["memory"]["values"] == 3 and rows["memory"]["measured"] == 0.52
+    assert rows["memory"]["held"] is False           # a per-run verdict: every run must hold
+    assert rows["cpus"]["held"] is True and rows["cpus"]["measured"] == 0.51  # judged on the median
+    assert "median of 3 values" in rows["cpus"]["evidence"]
+
+
+def test_quick_profile_gives_five_enforcement_values():
+    from bench.profiles import PROFILES
+    from bench.workloads import enforcement
+
+    assert enforcement.WORKLOAD.iterations(PROFILES["quick"]) == (0, 5)
