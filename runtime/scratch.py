@@ -176,6 +176,11 @@ def orphan_temp_files(paths: HostPaths) -> list[Path]:
             m = _TEMP_FILE.match(f)
             if m and not _pid_alive(int(m.group(1))):
                 out.append(here / f)
+        for d in list(dirnames):  # pid-tagged TemporaryDirectory of a killed writer (e.g. VM shim staging)
+            m = _TEMP_FILE.match(d)
+            if m and not _pid_alive(int(m.group(1))):
+                out.append(here / d)
+                dirnames.remove(d)
     return out
 
 
@@ -186,7 +191,10 @@ def gc(paths: HostPaths) -> list[str]:
     removed: list[str] = []
     for f in orphan_temp_files(paths):
         with contextlib.suppress(FileNotFoundError):
-            f.unlink()
+            if f.is_dir() and not f.is_symlink():
+                shutil.rmtree(f)
+            else:
+                f.unlink()
             removed.append(f"partial file {f}")
     if not paths.tmp.is_dir():
         return removed

@@ -333,7 +333,7 @@ def build_setuid_helper(dest: Path) -> None:
         raise VMError("gcc not found: needed once to build the guest USER helper; install the Debian "
                       "package gcc")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as td:
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".tmp-gcc-pid{os.getpid()}-") as td:
         src = Path(td) / "setuid.c"
         src.write_text(SETUID_C)
         out = Path(td) / "setuid"
@@ -415,14 +415,14 @@ def build_disk(rootfs: Path, dest: Path, shim: str, setuid_helper: Path | None =
         if shutil.which(tool) is None:
             raise VMError(f"{tool} not found; install the Debian package e2fsprogs")
     size = disk_size_mib(_rootfs_bytes(rootfs), extra_mib)
-    tmp = dest.with_name(f".tmp-{dest.name}-{os.getpid()}")
+    tmp = dest.with_name(f".tmp-disk-pid{os.getpid()}-{dest.name}")  # gc-able after a kill (runtime.scratch)
     try:
         res = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "isobench", "-O", "^has_journal",
                               "-E", "root_owner=0:0", "-d", str(rootfs), str(tmp), f"{size}M"],
                              capture_output=True, text=True)
         if res.returncode != 0:
             raise VMError(f"mkfs.ext4 -d {rootfs} failed: {res.stderr.strip()[-300:]}")
-        with tempfile.TemporaryDirectory(dir=dest.parent) as td:
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".tmp-shim-pid{os.getpid()}-") as td:
             shim_file = Path(td) / "init"
             shim_file.write_text(shim)
             cmds = []

@@ -43,7 +43,9 @@ def bare_boot(paths, arts, memory_mib: int = MEMORY_MIB, timeout_s: float = 120.
     img = resolve_image("busybox", paths)
     plan = plan_command(img.config, COMMAND)
     frag = art.run_fragment(list(plan.argv), list(plan.env), plan.workdir, None)
-    work = Path(tempfile.mkdtemp(prefix="bare-", dir=paths.tmp))
+    from runtime.scratch import make_scratch, remove_scratch
+
+    work = make_scratch(paths, "vmboot")  # leased: `isobench gc` removes it after a kill
     try:
         overlay = work / "disk.qcow2"
         art.create_overlay(arts.disk, overlay)
@@ -71,7 +73,7 @@ def bare_boot(paths, arts, memory_mib: int = MEMORY_MIB, timeout_s: float = 120.
             raise RuntimeError("bare QEMU guest printed the wrong output")
         return ph
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_scratch(work)
 
 
 def median(xs: list[float]) -> float:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.requires("root", "busybox")
 # scratch dirs are leased (runtime.scratch) and the image store's temp files carry their writer's pid, so
 # gc removes both; the VM harness's kernel/initrd files are still written through runtime.fsutil's
 # atomic_write_bytes, whose ``.tmp-*`` names do not say which process wrote them.
-KNOWN_UNCOLLECTED: set[tuple[str, str]] = {("partial_files", "/vm-artifacts/")}
+KNOWN_UNCOLLECTED: set[tuple[str, str]] = set()
 TRIALS_TOTAL = int(os.environ.get("ISOBENCH_CRASH_TRIALS", "24"))
 
 
