@@ -296,16 +296,33 @@ def _ps(args) -> int:
         if not args.all and not status.startswith("Up"):
             continue
         rows.append((st["id"][:12], st.get("image", ""), _short(" ".join(st.get("argv", [])), 24),
-                     _age(st.get("created_at")), status, st.get("name") or ""))
+                     _age(st.get("created_at")), status, ports_text(st), st.get("name") or ""))
     if args.quiet:
         for r in rows:
             print(r[0])
         return 0
-    header = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")
+    header = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for r in (header, *rows):
         print("   ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
     return 0
+
+
+def ports_text(st: dict) -> str:
+    """Docker's PORTS column (``0.0.0.0:18080->80/tcp, ...``) from the state's published mappings,
+    which :func:`runtime.api.start` records as ``[host_ip, host_port, container_port, protocol]``."""
+    from runtime.network.portspec import short_mapping
+    from runtime.spec import PortMapping
+
+    out = []
+    for item in st.get("ports") or ():
+        try:
+            host_ip, host_port, ctr_port, proto = item
+            out.append(short_mapping(PortMapping(host_port=int(host_port), container_port=int(ctr_port),
+                                                 protocol=proto, host_ip=host_ip or "")))
+        except (TypeError, ValueError):
+            continue  # a hand-edited or foreign state entry: show the others rather than fail `ps`
+    return ", ".join(out)
 
 
 def _short(text: str, n: int) -> str:

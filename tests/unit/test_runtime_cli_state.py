@@ -82,3 +82,23 @@ def test_dead_process_is_not_alive():
     assert not S.alive(None, None)
     assert not S.alive(os.getpid(), 0)
     assert S.alive(os.getpid(), S.proc_start_time(os.getpid()))
+
+
+def test_ps_shows_published_ports(tmp_path, monkeypatch, capsys):
+    """Issue 4: ``ps`` shows a container's port mappings in a docker-style PORTS column."""
+    from bench import cli
+    from runtime.cli.container import ports_text
+
+    paths = HostPaths(root=tmp_path)
+    d = S.container_dir(paths, "abc123def456")
+    d.mkdir(parents=True)
+    S.write_state(d, {"id": "abc123def456", "name": "web", "image": "busybox", "argv": ["httpd", "-f"],
+                      "status": "running", "pid": os.getpid(), "pid_start": S.proc_start_time(os.getpid()),
+                      "ports": [["", 18080, 80, "tcp"], ["127.0.0.1", 5353, 53, "udp"]]})
+    monkeypatch.setenv("ISOBENCH_ROOT", str(tmp_path))
+    assert cli.main(["ps"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert "PORTS" in header.split("   ") or " PORTS " in header
+    assert "0.0.0.0:18080->80/tcp, 127.0.0.1:5353->53/udp" in row
+    assert row.rstrip().endswith("web")
+    assert ports_text({}) == "" and ports_text({"ports": [["x"], None]}) == ""
