@@ -198,7 +198,10 @@ def config_from_args(args) -> "object":
     if args.entrypoint is not None:
         import shlex
 
-        entrypoint = tuple(shlex.split(args.entrypoint)) or ("",)
+        try:
+            entrypoint = tuple(shlex.split(args.entrypoint)) or ("",)
+        except ValueError as exc:  # unbalanced quote: shlex says "No closing quotation"
+            raise UsageError(f"--entrypoint {args.entrypoint!r}: {exc}") from exc
     return ContainerConfig(
         image=args.image, command=tuple(args.command) if args.command else None, entrypoint=entrypoint,
         env=tuple(env), workdir=args.workdir, user=args.user, hostname=args.hostname, name=args.name,
