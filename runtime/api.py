@@ -186,7 +186,7 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
         if config.network.mode == "bridge":
             from runtime import network
 
-            c._netplan = network.prepare(cid, config.network, paths, exposed_ports(img.config))
+            c._netplan = network.prepare(cid, config.network, paths, exposed_ports(img.config, config.image))
             undo.callback(network.detach, cid, paths)
         cgroupns = cgroup_namespace_supported()
         remap = config.userns == "remap"

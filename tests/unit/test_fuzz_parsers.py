@@ -227,8 +227,6 @@ image_configs = st.one_of(json_values, st.fixed_dictionaries({}, optional={
     }))}))
 
 
-@pytest.mark.xfail(strict=False, reason="BUG (runtime/config_image.py, reported): an image config whose fields have "
-                                        "the wrong JSON type (e.g. Env not a list) raises TypeError/AttributeError")
 @SETTINGS
 @given(image_configs, st.one_of(st.none(), st.lists(st.text(max_size=6), max_size=2).map(tuple)))
 def test_image_config_to_process_never_crashes(image_config, command):

@@ -153,3 +153,28 @@ def test_run_options_to_config():
 def test_run_bad_options(argv, match):
     with pytest.raises(UsageError, match=match):
         config_from_args(_args(*argv, "busybox"))
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"config": {"Env": "A=1"}}, "Env"), ({"config": {"Env": [1]}}, "Env"),
+    ({"config": {"Cmd": 3}}, "Cmd"), ({"config": {"Entrypoint": {"a": 1}}}, "Entrypoint"),
+    ({"config": {"WorkingDir": 7}}, "WorkingDir"), ({"config": {"User": ["root"]}}, "User"),
+    ({"config": []}, "config"),
+])
+def test_image_config_with_wrong_json_type_is_one_image_error(bad, field):
+    from runtime.errors import ImageError
+
+    with pytest.raises(ImageError) as exc:
+        process_spec(cfg(), bad, "h")
+    msg = str(exc.value)
+    assert "'busybox'" in msg and repr(field) in msg and "\n" not in msg
+
+
+def test_exposed_ports_wrong_type_is_an_image_error():
+    from runtime.config_image import exposed_ports
+    from runtime.errors import ImageError
+
+    assert exposed_ports({"config": {"ExposedPorts": {"80/tcp": {}}}}) == ("80/tcp",)
+    assert exposed_ports({"config": None}) == ()
+    with pytest.raises(ImageError, match="'web'.*ExposedPorts"):
+        exposed_ports({"config": {"ExposedPorts": ["80/tcp"]}}, "web")
