@@ -5,7 +5,9 @@ that created it, was killed) and it was not simply *stopped*: an exited containe
 kept until ``rm``, as in Docker. For an orphan, gc kills its PID 1 (the kernel then kills the whole PID
 namespace and drops its mounts with the mount namespace), empties and removes its cgroup, detaches its
 network, and removes its directory and name. Directories that never got a state file (a crash inside
-``create``) are removed once no lease covers them.
+``create``) are removed once no lease covers them. In every container dir, kept or not, half-written
+``.state.json.<pid>`` temp files of writers that are dead (a ``kill -9`` between write and rename in
+:func:`runtime.lifecycle.state.write_state`) are removed.
 """
 
 from __future__ import annotations
@@ -65,6 +67,32 @@ def remove_orphan(paths: HostPaths, st: dict) -> None:
     leases.release(cid)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stray_state_temps(cdir) -> list:
+    """``.state.json.<pid>`` files in ``cdir`` whose writer is no longer running."""
+    from runtime.lifecycle.state import TEMP_STATE
+
+    out = []
+    try:
+        entries = list(os.scandir(cdir))
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for e in entries:
+        m = TEMP_STATE.match(e.name)
+        if m and not _pid_alive(int(m.group(1))):
+            out.append(cdir / e.name)
+    return out
+
+
 def gc(paths: HostPaths) -> list[str]:
     """Remove this state root's orphaned containers; return what was removed."""
     from runtime.lifecycle import state as S
@@ -72,6 +100,10 @@ def gc(paths: HostPaths) -> list[str]:
     removed: list[str] = []
     for cid in S.all_ids(paths):
         cdir = S.container_dir(paths, cid)
+        for tmp in stray_state_temps(cdir):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(f"partial state file {tmp}")
         try:
             st = S.read_state(cdir)
         except IsobenchError:

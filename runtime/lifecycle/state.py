@@ -3,7 +3,9 @@
 State outlives the CLI (``run -d`` returns while the monitor keeps the container), so every verb reads
 it from here. Writes are temp file + rename (a reader never sees half a file; a ``kill -9`` leaves the
 old or the new one). No fsync: this is runtime state of processes that die with the machine anyway,
-and an fsync would cost milliseconds on the start path.
+and an fsync would cost milliseconds on the start path. The temp file is ``.state.json.<writer pid>``
+(:data:`TEMP_STATE`): a ``kill -9`` between write and rename leaves it behind, and
+:func:`runtime.lifecycle.gc.gc` removes those whose writer is dead.
 
 Names are reserved with ``O_CREAT|O_EXCL`` files in ``containers/.names/`` holding the id, so two
 concurrent ``run --name x`` cannot both win, without a lock or a scan of every container.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ from runtime.errors import ContainerError, UsageError
 from runtime.paths import HostPaths
 
 STATE_FILE = "state.json"
+TEMP_STATE = re.compile(r"^\.state\.json\.(\d+)$")  # write_state's temp name; group 1: the writer's pid
 
 
 def container_dir(paths: HostPaths, cid: str) -> Path:
@@ -41,9 +45,14 @@ def now_iso() -> str:
 def write_state(cdir: Path, state: dict[str, Any]) -> None:
     tmp = cdir / f".{STATE_FILE}.{os.getpid()}"
     text = json.dumps(state)  # compact: the C encoder (indent= falls back to the slow Python one)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, cdir / STATE_FILE)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, cdir / STATE_FILE)
+    except BaseException:  # a full disk or an exception mid-write: leave no temp behind (free on success)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def read_state(cdir: Path) -> dict[str, Any] | None:

@@ -102,3 +102,41 @@ def test_ps_shows_published_ports(tmp_path, monkeypatch, capsys):
     assert "0.0.0.0:18080->80/tcp, 127.0.0.1:5353->53/udp" in row
     assert row.rstrip().endswith("web")
     assert ports_text({}) == "" and ports_text({"ports": [["x"], None]}) == ""
+
+
+def test_gc_removes_state_temp_files_of_dead_writers_only(tmp_path):
+    """A ``kill -9`` between write and rename in write_state leaves ``.state.json.<pid>``; gc removes
+    it once that writer is dead, keeps a live writer's, and keeps the (exited, not --rm) container."""
+    import subprocess
+    import sys
+
+    from runtime.lifecycle import gc as lgc
+
+    paths = HostPaths(root=tmp_path)
+    d = S.container_dir(paths, "abc123")
+    d.mkdir(parents=True)
+    S.write_state(d, {"id": "abc123", "status": "exited", "exit_code": 0})
+    assert sorted(os.listdir(d)) == ["state.json"]  # the fast path leaves no temp behind
+    # a writer killed mid-write: the child writes its temp the way write_state does, then dies
+    code = ("import os,sys; open(os.path.join(sys.argv[1], f'.state.json.{os.getpid()}'), 'w').write('{\"id\"');"
+            "os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", code, str(d)], check=False)
+    mine = d / f".state.json.{os.getpid()}"  # a live writer's temp (this process): not touched
+    mine.write_text("{}")
+    dead = [p for p in d.iterdir() if S.TEMP_STATE.match(p.name) and p != mine]
+    assert len(dead) == 1
+    removed = lgc.gc(paths)
+    assert removed == [f"partial state file {dead[0]}"]
+    assert sorted(os.listdir(d)) == sorted(["state.json", mine.name])
+    assert S.read_state(d)["status"] == "exited"
+
+
+def test_write_state_failure_leaves_no_temp(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    with pytest.raises(TypeError):
+        S.write_state(d, {"x": object()})  # json fails before the temp exists
+    (d / S.STATE_FILE).mkdir()  # rename onto a directory fails after the temp was written
+    with pytest.raises(OSError):
+        S.write_state(d, {"x": 1})
+    assert sorted(os.listdir(d)) == [S.STATE_FILE]
