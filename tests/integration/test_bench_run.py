@@ -38,6 +38,7 @@ def test_tiny_run_valid_files(isobench_root, tmp_path, leak_check):
     import pyperf
 
     from bench.results import META_KEYS, SAMPLE_COLUMNS, load_run
+    from runtime.security import probes
 
     envs = available_envs()
     out = tmp_path / "run"
@@ -57,13 +58,20 @@ def test_tiny_run_valid_files(isobench_root, tmp_path, leak_check):
         suite = pyperf.BenchmarkSuite.load(str(out / f"{env}.json"))
         b = suite.get_benchmark("startup.create_to_exit_s")
         assert len(b.get_values()) == 2
-        assert set(run.facts["isolation"][env]) == {"pid", "hostname", "network", "user", "ipc", "filesystem"}
+        iso = run.facts["isolation"][env]
+        assert {k for k in iso if not k.startswith("breakout:")} == {"pid", "hostname", "network", "user", "ipc",
+                                                                      "filesystem"}
+        assert {k.removeprefix("breakout:") for k in iso if k.startswith("breakout:")} == set(probes.PROBES)
         assert run.facts["phases"][env]
     assert set(run.facts["ephemerality"]) == set(envs) - {"native"}
     for env in set(envs) - {"native"}:
         assert run.facts["ephemerality"][env]["without_volume_survived"] is False
     assert run.facts["isolation"]["native"]["pid"]["isolated"] is False
     assert run.facts["isolation"]["runc"]["pid"]["isolated"] is True
+    # breakout probes: runc's defaults block the host-reaching ones; natively they get through
+    assert run.facts["isolation"]["runc"]["breakout:see_host_pids"]["isolated"] is True
+    assert run.facts["isolation"]["native"]["breakout:see_host_pids"]["isolated"] is False
+    assert run.facts["isolation"]["native"]["breakout:set_hostname"]["isolated"] is None  # skipped natively
     # environments interleaved: iteration order in the samples is A B C D A B C D
     first = run.samples[run.samples.metric == "create_to_exit_s"]
     assert list(first.environment[: len(envs)]) == envs
