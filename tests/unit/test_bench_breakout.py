@@ -108,3 +108,18 @@ def test_quick_profile_gives_five_enforcement_values():
     from bench.workloads import enforcement
 
     assert enforcement.WORKLOAD.iterations(PROFILES["quick"]) == (0, 5)
+
+
+def test_vm_groups_fit_the_kernel_command_line():
+    import base64
+    import shlex
+
+    from runtime.security import probes
+
+    ctx = {"host_pid": 4194304, "loopback_port": 65535, "state_root": "/var/lib/isobench/some/long/root"}
+    argvs = {n: probes.render(p.argv, ctx) for n, p in probes.PROBES.items() if not p.needs_helper}
+    groups = isolation.vm_groups(argvs)
+    assert [n for g in groups for n in g] == list(argvs)
+    for g in groups:
+        encoded = base64.b64encode(shlex.join(["/bin/sh", "-c", isolation.breakout_script(g)]).encode())
+        assert len(encoded) <= isolation.VM_CMDLINE_BUDGET or len(g) == 1
