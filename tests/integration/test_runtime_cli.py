@@ -197,3 +197,17 @@ def test_exec_joins_remapped_container(cli, paths, leak_check):
     p = cli("exec", "remapped", "cat", "/proc/self/uid_map", check_rc=0)
     assert p.stdout.split() == ["0", "100000", "65536"]
     cli("rm", "-f", "remapped", check_rc=0)
+
+
+@pytest.mark.requires("iptables", "cgroup_v1")
+def test_ps_shows_published_ports(cli, paths, leak_check):
+    """Issue 4: ``ps`` lists a running container's port mappings docker-style (PORTS column)."""
+    cli("run", "-d", "--name", "pub", "-p", "18093:80", "-p", "127.0.0.1:18094:81/udp", "busybox",
+        "sleep", "30", check_rc=0)
+    try:
+        lines = cli("ps", check_rc=0).stdout.splitlines()
+        assert "PORTS" in lines[0]
+        row = next(ln for ln in lines if ln.rstrip().endswith("pub"))
+        assert "0.0.0.0:18093->80/tcp, 127.0.0.1:18094->81/udp" in row, row
+    finally:
+        cli("rm", "-f", "pub", check_rc=0)
