@@ -58,3 +58,13 @@ def _prune_bridge_made_by_the_session():
     from runtime.paths import HostPaths
 
     prune(HostPaths.from_env())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``leak_check`` is set up before (so torn down after) every other function fixture of a test,
+    whatever the argument order: its snapshot must be taken after the factories have cleaned up."""
+    for item in items:
+        names = getattr(item, "fixturenames", None)
+        if names and "leak_check" in names:
+            names.remove("leak_check")
+            names.insert(0, "leak_check")
