@@ -110,7 +110,24 @@ def connect():
         _conn = libvirt.open(URI)
     except libvirt.libvirtError as exc:
         raise VMError(f"libvirtd is not reachable at {URI}: {exc.get_error_message()}; {HOW_TO_START}") from exc
+    import atexit
+
+    # close while the libvirt module still exists: a connection left to interpreter shutdown makes
+    # virConnect.__del__ print a TypeError traceback after everything else
+    atexit.register(_close_at_exit)
     return _conn
+
+
+def _close_at_exit() -> None:
+    global _conn
+    conn, _conn = _conn, None
+    if conn is not None:
+        import libvirt
+
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass  # the daemon went away first: nothing left to close
 
 
 def libvirt_version() -> str:
