@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, prefix: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # the writer's pid in the name lets `isobench gc` (runtime.scratch) delete it after a kill -9
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-pid{os.getpid()}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=prefix or f".tmp-pid{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

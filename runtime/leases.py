@@ -33,6 +33,11 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a running (not zombie) process; gc asks this of temp-file writers."""
+    return _start_time(pid) is not None
+
+
 def take(obj_id: str, pid: int | None = None, kind: str = "", root: str = "") -> None:
     """Record that ``pid`` (default: this process) owns ``obj_id``. Re-taking moves the lease."""
     owner = os.getpid() if pid is None else pid

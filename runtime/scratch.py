@@ -22,12 +22,12 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from runtime import leases, syscalls
+from runtime.fsutil import atomic_write_bytes
 from runtime.paths import PREFIX, HostPaths, new_id
 
 UNLEASED_MAX_AGE_S = 10 * 60  # no build step of a killed command is still running after this
@@ -48,19 +48,7 @@ def temp_prefix(tag: str) -> str:
 
 def atomic_write_owned(path: Path, data: bytes, mode: int = 0o644) -> None:
     """:func:`runtime.fsutil.atomic_write_bytes` with a pid-tagged temp name (collectable by :func:`gc`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("w"), dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data, mode, prefix=temp_prefix("w"))
 
 
 def _check_kind(kind: str) -> str:
@@ -134,13 +122,6 @@ def _unmount_below(path: Path) -> list[str]:
     return done
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -153,7 +134,7 @@ def is_orphan(path: Path, now: float | None = None) -> bool:
     if (leases.lease_dir() / f"{obj_id}.json").exists():
         return not leases.is_live(obj_id)
     m = _NAME.match(name)
-    if m and not _pid_alive(int(m.group(2))):
+    if m and not leases.pid_alive(int(m.group(2))):
         return True
     try:
         age_s = (time.time() if now is None else now) - path.stat().st_mtime
@@ -174,11 +155,11 @@ def orphan_temp_files(paths: HostPaths) -> list[Path]:
                        and not (here / d).is_mount()]
         for f in filenames:
             m = _TEMP_FILE.match(f)
-            if m and not _pid_alive(int(m.group(1))):
+            if m and not leases.pid_alive(int(m.group(1))):
                 out.append(here / f)
         for d in list(dirnames):  # pid-tagged TemporaryDirectory of a killed writer (e.g. VM shim staging)
             m = _TEMP_FILE.match(d)
-            if m and not _pid_alive(int(m.group(1))):
+            if m and not leases.pid_alive(int(m.group(1))):
                 out.append(here / d)
                 dirnames.remove(d)
     return out

@@ -67,13 +67,6 @@ def remove_orphan(paths: HostPaths, st: dict) -> None:
     leases.release(cid)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -88,7 +81,7 @@ def stray_state_temps(cdir) -> list:
         return out
     for e in entries:
         m = TEMP_STATE.match(e.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not leases.pid_alive(int(m.group(1))):
             out.append(cdir / e.name)
     return out
 
