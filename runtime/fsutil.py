@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, prefix: str | None = None) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, prefix: str | None = None,
+                       fsync: bool = True) -> None:
+    """``fsync=False`` for state that describes kernel objects which do not survive a reboot anyway
+    (IPAM, port records): rename alone still gives old-or-new after a ``kill -9``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # the writer's pid in the name lets `isobench gc` (runtime.scratch) delete it after a kill -9
     fd, tmp = tempfile.mkstemp(prefix=prefix or f".tmp-pid{os.getpid()}-", dir=path.parent)
@@ -23,7 +26,8 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, prefix: str |
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
