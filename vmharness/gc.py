@@ -9,6 +9,7 @@ artifacts and cached disks of images that are no longer in the store.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import time
@@ -99,10 +100,49 @@ def _stale_artifacts(paths) -> list[str]:
     return removed
 
 
+_MACHINE_CGROUP = re.compile(r"^qemu-\d+-(isobench-[0-9a-f]+)\.libvirt-qemu$")
+
+
+def _orphan_machine_cgroups(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
+    """Empty ``machine/qemu-N-isobench-<id>.libvirt-qemu`` cgroups that libvirt left behind when
+    libvirtd itself died mid-shutdown. libvirt removes them on a normal shutdown; here the domain is
+    gone, nobody holds the lease and no process is inside, so nothing can still need them."""
+    from vmharness.daemons import LIBVIRT_SOCK, connect, socket_alive
+
+    live_domains: set[str] = set()
+    if socket_alive(LIBVIRT_SOCK):
+        live_domains = {d.name() for d in connect().listAllDomains()}
+    removed = []
+    for machine in sorted(cgroup_root.glob("*/machine")):
+        for cg in sorted(machine.iterdir()):
+            m = _MACHINE_CGROUP.match(cg.name)
+            if not m or not cg.is_dir() or m.group(1) in live_domains or leases.owner_alive(m.group(1)):
+                continue
+            dirs = sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+            try:
+                if any(_members(d) for d in [*dirs, cg]):
+                    continue  # a process is still inside: not ours to judge
+                for d in [*dirs, cg]:
+                    d.rmdir()
+            except OSError:
+                continue
+            removed.append(f"libvirt cgroup {cg}")
+    return removed
+
+
+def _members(cg: Path) -> str:
+    """Pids in a cgroup; threaded v2 cgroups (libvirt's vcpu/emulator dirs) refuse cgroup.procs."""
+    try:
+        return (cg / "cgroup.procs").read_text().strip()
+    except OSError:
+        return (cg / "cgroup.threads").read_text().strip()
+
+
 def gc(paths) -> list[str]:
     """Remove this area's orphans of crashed runs by their ``isobench-`` names; return what was removed."""
     removed = _orphan_domains()
     removed += _orphan_records(paths)
     removed += _orphan_taps()
     removed += _stale_artifacts(paths)
+    removed += _orphan_machine_cgroups()
     return removed
