@@ -10,7 +10,6 @@ import shutil
 
 from bench.environments.base import Environment, Job, Volume
 from bench.workloads.base import Context, Measurement, Workload, check_exit
-from runtime.errors import BenchError, IsobenchError
 
 WRITE = 'echo {t} > /isobench-ephemeral.txt && mkdir -p {d} && echo {t} > {d}/isobench-ephemeral.txt && sync; true'
 WRITE_NOVOL = 'echo {t} > /isobench-ephemeral.txt && sync; true'

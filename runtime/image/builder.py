@@ -18,7 +18,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import stat
 import tarfile
 from dataclasses import dataclass, field

@@ -121,6 +121,22 @@ def _check_index(index: object, path: Path) -> None:
         raise ImageError(f"{path}: not an OCI index (expected an object with a 'manifests' list)")
 
 
+def copy_atomic(src: Path, dest: Path, tag: str) -> None:
+    """Copy ``src`` to ``dest`` through a pid-tagged temp + rename: a reader (or a kill -9) sees the
+    whole blob or none of it, and `isobench gc` removes a killed writer's temp."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(tag), dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 class ImageStore:
     """OCI layout + derived caches for one state root. Cheap to construct; safe across processes."""
 
@@ -217,16 +233,7 @@ class ImageStore:
         digest = "sha256:" + sha.hexdigest()
         dest = self.blob_path(digest)
         if not dest.exists():
-            fd, tmp = tempfile.mkstemp(prefix=temp_prefix("layer"), dir=self.blobs)
-            os.close(fd)
-            try:
-                shutil.copyfile(src, tmp)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            copy_atomic(src, dest, "layer")
         return LayerRef(digest, "sha256:" + tsha.hexdigest(), size)
 
     # ----------------------------------------------------------------- index

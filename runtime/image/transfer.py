@@ -22,9 +22,8 @@ from typing import Iterator
 from runtime.errors import ImageError
 from runtime.image import layers as L
 from runtime.image.store import (FIXED_CREATED, MT_MANIFEST, REF_ANNOTATION, ImageRecord, ImageStore,
-                                 canonical_json, check_name, digest_bytes)
+                                 canonical_json, check_name, copy_atomic, digest_bytes)
 from runtime.image.bases import DEFAULT_PATH
-from runtime.scratch import temp_prefix
 
 _LAYER_TYPES = ("tar", "tar+gzip")  # media type suffixes we can unpack (no zstd)
 
@@ -89,26 +88,12 @@ def load(store: ImageStore, archive: Path) -> list[ImageRecord]:
         for digest in sorted({d for _, _, ds in images for d in ds}):
             hexd = digest.split(":", 1)[1]
             if not store.has_blob(digest):
-                _adopt(blobs / hexd, store.blob_path(digest))
+                copy_atomic(blobs / hexd, store.blob_path(digest), "load")
         out = []
         for name, man_digest, _ in images:
             store._set_ref(name, man_digest, store.blob_path(man_digest).stat().st_size)
             out.append(store.resolve(name))
         return out
-
-
-def _adopt(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix("load"), dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _extract_outer(archive: Path, staging: Path) -> None:

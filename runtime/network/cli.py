@@ -40,10 +40,10 @@ def _ls(args) -> int:
     paths = _paths()
     cfg = bridge.load_config(paths)
     state = "up" if bridge.bridge_exists(cfg.bridge) else "absent (created on first bridged run)"
-    print(f"NETWORK  BRIDGE     SUBNET           GATEWAY         STATE")
+    print("NETWORK  BRIDGE     SUBNET           GATEWAY         STATE")
     print(f"bridge   {cfg.bridge:<10} {cfg.subnet:<16} {str(cfg.gateway.ip):<15} {state}")
-    print(f"host     -          -                -               the host's own network stack")
-    print(f"none     -          -                -               loopback only")
+    print("host     -          -                -               the host's own network stack")
+    print("none     -          -                -               loopback only")
     allocs = ipam.allocations(paths)
     if allocs:
         print()
