@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "bench.cli_bench",         # bench
     "bench.cli_report",        # report, compare, check
     "bench.cli_gc",            # gc (every area)
+    "runtime.cli.server",      # server start/stop/status (the fork server behind the C client)
 )
 
 
@@ -40,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command. ``parser``: a tree built earlier by :func:`build_parser` (the isobench server
+    builds it once and reuses it in every worker it forks)."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)

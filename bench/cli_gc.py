@@ -16,6 +16,7 @@ GC_AREAS: tuple[str, ...] = (
     "runtime.network.gc",
     "vmharness.gc",
     "runtime.image.gc",      # temp dirs of crashed unpacks and builds
+    "runtime.cli.server",    # socket and pidfile of a dead `isobench server` (never a live one's)
 )
 
 

@@ -50,3 +50,7 @@ class BenchError(IsobenchError):
 
 class SecurityError(IsobenchError):
     """Capabilities, seccomp or masked-path configuration problems."""
+
+
+class ServerError(IsobenchError):
+    """The isobench fork server: start/stop/status problems and malformed client requests."""

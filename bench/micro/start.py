@@ -7,13 +7,17 @@ Side by side in one run, interleaved so machine noise hits every contender alike
 * **runc run** of the same image's flat rootfs (bundle from ``runc spec``, its default namespaces,
   no network): the reference OCI runtime, as a subprocess (that *is* its cost);
 * **unshare -fpmiu true**: the floor (namespaces + fork + exec, no rootfs, no cgroup);
-* **CLI** ``isobench run --rm --network none busybox true`` end to end vs ``runc run``;
+* **CLI** ``isobench run --rm --network none busybox true`` end to end vs ``runc run``, twice: with no
+  server (the client execs the Python CLI: interpreter start-up and imports on every command) and via
+  a private ``isobench server`` this benchmark starts and stops (a forked, pre-imported worker per
+  command), each paired with its own runc sample;
 * **churn**: N containers created, run and removed in sequence, then a leak check (cgroups, dirs,
   leases, mounts, fds of this process);
 * **idle overhead**: PSS of a detached container's monitor plus its state directory.
 
-Everything lives in a private state root that is removed at the end. Exit status 1 when a target is
-missed (in-process median < 10 ms; CLI no slower than runc; idle overhead < 2 MiB). Runs at nice -20
+Everything lives in a private state root (the server's socket too) that is removed at the end. Exit
+status 1 when a target is missed (in-process median < 10 ms; CLI via the server no slower than runc;
+idle overhead < 2 MiB). Runs at nice -20
 unless ``--no-nice`` (every contender inherits it, so the comparison stays fair on a shared machine).
 """
 
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = HostPaths(root=root).ensure()
     figures: dict[str, object] = {}
+    started_server = False
     try:
         store = ImageStore(paths)
         img = store.resolve("busybox")
@@ -122,8 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         bundle = make_bundle(store.flat_rootfs(img), root / "bundle")
         runc_root = root / "runc-state"
         cfg = ContainerConfig(image="busybox", command=("true",), network=NetworkSpec(mode="none"))
-        cli = [str(Path(sys.executable).with_name("isobench")), "run", "--rm", "--network", "none", "busybox", "true"]
-        env = {**os.environ, "ISOBENCH_ROOT": str(root)}
+        from runtime.cli.server import SOCKET_ENV, ensure_client
+
+        client = ensure_client(str(root / "bin"))  # the installed client, or one built for this run
+        cli = [client, "run", "--rm", "--network", "none", "busybox", "true"]
+        # no server: the socket does not exist, so the client execs the Python CLI (isobench-py)
+        env = {**os.environ, "ISOBENCH_ROOT": str(root), SOCKET_ENV: str(root / "no-server.sock")}
+        server_sock = str(root / "server.sock")
+        server_env = {**env, SOCKET_ENV: server_sock}
+        subprocess.run([client, "server", "start", "--socket", server_sock], env=server_env, check=True,
+                       stdout=subprocess.DEVNULL)
+        started_server = True
 
         def runc_once() -> float:
             return time_cmd(["runc", "--root", str(runc_root), "run", "--bundle", str(bundle),
@@ -134,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             api.run(cfg, paths)
             runc_once()
             time_cmd(cli, env)
+            time_cmd(cli, server_env)
         inproc, inproc_total, runc_ms, floor_ms, cli_ms, runc_cli_ms = [], [], [], [], [], []
+        srv_ms, runc_srv_ms = [], []
         phases: dict[str, list[float]] = {}
         for _ in range(args.n):
             t0 = time.perf_counter_ns()
@@ -149,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             floor_ms.append(time_cmd(["unshare", "-fpmiu", "true"]))
             cli_ms.append(time_cmd(cli, env))
             runc_cli_ms.append(runc_once())
+            srv_ms.append(time_cmd(cli, server_env))
+            runc_srv_ms.append(runc_once())
             del prev
 
         # churn: N containers in sequence, then a leak check
@@ -189,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             ("in-process incl. delete", inproc_total),
             ("runc run (same rootfs)", runc_ms),
             ("unshare -fpmiu true (floor)", floor_ms),
-            ("CLI isobench run --rm", cli_ms),
+            ("CLI isobench run --rm, no server", cli_ms),
             ("runc run (paired with CLI)", runc_cli_ms),
+            ("CLI via isobench server", srv_ms),
+            ("runc run (paired with server CLI)", runc_srv_ms),
         ]
         print(f"\nContainer start, {args.n} samples each, interleaved (ms)")
         print(f"{'contender':40} {'median':>8} {'p90':>8} {'min':>8}")
@@ -200,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         r_inproc = med[rows[0][0]] / med[rows[2][0]]
         r_floor = med[rows[0][0]] / med[rows[3][0]]
         r_cli = med[rows[4][0]] / med[rows[5][0]]
+        r_srv = med[rows[6][0]] / med[rows[7][0]]
         print(f"\nratios: in-process / runc = {r_inproc:.2f}   in-process / floor = {r_floor:.2f}   "
-              f"CLI / runc = {r_cli:.2f}")
+              f"CLI (no server) / runc = {r_cli:.2f}   CLI via server / runc = {r_srv:.2f}")
         print("\nin-process phase stamps, median ms since the call:")
         print("  " + "  ".join(f"{k}={statistics.median(v):.2f}" for k, v in phases.items()))
         print(f"\nchurn: {args.churn} containers in {churn_s:.1f} s ({churn_s / args.churn * 1e3:.1f} ms each), "
@@ -210,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
               f"= {idle_mib:.2f} MiB (target < {IDLE_TARGET_MIB} MiB)")
         figures = {
             "median_ms": med, "p90_ms": {name: pct(v, 0.9) for name, v in rows},
-            "ratios": {"inproc_over_runc": r_inproc, "inproc_over_floor": r_floor, "cli_over_runc": r_cli},
+            "ratios": {"inproc_over_runc": r_inproc, "inproc_over_floor": r_floor, "cli_over_runc": r_cli,
+                       "cli_server_over_runc": r_srv},
             "phases_median_ms": {k: statistics.median(v) for k, v in phases.items()},
             "churn": {"n": args.churn, "seconds": churn_s, "leftovers": leftovers, "fd_growth": fd_growth},
             "idle": {"monitor_pss_kib": statistics.mean(pss), "state_dir_kib": statistics.mean(dirs),
@@ -218,13 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2))
-        ok = (med[rows[0][0]] < IN_PROCESS_TARGET_MS, r_cli <= 1.0, not leftovers and fd_growth <= 0,
+        ok = (med[rows[0][0]] < IN_PROCESS_TARGET_MS, r_srv <= 1.0, not leftovers and fd_growth <= 0,
               idle_mib < IDLE_TARGET_MIB)
-        names = ("in-process median < 10 ms", "CLI no slower than runc", "churn leaves nothing",
+        names = ("in-process median < 10 ms", "CLI (via server) no slower than runc", "churn leaves nothing",
                  "idle overhead < 2 MiB")
         print("\ntargets: " + ", ".join(f"{n}: {'met' if o else 'MISSED'}" for n, o in zip(names, ok)))
         return 0 if all(ok) else 1
     finally:
+        if started_server:  # stopped by its pidfile (pid + start time), before its socket dir goes
+            subprocess.run([client, "server", "stop", "--socket", server_sock], env=server_env,
+                           stdout=subprocess.DEVNULL)
         from runtime.lifecycle.gc import gc
 
         gc(paths)

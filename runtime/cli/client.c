@@ -1,0 +1,255 @@
+/* isobench: the `isobench` command, a small client of the resident isobench server.
+ *
+ * Why C: a Python interpreter needs 12-17 ms to start and the CLI's imports ~60 ms more, so a Python
+ * `isobench run --rm busybox true` cannot match `runc run` (~26 ms). The server
+ * (runtime/cli/server.py, which documents the protocol) has paid both once and forks a worker per
+ * command; this client hands it argv, the working directory, the environment, the umask and its fds
+ * 0, 1, 2 (SCM_RIGHTS), forwards its signals to the worker and exits with the worker's exit code.
+ *
+ * No server (no socket, nobody listening, not allowed to connect), or a server that closed the
+ * connection before reading the request: the client execs the Python entry point `isobench-py` next
+ * to this binary with the same argv, so the command works the same, only slower. `isobench server ...`
+ * always runs in Python: the server does not manage itself.
+ *
+ * Built by scripts/setup.sh with `gcc -O2` and installed as .venv/bin/isobench.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#define MAGIC "ISB1"
+#define DEFAULT_SOCKET "/run/isobench/server.sock"
+#define SOCKET_ENV "ISOBENCH_SERVER_SOCKET"
+#define MAX_REQUEST_BYTES (4u << 20)
+#define EXIT_LOST 125
+
+extern char **environ;
+
+static const int FORWARDED[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
+#define NFORWARDED (sizeof FORWARDED / sizeof FORWARDED[0])
+
+static volatile sig_atomic_t worker_pid;
+static sigset_t saved_mask;
+
+static void forward(int sig, siginfo_t *info, void *ctx) {
+    (void)ctx;
+    int saved = errno;
+    pid_t pid = (pid_t)worker_pid;
+    if (pid > 0) {
+        /* From the terminal (Ctrl-C, Ctrl-\, resize, hang-up) the kernel signals the whole foreground
+         * group, so the worker's group gets it (its subprocesses too); a kill(2) aimed at this one
+         * process goes to the worker only. */
+        if (info->si_code != SI_KERNEL || kill(-pid, sig) != 0)
+            kill(pid, sig);
+    }
+    errno = saved;
+}
+
+/* Exec the Python CLI next to this binary with our argv; never returns. */
+static void run_python(char **argv) {
+    char exe[PATH_MAX];
+    sigprocmask(SIG_SETMASK, &saved_mask, NULL); /* the mask survives execve */
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 16);
+    if (n <= 0) {
+        fprintf(stderr, "isobench: cannot find this program's path (/proc/self/exe): %s\n", strerror(errno));
+        exit(127);
+    }
+    exe[n] = '\0';
+    const char *deleted = " (deleted)"; /* replaced by `make setup` while we ran */
+    size_t dl = strlen(deleted);
+    if ((size_t)n > dl && strcmp(exe + n - dl, deleted) == 0)
+        exe[n - dl] = '\0';
+    char *slash = strrchr(exe, '/');
+    strcpy(slash ? slash + 1 : exe, "isobench-py");
+    execv(exe, argv);
+    fprintf(stderr, "isobench: no isobench server, and cannot run %s: %s\n", exe, strerror(errno));
+    exit(127);
+}
+
+static int connect_server(const char *path) {
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof addr.sun_path)
+        return -1;
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* umask, cwd, argc, argv..., environ..., each NUL-terminated, behind "ISB1" and a u32 BE length. */
+static char *build_request(int argc, char **argv, size_t *len_out) {
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd))
+        return NULL; /* deleted or unreachable cwd: the Python CLI behaves as it would there */
+    mode_t mask = umask(0);
+    umask(mask);
+    char head[32];
+    int hl = snprintf(head, sizeof head, "%04o", (unsigned)mask) + 1;
+    char argc_text[16];
+    int al = snprintf(argc_text, sizeof argc_text, "%d", argc) + 1;
+    size_t total = (size_t)hl + strlen(cwd) + 1 + (size_t)al;
+    for (int i = 0; i < argc; i++)
+        total += strlen(argv[i]) + 1;
+    for (char **e = environ; *e; e++)
+        total += strlen(*e) + 1;
+    if (total > MAX_REQUEST_BYTES)
+        return NULL;
+    char *buf = malloc(8 + total), *p = buf + 8;
+    if (!buf)
+        return NULL;
+    memcpy(buf, MAGIC, 4);
+    uint32_t be = htobe32((uint32_t)total);
+    memcpy(buf + 4, &be, 4);
+#define PUT(s) do { size_t l_ = strlen(s) + 1; memcpy(p, (s), l_); p += l_; } while (0)
+    PUT(head);
+    PUT(cwd);
+    PUT(argc_text);
+    for (int i = 0; i < argc; i++)
+        PUT(argv[i]);
+    for (char **e = environ; *e; e++)
+        PUT(*e);
+#undef PUT
+    *len_out = 8 + total;
+    return buf;
+}
+
+/* Send the request with fds 0, 1, 2 attached to its first bytes. 0 on success, -1 on failure. */
+static int send_request(int fd, const char *buf, size_t len) {
+    int fds[3] = {0, 1, 2};
+    union {
+        char raw[CMSG_SPACE(sizeof fds)];
+        struct cmsghdr align;
+    } ctl;
+    memset(&ctl, 0, sizeof ctl);
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.raw,
+                         .msg_controllen = sizeof ctl.raw};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(c), fds, sizeof fds);
+    ssize_t n;
+    do
+        n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -1;
+    for (size_t off = (size_t)n; off < len; off += (size_t)n) {
+        do
+            n = send(fd, buf + off, len - off, MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void install_forwarding(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = forward;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigfillset(&sa.sa_mask);
+    for (size_t i = 0; i < NFORWARDED; i++) {
+        struct sigaction old;
+        /* ignored when we started (nohup, a shell's background job): stays ignored, as for Python */
+        if (sigaction(FORWARDED[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+            continue;
+        sigaction(FORWARDED[i], &sa, NULL);
+    }
+}
+
+int main(int argc, char **argv) {
+    sigemptyset(&saved_mask);
+    if (argc > 1 && strcmp(argv[1], "server") == 0)
+        run_python(argv);
+    const char *path = getenv(SOCKET_ENV);
+    if (!path || !*path)
+        path = DEFAULT_SOCKET;
+    for (int i = 0; i < 3; i++)
+        if (fcntl(i, F_GETFD) < 0) /* a closed stdio fd cannot be passed; Python copes with it */
+            run_python(argv);
+    int fd = connect_server(path);
+    if (fd < 0)
+        run_python(argv);
+    size_t len = 0;
+    char *req = build_request(argc, argv, &len);
+    if (!req)
+        run_python(argv);
+
+    /* Blocked until the worker's pid is known: a signal in between is then forwarded, not lost (and
+     * does not kill us while the worker runs on unsignalled). */
+    sigset_t block;
+    sigemptyset(&block);
+    for (size_t i = 0; i < NFORWARDED; i++)
+        sigaddset(&block, FORWARDED[i]);
+    sigprocmask(SIG_BLOCK, &block, &saved_mask);
+
+    /* A failed send still reads: a server that refused the request (E, F) said why before closing. */
+    int sent = send_request(fd, req, len) == 0;
+    free(req);
+
+    char buf[4096];
+    size_t have = 0;
+    for (;;) {
+        char *nl = memchr(buf, '\n', have);
+        if (!nl) {
+            if (have == sizeof buf) {
+                fprintf(stderr, "isobench: unreadable reply from the isobench server on %s\n", path);
+                return EXIT_LOST;
+            }
+            ssize_t n = read(fd, buf + have, sizeof buf - have);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n > 0) {
+                have += (size_t)n;
+                continue;
+            }
+            if (!worker_pid && (!sent || (n < 0 && errno == ECONNRESET)))
+                run_python(argv); /* closed before reading our request: nothing ran */
+            if (worker_pid)
+                fprintf(stderr, "isobench: lost the isobench server (worker %d)\n", (int)worker_pid);
+            else
+                fprintf(stderr, "isobench: lost the isobench server on %s before it started the command\n",
+                        path);
+            return EXIT_LOST;
+        }
+        *nl = '\0';
+        char kind = buf[0];
+        const char *arg = buf[0] && buf[1] == ' ' ? buf + 2 : "";
+        if (kind == 'P' && !worker_pid) {
+            worker_pid = (sig_atomic_t)atoi(arg);
+            install_forwarding();
+            sigprocmask(SIG_SETMASK, &saved_mask, NULL); /* pending signals are forwarded now */
+        } else if (kind == 'X') {
+            return atoi(arg) & 0xff;
+        } else if (kind == 'E') {
+            fprintf(stderr, "isobench: %s\n", arg);
+            return EXIT_LOST;
+        } else if (kind == 'F' && !worker_pid) {
+            close(fd);
+            run_python(argv);
+        } else {
+            fprintf(stderr, "isobench: unexpected reply from the isobench server: %.80s\n", buf);
+            return EXIT_LOST;
+        }
+        have -= (size_t)(nl + 1 - buf);
+        memmove(buf, nl + 1, have);
+    }
+}

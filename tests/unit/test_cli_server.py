@@ -1,0 +1,194 @@
+"""The isobench server's pure parts: the ISB1 request format, exit-status conversion, the pidfile and
+its stale/live logic, socket path precedence and the ``server`` verbs' parser (no root, no server)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+import pytest
+
+from runtime.cli import server as S
+from runtime.errors import ServerError
+
+
+def test_request_round_trip_keeps_bytes_exactly():
+    argv = ["isobench", "run", "--rm", "busybox", "sh", "-c", "echo 'a b'; exit 3", b"\xff\xfe"]
+    env = ["ISOBENCH_ROOT=/tmp/x", "EMPTY=", b"RAW=\xc3("]
+    data = S.encode_request(argv, "/home/u/d ir", env, 0o027)
+    assert data[:4] == b"ISB1"
+    length = S.parse_header(data)
+    assert length == len(data) - S.HEADER.size
+    req = S.decode_payload(data[S.HEADER.size:])
+    assert req.umask == 0o027
+    assert req.cwd == b"/home/u/d ir"
+    assert req.argv == tuple(os.fsencode(a) if isinstance(a, str) else a for a in argv)
+    assert req.env == (b"ISOBENCH_ROOT=/tmp/x", b"EMPTY=", b"RAW=\xc3(")
+
+
+def test_request_without_environment():
+    data = S.encode_request(["isobench"], "/", [], 0)
+    req = S.decode_payload(data[S.HEADER.size:])
+    assert (req.argv, req.env, req.umask) == ((b"isobench",), (), 0)
+
+
+def test_encode_refuses_nul_bytes():
+    with pytest.raises(ValueError):
+        S.encode_request(["isobench", "a\0b"], "/", [], 0o022)
+
+
+@pytest.mark.parametrize("prefix", [b"", b"I", b"IS", b"ISB", b"ISB1", b"ISB1\0\0\0"])
+def test_header_incomplete_is_not_an_error(prefix):
+    assert S.parse_header(prefix) is None
+
+
+def test_header_other_version_names_both():
+    with pytest.raises(ServerError, match="speaks protocol ISB1 but the client sent ISB2"):
+        S.parse_header(b"ISB2\0\0\0\1")
+
+
+@pytest.mark.parametrize("data", [b"GET / HTTP/1.1\r\n", b"X", b"IX"])
+def test_header_garbage(data):
+    with pytest.raises(ServerError, match="not an isobench request"):
+        S.parse_header(data)
+
+
+def test_header_oversized():
+    with pytest.raises(ServerError, match="exceeds the limit"):
+        S.parse_header(struct.pack(">4sI", b"ISB1", S.MAX_REQUEST_BYTES + 1))
+    assert S.parse_header(struct.pack(">4sI", b"ISB1", S.MAX_REQUEST_BYTES)) == S.MAX_REQUEST_BYTES
+
+
+@pytest.mark.parametrize("payload,needle", [
+    (b"0022\0/\0" + b"1\0isobench", "does not end with a NUL"),
+    (b"0022\0/\0", "need umask, cwd and argc"),
+    (b"0022\0/\0" + b"0\0", "argc 0"),
+    (b"0022\0/\0" + b"3\0a\0b\0", "argc 3 but 2 strings"),
+    (b"zz\0/\0" + b"1\0a\0", "is not a number"),
+    (b"0022\0/\0" + b"one\0a\0", "is not a number"),
+    (b"7777\0/\0" + b"1\0a\0", "out of range"),
+])
+def test_malformed_payloads(payload, needle):
+    with pytest.raises(ServerError, match=needle):
+        S.decode_payload(payload)
+
+
+@pytest.mark.parametrize("status,code", [
+    (0, 0), (3 << 8, 3), (255 << 8, 255),   # exit N -> N
+    (9, 137), (15, 143), (2, 130), (11, 139),  # killed by signal N -> 128+N
+    (11 | 0x80, 139),                          # ... with a core dump
+])
+def test_code_from_status(status, code):
+    assert S.code_from_status(status) == code
+
+
+@pytest.mark.parametrize("arg,code", [(None, 0), (0, 0), (2, 2), (130, 130), ("a message", 1)])
+def test_system_exit_code(arg, code):
+    assert S.system_exit_code(SystemExit(arg)) == code
+
+
+def test_pidfile_format_round_trip_and_garbage():
+    assert S.parse_pidfile(S.format_pidfile(1234, 987654)) == (1234, 987654)
+    for junk in (b"", b"12", b"12 x", b"-1 5", b"0 5", b"1 2 3", b"\xff\xff"):
+        assert S.parse_pidfile(junk) is None
+
+
+def test_server_state_live_stale_absent():
+    starts = {100: 5000}
+    assert S.server_state(None, starts.get) == "absent"
+    assert S.server_state((100, 5000), starts.get) == "live"
+    assert S.server_state((100, 4999), starts.get) == "stale"  # pid recycled by another process
+    assert S.server_state((101, 5000), starts.get) == "stale"  # dead
+
+
+def test_remove_stale_removes_a_dead_servers_files(tmp_path):
+    sock = str(tmp_path / "s.sock")
+    bound = socket.socket(socket.AF_UNIX)
+    bound.bind(sock)  # a socket file nobody listens on: what a killed server leaves
+    bound.close()
+    (tmp_path / "s.sock.pid").write_bytes(S.format_pidfile(2**22 + 7, 1))  # above pid_max: never alive
+    removed = S.remove_stale(sock)
+    assert len(removed) == 2 and "pid 4194311 gone" in removed[0]
+    assert not os.path.exists(sock) and not os.path.exists(sock + ".pid")
+    assert S.remove_stale(sock) == []
+
+
+def test_remove_stale_never_touches_a_live_server(tmp_path):
+    from runtime.lifecycle.state import proc_start_time
+
+    sock = str(tmp_path / "s.sock")
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(sock)
+    live.listen(1)
+    try:
+        (tmp_path / "s.sock.pid").write_bytes(S.format_pidfile(os.getpid(), proc_start_time(os.getpid())))
+        assert S.remove_stale(sock) == []
+        os.unlink(sock + ".pid")  # listening without a pidfile: still somebody's
+        assert S.remove_stale(sock) == []
+        assert os.path.exists(sock)
+    finally:
+        live.close()
+
+
+def test_remove_stale_leaves_a_non_socket_alone(tmp_path):
+    path = tmp_path / "s.sock"
+    path.write_text("not a socket")
+    assert S.remove_stale(str(path)) == []
+    assert path.exists()
+
+
+def test_socket_path_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv(S.SOCKET_ENV, raising=False)
+    assert S.socket_path() == S.DEFAULT_SOCKET
+    monkeypatch.setenv(S.SOCKET_ENV, str(tmp_path / "env.sock"))
+    assert S.socket_path() == str(tmp_path / "env.sock")
+    assert S.socket_path(str(tmp_path / "opt.sock")) == str(tmp_path / "opt.sock")
+    assert S.pidfile_path("/x/s.sock") == "/x/s.sock.pid" and S.logfile_path("/x/s.sock") == "/x/s.sock.log"
+
+
+def test_server_verbs_parse():
+    from bench.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["server", "start", "--socket", "/tmp/a.sock"])
+    assert args.func is S._start and args.socket == "/tmp/a.sock"
+    args = parser.parse_args(["server", "stop", "-t", "3"])
+    assert args.func is S._stop and args.time == 3.0 and args.socket is None
+    assert parser.parse_args(["server", "status"]).func is S._status
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["server"])
+    assert exc.value.code == 2
+
+
+def test_cli_main_accepts_a_prebuilt_parser(capsys):
+    """The server builds the argparse tree once and hands it to every worker's ``main``."""
+    from bench import cli
+
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run"], parser=parser)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("isobench: isobench run: ") and err.count("\n") == 1
+
+
+def test_parser_module_imports_nothing_heavy():
+    """``server`` is registered in every `isobench` start: its module level stays stdlib-light."""
+    import subprocess
+    import sys
+
+    code = ("import sys; before=set(sys.modules); import runtime.cli.server; "
+            "print(sorted(m for m in set(sys.modules)-before if not m.startswith('runtime')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert set(eval(out)) <= {"struct", "_struct", "__future__"}, out
+
+
+def test_is_client_binary(tmp_path):
+    script = tmp_path / "isobench"
+    script.write_text("#!/usr/bin/python3\nimport sys\n")
+    assert not S.is_client_binary(str(script))
+    assert not S.is_client_binary(str(tmp_path / "missing"))
+    elf = tmp_path / "elf"
+    elf.write_bytes(b"\x7fELF\x02\x01\x01")
+    assert S.is_client_binary(str(elf))
