@@ -1,0 +1,355 @@
+"""`isobench` through the C client and a private `isobench server`, as a user runs it: the same output,
+exit codes, signals and errors as the Python CLI, the client's fallback when no server runs, a server
+that survives bad clients, and `server stop` / `gc` leaving nothing behind.
+
+Every server here listens on a socket in the test's tmp_path and is stopped by its pid (never by name).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.cli import server as srv
+from runtime.lifecycle import state as S
+
+pytestmark = [pytest.mark.requires("root", "busybox"), pytest.mark.timeout(180)]
+
+# `isobench run --rm busybox sleep N` given SIGTERM, measured with the Python CLI before the server
+# existed: PID 1 without a handler never sees it, sleeps on and exits 0.
+EXPECTED_SIGTERM_CODE = 0
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory) -> str:
+    """The compiled client (built here when `make setup` has not installed it)."""
+    try:
+        return srv.ensure_client(str(tmp_path_factory.mktemp("client-bin")))
+    except Exception as exc:  # noqa: BLE001 - no compiler: nothing to test
+        pytest.skip(f"cannot build the isobench client: {exc}")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _wait_for(predicate, timeout_s: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stop_by_pid(pid: int, start: int | None) -> None:
+    """SIGTERM (then SIGKILL) to exactly the server we started: pidfd + start-time check."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if S.proc_start_time(pid) != start:
+            return
+        for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            signal.pidfd_send_signal(pidfd, sig)
+            import select
+
+            if select.select([pidfd], [], [], wait_s)[0]:
+                return
+    finally:
+        os.close(pidfd)
+
+
+class Server:
+    """A private server: its socket, the env that reaches it, and how to run the client against it."""
+
+    def __init__(self, client: str, sock: Path, env: dict[str, str]):
+        self.client, self.sock, self.env = client, sock, env
+        self.pid = 0
+        self.start_ticks: int | None = None
+
+    def start(self, server_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        p = subprocess.run([self.client, "server", "start", "--socket", str(self.sock)],
+                           env=server_env or self.env, capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        rec = srv.read_pidfile(str(self.sock))
+        if p.returncode == 0 and rec:
+            self.pid, self.start_ticks = rec
+        return p
+
+    def run(self, *argv: str, env: dict[str, str] | None = None, cwd: str | None = None,
+            timeout_s: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([self.client, *argv], env=env or self.env, cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+
+    def popen(self, *argv: str) -> subprocess.Popen:
+        return subprocess.Popen([self.client, *argv], env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def stop(self) -> None:
+        if self.pid:
+            _stop_by_pid(self.pid, self.start_ticks)
+
+
+@pytest.fixture
+def server(client, paths, tmp_path):
+    """A started private server for this test's state root; stopped by pid afterwards."""
+    from tests.imagefixtures import ensure_busybox
+
+    ensure_busybox(paths)
+    sock = tmp_path / "s.sock"
+    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), srv.SOCKET_ENV: str(sock)}
+    s = Server(client, sock, env)
+    made = set(S.all_ids(paths))
+    p = s.start()
+    assert p.returncode == 0 and s.pid, (p.stdout, p.stderr)
+    assert f"pid {s.pid}" in p.stdout
+    try:
+        yield s
+    finally:
+        left = set(S.all_ids(paths)) - made
+        if left:
+            s.run("rm", "-f", *sorted(left))
+        s.stop()
+    assert not srv.read_pidfile(str(sock)) and not sock.exists()
+
+
+def _no_server_env(s: Server, tmp_path: Path) -> dict[str, str]:
+    return {**s.env, srv.SOCKET_ENV: str(tmp_path / "nobody-listens.sock")}
+
+
+def test_run_output_and_exit_code(server, leak_check):
+    p = server.run("run", "--rm", "--network", "none", "busybox", "sh", "-c", "echo hi; echo err >&2; exit 3")
+    assert (p.returncode, p.stdout, p.stderr) == (3, "hi\n", "err\n")
+    p = server.run("run", "--rm", "--network", "none", "busybox", "nosuchcmd")
+    assert p.returncode == 127 and "nosuchcmd" in p.stderr
+
+
+def test_commands_run_in_a_forked_worker(server, paths, leak_check):
+    proc = server.popen("run", "--rm", "--network", "none", "busybox", "sleep", "1")
+    workers = _wait_for(lambda: _children(server.pid), what="a worker of the server")
+    assert Path(f"/proc/{workers[0]}/comm").read_text().strip() == "isobench"
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    _wait_for(lambda: not _children(server.pid), what="the worker to be reaped")
+
+
+def test_relative_paths_resolve_against_the_clients_cwd(server, tmp_path, leak_check):
+    work = tmp_path / "work"
+    (work / "d").mkdir(parents=True)
+    (work / "d" / "f").write_text("in d\n")
+    (work / "e.env").write_text("GREETING=from-the-env-file\n")
+    p = server.run("run", "--rm", "--network", "none", "--env-file", "./e.env", "-v", f"{work}/d:/d:ro",
+                   "busybox", "sh", "-c", "echo $GREETING; cat /d/f", cwd=str(work))
+    assert (p.returncode, p.stdout) == (0, "from-the-env-file\nin d\n"), p.stderr
+    # a relative -v host path is refused by the CLI itself (must be absolute): the same either way
+    via = server.run("run", "--rm", "--network", "none", "-v", "./d:/d", "busybox", "true", cwd=str(work))
+    direct = server.run("run", "--rm", "--network", "none", "-v", "./d:/d", "busybox", "true", cwd=str(work),
+                        env=_no_server_env(server, tmp_path))
+    assert (via.returncode, via.stdout, via.stderr) == (direct.returncode, direct.stdout, direct.stderr)
+    assert via.returncode == 2 and "must be absolute" in via.stderr and via.stderr.count("\n") == 1
+
+
+def test_client_environment_reaches_the_worker(client, paths, tmp_path, leak_check):
+    """The server itself runs with another (empty) state root: only the client's ISOBENCH_ROOT can make
+    `image ls` list busybox and `run` find it."""
+    from tests.imagefixtures import ensure_busybox
+
+    ensure_busybox(paths)
+    sock = tmp_path / "s.sock"
+    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), srv.SOCKET_ENV: str(sock)}
+    s = Server(client, sock, env)
+    p = s.start(server_env={**env, "ISOBENCH_ROOT": str(tmp_path / "server-root")})
+    assert p.returncode == 0, p.stderr
+    try:
+        out = s.run("image", "ls")
+        assert out.returncode == 0 and "busybox" in out.stdout, out
+        ran = s.run("run", "--rm", "--network", "none", "busybox", "true")
+        assert ran.returncode == 0, ran.stderr
+        assert not (tmp_path / "server-root" / "containers").exists()
+    finally:
+        s.stop()
+
+
+def _sigterm_during(client: str, env: dict[str, str], paths, script: list[str]) -> tuple[int, str, float]:
+    """Start ``isobench run --rm ... busybox SCRIPT``, SIGTERM the client once the container runs;
+    (exit code, stdout, seconds from the signal to the exit)."""
+    before = set(S.all_ids(paths))
+    proc = subprocess.Popen([client, "run", "--rm", "--network", "none", "busybox", *script], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cid = next(iter(_wait_for(lambda: set(S.all_ids(paths)) - before, what="the container")))
+    _wait_for(lambda: (S.read_state(S.container_dir(paths, cid)) or {}).get("status") == "running",
+              what="it to run")
+    time.sleep(0.3)  # the workload has exec'd and set its traps
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    took_s = time.monotonic() - t0
+    _wait_for(lambda: not (set(S.all_ids(paths)) - before), timeout_s=40, what="--rm to remove it")
+    return proc.returncode, out, took_s
+
+
+def test_sigterm_reaches_the_container_as_without_a_server(server, paths, tmp_path, leak_check):
+    """SIGTERM to the client goes client -> worker -> container, as with the Python CLI (its handler
+    forwards to the container): a workload that traps it exits 143 at once, either way."""
+    trap = ["sh", "-c", 'trap "echo got TERM; exit 143" TERM; echo up; sleep 30 & wait']
+    via = _sigterm_during(server.client, server.env, paths, trap)
+    direct = _sigterm_during(server.client, _no_server_env(server, tmp_path), paths, trap)
+    assert via[:2] == direct[:2] == (143, "up\ngot TERM\n"), (via, direct)
+    assert via[2] < 10 and direct[2] < 10
+
+
+def test_sigterm_to_a_pid1_without_handler_as_without_a_server(server, paths, tmp_path, leak_check):
+    """busybox sleep as PID 1 has no SIGTERM handler: the kernel drops the forwarded signal inside the
+    container's PID namespace, so it sleeps on and `isobench run` exits with its code, either way."""
+    via = _sigterm_during(server.client, server.env, paths, ["sleep", "3"])
+    direct = _sigterm_during(server.client, _no_server_env(server, tmp_path), paths, ["sleep", "3"])
+    assert via[:2] == direct[:2] == (EXPECTED_SIGTERM_CODE, ""), (via, direct)
+
+
+def test_bad_usage_is_the_same_one_line_error(server, tmp_path, leak_check):
+    direct_env = _no_server_env(server, tmp_path)
+    for argv in (("run",), ("run", "--memory", "1x", "busybox", "true"), ("nosuchverb",),
+                 ("run", "--network", "none", "no-such-image:1", "true")):
+        via, direct = server.run(*argv), server.run(*argv, env=direct_env)
+        assert (via.returncode, via.stdout, via.stderr) == (direct.returncode, direct.stdout, direct.stderr)
+        assert via.returncode != 0 and via.stderr.count("\n") == 1 and "Traceback" not in via.stderr
+    assert server.run("run").returncode == 2
+    assert server.run("--help").stdout == server.run("--help", env=direct_env).stdout
+
+
+def test_without_a_server_the_client_falls_back(server, tmp_path, leak_check):
+    env = _no_server_env(server, tmp_path)
+    p = server.run("run", "--rm", "--network", "none", "busybox", "sh", "-c", "echo hi; exit 3", env=env)
+    assert (p.returncode, p.stdout) == (3, "hi\n"), p.stderr
+    dead = tmp_path / "dead.sock"  # a socket file nobody listens on (a killed server's): refused
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(dead))
+    s.close()
+    p = server.run("ps", "-q", env={**env, srv.SOCKET_ENV: str(dead)})
+    assert p.returncode == 0, p.stderr
+
+
+def test_killed_client_kills_its_worker_the_container_carries_on(server, paths, leak_check):
+    """kill -9 of the client is kill -9 of the CLI: the worker goes, the monitor still runs --rm."""
+    before = set(S.all_ids(paths))
+    proc = server.popen("run", "--rm", "--network", "none", "busybox", "sleep", "2")
+    _wait_for(lambda: set(S.all_ids(paths)) - before, what="the container")
+    worker = _children(server.pid)[0]
+    proc.kill()
+    proc.communicate()
+    _wait_for(lambda: worker not in _children(server.pid), what="the worker to die")
+    _wait_for(lambda: not (set(S.all_ids(paths)) - before), timeout_s=30, what="--rm by the monitor")
+    assert server.run("ps", "-q").returncode == 0
+
+
+def test_server_survives_bad_clients(server, leak_check):
+    def raw(data: bytes, fds: tuple[int, ...] = (0, 1, 2)) -> bytes:
+        import array
+
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(str(server.sock))
+        c.settimeout(10)
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        c.sendmsg([data], anc)
+        out = b""
+        while chunk := c.recv(4096):
+            out += chunk
+        c.close()
+        return out
+
+    assert raw(b"GET / HTTP/1.0\r\n\r\n").startswith(b"E not an isobench request")
+    assert b"speaks protocol ISB1 but the client sent ISB9" in raw(b"ISB9\0\0\0\0")
+    assert b"exceeds the limit" in raw(b"ISB1\x7f\xff\xff\xff")
+    good = srv.encode_request(["isobench", "ps", "-q"], "/", [f"ISOBENCH_ROOT={server.env['ISOBENCH_ROOT']}"],
+                              0o022)
+    assert b"file descriptors" in raw(good, fds=(0, 1, 2, 0, 1, 2))
+    assert b"file descriptors" in raw(good, fds=())
+    half = socket.socket(socket.AF_UNIX)  # gone mid-request
+    half.connect(str(server.sock))
+    half.sendall(good[:10])
+    half.close()
+    crashed = server.popen("stats")  # a worker that dies of a signal: 128+N, and the server goes on
+    worker = _wait_for(lambda: _children(server.pid), what="the stats worker")[0]
+    os.kill(worker, signal.SIGSEGV)
+    crashed.communicate(timeout=30)
+    assert crashed.returncode == 128 + signal.SIGSEGV
+    assert raw(good) .startswith(b"P ") and server.run("ps", "-q").returncode == 0
+    assert "crashed: SIGSEGV" in Path(srv.logfile_path(str(server.sock))).read_text()
+
+
+def test_start_status_stop_and_gc_leave_nothing(client, paths, tmp_path, leak_check):
+    sock = tmp_path / "s.sock"
+    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), srv.SOCKET_ENV: str(sock)}
+    s = Server(client, sock, env)
+    try:
+        assert s.start().returncode == 0
+        again = s.start()
+        assert again.returncode == 1 and f"already running on {sock} (pid {s.pid})" in again.stderr
+        st = s.run("server", "status")
+        assert st.returncode == 0 and f"pid {s.pid}" in st.stdout
+        stop = s.run("server", "stop")
+        assert stop.returncode == 0 and "stopped" in stop.stdout, stop
+        assert S.proc_start_time(s.pid) is None  # gone (or a zombie of a non-reaping init)
+        assert not sock.exists() and not Path(srv.pidfile_path(str(sock))).exists()
+        assert s.run("server", "status").returncode == 3
+        assert s.run("server", "stop").returncode == 1
+        # a server killed -9 leaves its socket and pidfile: gc removes them (a live one is kept)
+        assert s.start().returncode == 0
+        os.kill(s.pid, signal.SIGKILL)
+        _wait_for(lambda: S.proc_start_time(s.pid) is None, what="the killed server to go")
+        assert "stale pidfile" in s.run("server", "status").stdout
+        gc = s.run("gc")
+        assert gc.returncode == 0 and f"server socket {sock}" in gc.stdout, gc.stdout
+        assert not sock.exists() and not Path(srv.pidfile_path(str(sock))).exists()
+        assert s.start().returncode == 0
+        assert f"server socket {sock}" not in s.run("gc").stdout
+        assert sock.exists()
+    finally:
+        s.stop()
+
+
+def test_stop_lets_running_commands_finish(server, paths, leak_check):
+    """`server stop` during a command: no new commands (the client falls back), the running one
+    still gets its exit code through the server, then the server exits."""
+    proc = server.popen("run", "--rm", "--network", "none", "busybox", "sh", "-c", "sleep 2; exit 5")
+    _wait_for(lambda: _children(server.pid), what="the worker")
+    stop = server.run("server", "stop", "-t", "30")
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 5, err
+    assert S.proc_start_time(server.pid) is None
+    assert server.run("ps", "-q").returncode == 0  # no server now: the Python CLI
+
+
+def test_client_in_other_namespaces_is_not_served(server, leak_check):
+    """A client in another mount namespace would mean other paths: the server tells it to run the
+    Python CLI itself (same result, no worker)."""
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", server.client, "image", "ls"],
+                       env=server.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and "busybox" in p.stdout, p
+
+
+@pytest.mark.requires("iptables")
+def test_bridge_network_and_published_ports_through_the_server(server, paths, leak_check):
+    """The bridged path forks most (monitor, container, netlink and nft helpers): nothing a worker
+    inherited from the server may reach them."""
+    p = server.run("run", "--rm", "-p", "18195:80", "-p", "127.0.0.1:18196:81/udp", "busybox", "sh", "-c",
+                   "ip -o -4 addr show eth0 | grep -c inet")
+    assert (p.returncode, p.stdout) == (0, "1\n"), p.stderr
+    cid = server.run("run", "-d", "--name", "pub", "-p", "18195:80", "busybox", "sleep", "30").stdout.strip()
+    try:
+        assert "0.0.0.0:18195->80/tcp" in server.run("ps").stdout
+    finally:
+        assert server.run("rm", "-f", "pub").returncode == 0, cid
