@@ -26,7 +26,11 @@ then knows nothing ran and falls back to the Python CLI. A plain EOF after the r
 the server died; the client reports that rather than risk running the command twice.
 
 The server is single-threaded: one selector over the listening socket, a signal wake-up socket, the
-client connections and one pidfd per worker (no SIGCHLD handler). This module is also the parser
+client connections and one pidfd per worker (no SIGCHLD handler). It keeps one **spare** worker forked
+ahead, blocked on a socketpair; a request is handed to it (payload + the client's fds + the server's
+end of the connection), so the ~1.5 ms fork is not on the client's clock. A worker sends ``X`` itself
+from ``os._exit`` (before the kernel tears its address space down); the server's ``X`` after waitpid
+covers workers killed by a signal. This module is also the parser
 module of the ``server`` verb, so it imports nothing heavy at module level.
 """
 
@@ -44,6 +48,7 @@ REQUEST_TIMEOUT_S = 10.0        # a connection that never completes its request 
 DEFAULT_SOCKET = "/run/isobench/server.sock"
 SOCKET_ENV = "ISOBENCH_SERVER_SOCKET"
 PROCESS_NAME = "isobench-server"
+SPARE_NAME = "isobench-spare"  # an idle pre-forked worker; it exits with its server (EOF on its channel)
 # The worker acts in the server's namespaces and root: a peer elsewhere is told to run the CLI itself.
 PEER_NAMESPACES = ("mnt", "pid", "net", "user", "uts", "ipc", "cgroup")
 CRASH_SIGNALS = (4, 6, 7, 8, 11, 31)  # SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGSEGV, SIGSYS: logged
@@ -508,6 +513,15 @@ class _Conn:
         self.fds = []
 
 
+class _Spare:
+    """A worker forked ahead of its request, waiting on ``chan`` (the server keeps the other end)."""
+
+    __slots__ = ("pid", "pidfd", "chan")
+
+    def __init__(self, pid: int, pidfd: int, chan):
+        self.pid, self.pidfd, self.chan = pid, pidfd, chan
+
+
 class Server:
     """The serving loop. Host effects: the socket file and pidfile it owns, and one fork per command."""
 
@@ -531,12 +545,14 @@ class Server:
         self.sel.register(listener, selectors.EVENT_READ, "accept")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "signal")
         self.own_ns = _namespaces(os.getpid())
+        self.spare: _Spare | None = None  # the next worker, forked ahead of its request
 
     # -- loop
     def serve(self) -> None:
         import time
 
-        while not self.stopping or self.workers:
+        self._fork_spare()
+        while not self.stopping or self.workers or self.spare:
             now = time.monotonic()
             pending = [c.deadline for c in self.conns.values() if not c.pid]
             timeout = max(0.0, min(pending) - now) if pending else None
@@ -559,15 +575,20 @@ class Server:
         self.sel.close()
 
     def _dispatch(self, key) -> None:
+        """One ready fd. An event can be stale: handling an earlier one of the same batch may have
+        closed this fd's connection (a worker's exit and its client's EOF arrive together)."""
         tag = key.data
         if tag == "accept":
             self._accept()
         elif tag == "signal":
             self._on_signal()
-        elif isinstance(tag, _Conn) and key.fileobj is tag.sock:
-            self._on_client(tag)
         elif isinstance(tag, _Conn):
-            self._on_worker_exit(tag)
+            if tag.sock is not None and key.fileobj is tag.sock:
+                self._on_client(tag)
+            elif tag.pidfd >= 0 and key.fd == tag.pidfd:
+                self._on_worker_exit(tag)
+        elif isinstance(tag, _Spare) and tag is self.spare and key.fd == tag.pidfd:
+            self._on_spare_exit(tag)
 
     def _on_signal(self) -> None:
         try:
@@ -592,6 +613,11 @@ class Server:
         for conn in [c for c in self.conns.values() if not c.pid]:
             self._reply(conn.sock, "F the isobench server is stopping")  # nothing ran: the client runs it
             self._drop(conn)
+        if self.spare is not None:  # idle, holds nothing: killed, then reaped by the loop
+            import signal
+
+            with __import__("contextlib").suppress(OSError):
+                signal.pidfd_send_signal(self.spare.pidfd, signal.SIGKILL)
         _log(f"stopping: waiting for {len(self.workers)} running command(s)" if self.workers else "stopping")
 
     # -- connections
@@ -677,7 +703,9 @@ class Server:
             self._reply(conn.sock, f"F {elsewhere}")
             self._drop(conn)
             return
-        self._fork_worker(conn, req)
+        spare, self.spare = self.spare, None
+        if spare is None or not self._hand_over(spare, conn, req):
+            self._fork_worker(conn, req)
 
     def _elsewhere(self, peer_pid: int) -> str:
         """Why the worker could not act for this peer (other namespaces or root), '' when it can."""
@@ -731,15 +759,96 @@ class Server:
         import signal
 
         signal.set_wakeup_fd(-1)
+        if self.spare is not None:
+            self.spare.chan.close()
+            with contextlib.suppress(OSError):
+                os.close(self.spare.pidfd)
         with contextlib.suppress(OSError):
             self.sel.close()
         for obj in (self.listener, self.wake_r, self.wake_w, *(c.sock for c in self.conns.values())):
             obj.close()
-        for conn in self.conns.values():
+        for conn in {*self.conns.values(), *self.workers.values()}:
             conn.close_fds()
             if conn.pidfd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(conn.pidfd)
+
+    def _fork_spare(self) -> None:
+        """Fork the next worker now, while no client waits: the fork (~1.5 ms of a client's wall time
+        otherwise) is paid ahead. The spare blocks reading its channel until it gets a request."""
+        import selectors
+        import socket
+        import sys
+
+        if self.stopping or self.spare is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _log(f"cannot fork a spare worker: {exc}")
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            try:
+                ours.close()
+                self._close_in_worker()
+                _spare_main(theirs, self.parser)
+            except BaseException:  # noqa: BLE001 - a bug in the spare: to the client's stderr or the log
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(70)
+        theirs.close()
+        self.spare = _Spare(pid, os.pidfd_open(pid), ours)
+        self.sel.register(self.spare.pidfd, selectors.EVENT_READ, self.spare)
+
+    def _hand_over(self, spare: "_Spare", conn: _Conn, req: Request) -> bool:
+        """Give a request to the spare: peer pid and payload, with the client's fds and our end of the
+        client connection (for its early ``X``). False when the spare is unusable (then reaped)."""
+        import selectors
+        import signal
+        import socket
+
+        payload = bytes(conn.buf[HEADER.size:])
+        head = struct.pack(">iI", conn.peer_pid, len(payload))
+        try:
+            sent = spare.chan.sendmsg([head + payload[:1 << 16]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                      struct.pack(f"{CLIENT_FDS + 1}i", *conn.fds, conn.sock.fileno()))])
+            spare.chan.sendall((head + payload)[sent:])
+        except OSError as exc:
+            _log(f"spare worker {spare.pid} unusable ({exc}): forking one for this request")
+            with __import__("contextlib").suppress(OSError):
+                signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)
+            self.spare = spare
+            self._on_spare_exit(spare)
+            return False
+        spare.chan.close()
+        with __import__("contextlib").suppress(OSError):
+            os.setpgid(spare.pid, spare.pid)
+        conn.close_fds()
+        conn.pid, conn.pidfd, conn.argv = spare.pid, spare.pidfd, req.argv
+        self.workers[conn.pidfd] = conn
+        self.sel.modify(conn.pidfd, selectors.EVENT_READ, conn)
+        if not self._reply(conn.sock, f"P {conn.pid}"):
+            self._client_gone(conn)
+        return True
+
+    def _on_spare_exit(self, spare: "_Spare") -> None:
+        """A spare that ended before getting a request (stop, or a bug): reaped; the next request
+        forks its worker directly, then a new spare."""
+        _, status = os.waitpid(spare.pid, 0)
+        if not self.stopping:
+            _log(f"spare worker {spare.pid} ended before its request (status {code_from_status(status)})")
+        self.sel.unregister(spare.pidfd)
+        os.close(spare.pidfd)
+        spare.chan.close()
+        if self.spare is spare:
+            self.spare = None
 
     def _client_gone(self, conn: _Conn) -> None:
         """The client died (SIGKILL: it handles every other signal): its command dies with it, as the
@@ -766,6 +875,7 @@ class Server:
         if conn.sock is not None:
             self._reply(conn.sock, f"X {code}")
             self._forget_sock(conn)
+        self._fork_spare()  # after its command, not during: the fork does not compete with it for CPUs
 
     def _forget_sock(self, conn: _Conn) -> None:
         if conn.sock is None:
@@ -843,6 +953,37 @@ def _fresh_stdio(encoding: str, errors: str) -> None:
     sys.stdout = sys.__stdout__ = open(1, "w", closefd=False, encoding=encoding, errors=errors)
     sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False, encoding=encoding,
                                        errors="backslashreplace")
+
+
+def _spare_main(chan, parser) -> None:
+    """A spare worker: wait for the server to hand over a request, then become its worker. EOF (the
+    server stopped, or died) ends it quietly."""
+    import array
+    import contextlib
+    import signal
+    import socket
+
+    from runtime import syscalls
+
+    for sig, handler in _fresh_dispositions().items():  # a plain SIGTERM ends an idle spare
+        signal.signal(sig, handler)
+    with contextlib.suppress(OSError):
+        syscalls.set_process_name(SPARE_NAME)  # the leak check tells spares from leaks by it
+    data, anc, _, _ = chan.recvmsg(1 << 16, socket.CMSG_SPACE((CLIENT_FDS + 1) * 4), socket.MSG_CMSG_CLOEXEC)
+    fds = array.array("i")
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(raw[: len(raw) - len(raw) % fds.itemsize])
+    if len(data) < 8 or len(fds) != CLIENT_FDS + 1:
+        os._exit(0)
+    peer_pid, length = struct.unpack(">iI", data[:8])
+    while len(data) < 8 + length:
+        chunk = chan.recv(1 << 20)
+        if not chunk:
+            os._exit(0)
+        data += chunk
+    chan.close()
+    _worker(decode_payload(data[8:8 + length]), list(fds[:CLIENT_FDS]), peer_pid, parser, fds[CLIENT_FDS])
 
 
 def _report_exit_early(report_fd: int) -> None:

@@ -36,10 +36,35 @@ def client(tmp_path_factory) -> str:
 
 
 def _children(pid: int) -> list[int]:
+    """The server's workers (commands running), not its idle pre-forked spare."""
     try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        kids = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+    out = []
+    for kid in kids:
+        try:
+            if Path(f"/proc/{kid}/comm").read_text().strip() == "isobench":
+                out.append(kid)
+        except OSError:
+            continue
+    return out
+
+
+def _spares(pid: int) -> list[int]:
+    """The server's idle pre-forked worker(s): one while it serves."""
+    try:
+        kids = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [k for k in kids if _comm(k) == srv.SPARE_NAME]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _wait_for(predicate, timeout_s: float = 20.0, what: str = "condition"):
@@ -137,12 +162,17 @@ def test_run_output_and_exit_code(server, leak_check):
 
 
 def test_commands_run_in_a_forked_worker(server, paths, leak_check):
+    spare = _wait_for(lambda: _spares(server.pid), what="the pre-forked spare")
+    assert len(spare) == 1
     proc = server.popen("run", "--rm", "--network", "none", "busybox", "sleep", "1")
     workers = _wait_for(lambda: _children(server.pid), what="a worker of the server")
     assert Path(f"/proc/{workers[0]}/comm").read_text().strip() == "isobench"
+    assert workers[0] == spare[0]  # the spare took the command; a new one waits for the next
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     _wait_for(lambda: not _children(server.pid), what="the worker to be reaped")
+    _wait_for(lambda: _spares(server.pid) and _spares(server.pid) != spare, what="a new spare")
+    assert len(_spares(server.pid)) == 1
 
 
 def test_relative_paths_resolve_against_the_clients_cwd(server, tmp_path, leak_check):
@@ -299,9 +329,11 @@ def test_start_status_stop_and_gc_leave_nothing(client, paths, tmp_path, leak_ch
         assert again.returncode == 1 and f"already running on {sock} (pid {s.pid})" in again.stderr
         st = s.run("server", "status")
         assert st.returncode == 0 and f"pid {s.pid}" in st.stdout
+        spare = _wait_for(lambda: _spares(s.pid), what="the spare")[0]
         stop = s.run("server", "stop")
         assert stop.returncode == 0 and "stopped" in stop.stdout, stop
         assert S.proc_start_time(s.pid) is None  # gone (or a zombie of a non-reaping init)
+        assert S.proc_start_time(spare) is None  # the spare went first
         assert not sock.exists() and not Path(srv.pidfile_path(str(sock))).exists()
         assert s.run("server", "status").returncode == 3
         assert s.run("server", "stop").returncode == 1
