@@ -77,6 +77,7 @@ class Container:
     _plan: LaunchPlan | None = None
     _security: Any = None
     _cgroup: Any = None
+    _cgroup_plan: Any = None
     _netplan: Any = None
     _stdio: tuple[int, int, int] | None = None
     _own_fds: tuple[int, ...] = ()
@@ -130,9 +131,12 @@ def _write_etc(cdir: Path, hostname: str, mode: str) -> tuple[tuple[str, str], .
     if mode == "host":
         with contextlib.suppress(OSError):
             files["resolv.conf"] = Path("/etc/resolv.conf").read_text()
-    for fname, text in files.items():
-        with open(cdir / fname, "w", encoding="utf-8") as f:
-            f.write(text)
+    for fname, text in files.items():  # os-level: three io.open stacks cost ~0.1 ms of every start
+        fd = os.open(f"{cdir}/{fname}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
     return tuple((f"/etc/{fname}", str(cdir / fname)) for fname in files)
 
 
@@ -169,8 +173,8 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
             undo.callback(S.release_name, paths, config.name, cid)
         cdir.mkdir(parents=True)
         undo.callback(S.remove_dir, paths, cid)
-        for sub in ("upper", "work"):
-            (cdir / sub).mkdir()
+        os.mkdir(f"{cdir}/upper")
+        os.mkdir(f"{cdir}/work")
         leases.take(cid, pid=owner_pid, kind="container", root=str(paths.root))
         undo.callback(leases.release, cid)
         mounts = _mount_plans(config, paths)
@@ -179,10 +183,10 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
             stdio, owned = _open_logs(cdir)
             c._own_fds = owned
             undo.callback(_close_all, owned)
-        from runtime.cgroups import cgroup_namespace_supported, create_cgroup
+        from runtime.cgroups import cgroup_namespace_supported, plan_cgroup
 
-        c._cgroup = create_cgroup(c.host_name, config.resources)
-        undo.callback(c._cgroup.destroy)
+        # validated now (bad values fail here), made by start() while the child builds its root
+        c._cgroup_plan = plan_cgroup(c.host_name, config.resources)
         if config.network.mode == "bridge":
             from runtime import network
 
@@ -272,6 +276,9 @@ def start(c: Container) -> None:
     attachment: list[Any] = []
 
     def on_forked(pid: int) -> None:
+        # The child is unsharing and mounting meanwhile (it waits for us only before exec), so the
+        # cgroup's mkdirs and limit writes cost the start path nothing.
+        c._cgroup = c._cgroup_plan.make()
         c._cgroup.add_pid(pid)
 
     def on_ready(pid: int) -> None:

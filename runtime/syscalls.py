@@ -30,6 +30,11 @@ def _load_libc() -> ctypes.CDLL:
 
 
 _libc = _load_libc()
+# Resolve now, in the parent: ctypes looks a symbol up (dlsym, a new function object) on its first
+# attribute access, and a forked child would repeat that for each call on the start path (~60 us each).
+for _name in ("mount", "umount2", "unshare", "setns", "syscall", "sethostname", "prctl"):
+    getattr(_libc, _name)
+del _name
 
 # <linux/sched.h>
 CLONE_NEWNS = 0x00020000
@@ -102,10 +107,21 @@ def close_range_cloexec(first: int) -> None:
            "close_range")
 
 
-def link_up(ifname: str) -> None:
-    """Set IFF_UP on an interface of the caller's network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS ioctls:
-    bringing up ``lo`` this way costs microseconds, netlink libraries cost an import)."""
-    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+def link_up_in(netns_fd: int, ifname: str) -> None:
+    """Set IFF_UP on ``ifname`` in another network namespace (``netns_fd``: /proc/<pid>/ns/net).
+
+    SIOCGIFFLAGS/SIOCSIFFLAGS ioctls cost microseconds where a netlink library costs an import. An
+    interface ioctl acts on its socket's namespace, so only the socket's creation happens inside the
+    target (this thread's setns, and straight back): the caller never runs anything there."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(netns_fd, CLONE_NEWNET)
+        try:
+            sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+        finally:
+            setns(own, CLONE_NEWNET)
+    finally:
+        os.close(own)
     try:
         req = struct.pack("16sH22x", ifname.encode(), 0)
         flags = struct.unpack("16sH22x", fcntl.ioctl(sock.fileno(), 0x8913, req))[1]

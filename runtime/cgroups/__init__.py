@@ -4,6 +4,7 @@ Public API (the runtime core and the harness call these)::
 
     detect(cgroup_root=Path("/sys/fs/cgroup")) -> CgroupLayout
     create_cgroup(name, resources, layout=None) -> Cgroup
+    plan_cgroup(name, resources, layout=None) -> CgroupPlan; CgroupPlan.make() -> Cgroup
     open_cgroup(name, layout=None) -> Cgroup
     cgroup_namespace_supported(layout=None) -> bool
     Cgroup.add_pid(pid)      # from the parent (v1: may wait ~10 ms for the kernel's RCU grace period)
@@ -16,11 +17,11 @@ Names are ``isobench-<id>`` at the top of every hierarchy; the caller holds the 
 
 from __future__ import annotations
 
-from runtime.cgroups.cgroup import Cgroup, CgroupUsage, create_cgroup, open_cgroup
+from runtime.cgroups.cgroup import Cgroup, CgroupPlan, CgroupUsage, create_cgroup, open_cgroup, plan_cgroup
 from runtime.cgroups.layout import CgroupLayout, detect
 
-__all__ = ["Cgroup", "CgroupLayout", "CgroupUsage", "cgroup_namespace_supported", "create_cgroup", "detect",
-           "open_cgroup"]
+__all__ = ["Cgroup", "CgroupLayout", "CgroupPlan", "CgroupUsage", "cgroup_namespace_supported", "create_cgroup",
+           "detect", "open_cgroup", "plan_cgroup"]
 
 
 def cgroup_namespace_supported(layout: CgroupLayout | None = None) -> bool:

@@ -281,36 +281,61 @@ def _enable_v2_controllers(layout: CgroupLayout, resources: Resources) -> None:
         raise CgroupError(f"cannot enable controllers ({line}) in {control}: {exc.strerror}") from exc
 
 
-def create_cgroup(name: str, resources: Resources, layout: CgroupLayout | None = None) -> Cgroup:
-    """Make ``name`` in every hierarchy needed and apply ``resources``; all or nothing.
+@dataclass(frozen=True)
+class CgroupPlan:
+    """A validated cgroup, not yet made: the directories and the limit writes, in order.
 
-    The caller must already hold the lease for the id (``runtime.leases.take``) so ``gc`` leaves it alone."""
+    Splitting validation (:func:`plan_cgroup`, at container create) from the mkdir and writes
+    (:meth:`make`, after fork) lets the runtime make the cgroup while the container's child builds its
+    root, off the start path, while bad values still fail at create before anything exists."""
+
+    name: str
+    paths: dict[str, Path]
+    writes: tuple[tuple[str, Path, str], ...]
+    layout: CgroupLayout
+    resources: Resources
+
+    def make(self) -> Cgroup:
+        """mkdir in every hierarchy and apply the limits; all or nothing."""
+        if self.layout.driver == "v2":
+            _enable_v2_controllers(self.layout, self.resources)
+        cg = Cgroup(self.name, dict(self.paths), self.layout)
+        with contextlib.ExitStack() as undo:
+            for d in dict.fromkeys(self.paths.values()):
+                try:
+                    fs.make_dir(d)
+                except FileExistsError as exc:
+                    raise CgroupError(f"cgroup {d} already exists (name {self.name} in use)") from exc
+                except OSError as exc:
+                    raise CgroupError(f"cannot create cgroup {d}: {exc.strerror}") from exc
+                undo.callback(_remove_quietly, d)
+            for ctl, f, value in self.writes:
+                try:
+                    fs.write(f, value)
+                except OSError as exc:
+                    raise CgroupError(f"cgroup controller {ctl!r} rejected {value!r} for {f.name} "
+                                      f"({exc.strerror})") from exc
+            undo.pop_all()
+        return cg
+
+
+def plan_cgroup(name: str, resources: Resources, layout: CgroupLayout | None = None) -> CgroupPlan:
+    """Validate ``resources`` against the host (controllers present, CPUs and memory nodes that exist)
+    and compute what :meth:`CgroupPlan.make` will do. Reads a few files; makes nothing."""
     _check_name(name)
     layout = layout or detect()
     facts = _facts(resources, layout)
     rules.validate(resources, facts)
     plan = _plan_v2 if layout.driver == "v2" else _plan_v1
-    paths, writes = plan(name, resources, layout, facts)  # pure up to here: nothing made yet
-    if layout.driver == "v2":
-        _enable_v2_controllers(layout, resources)
-    cg = Cgroup(name, paths, layout)
-    with contextlib.ExitStack() as undo:
-        for d in dict.fromkeys(paths.values()):
-            try:
-                fs.make_dir(d)
-            except FileExistsError as exc:
-                raise CgroupError(f"cgroup {d} already exists (name {name} in use)") from exc
-            except OSError as exc:
-                raise CgroupError(f"cannot create cgroup {d}: {exc.strerror}") from exc
-            undo.callback(_remove_quietly, d)
-        for ctl, f, value in writes:
-            try:
-                fs.write(f, value)
-            except OSError as exc:
-                raise CgroupError(f"cgroup controller {ctl!r} rejected {value!r} for {f.name} "
-                                  f"({exc.strerror})") from exc
-        undo.pop_all()
-    return cg
+    paths, writes = plan(name, resources, layout, facts)
+    return CgroupPlan(name, paths, tuple(writes), layout, resources)
+
+
+def create_cgroup(name: str, resources: Resources, layout: CgroupLayout | None = None) -> Cgroup:
+    """Make ``name`` in every hierarchy needed and apply ``resources``; all or nothing.
+
+    The caller must already hold the lease for the id (``runtime.leases.take``) so ``gc`` leaves it alone."""
+    return plan_cgroup(name, resources, layout).make()
 
 
 def _remove_quietly(d: Path) -> None:

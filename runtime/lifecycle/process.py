@@ -7,9 +7,12 @@ one ``fork`` of the calling process with no subprocesses, no polling and no impo
   ``pid_for_children``; ``setns`` back right after), so the child *is* PID 1 and the parent can
   ``waitpid`` it directly: one fork instead of runc's fork+clone+exec of itself.
 * The child unshares mount/UTS/IPC/net(/cgroup), builds the rootfs (``runtime.rootfs.mounts``),
-  pivots, and reports ``R`` on a close-on-exec pipe; the parent meanwhile has put it in its cgroup
-  and, on ``R``, attaches the network and writes uid maps, then answers ``G``. The child execs; the
-  pipe's EOF tells the parent the exec happened (an error before exec arrives as ``E <message>``).
+  pivots, and reports ``R`` on a close-on-exec pipe; the parent meanwhile makes its cgroup and puts it
+  there, with ``--network none`` brings up its loopback (the child says ``N`` once its network
+  namespace exists), and, on ``R``, attaches the network and writes uid maps, then answers ``G``. The
+  child execs; the pipe's EOF tells the parent the exec happened (an error before exec arrives as
+  ``E <message>``). Work moves to the parent wherever it can overlap the child's mounts: the child's
+  path is the start-up time.
 * With ``--init`` PID 1 is the static C init bound at /dev/init (``init_shim.c``): the plan's argv
   simply starts with it. Only where no C compiler exists does PID 1 stay a forked Python init
   (``LaunchPlan.init``) that forwards signals, reaps zombies and forks the workload.
@@ -56,7 +59,7 @@ class LaunchPlan:
     unshare_flags: int
     cgroupns: bool = False
     userns_remap: bool = False
-    loopback_up: bool = True     # --network none: the child brings lo up itself (no netlink import)
+    loopback_up: bool = True     # --network none: the parent brings lo up while the child mounts
     init: bool = False
     die_with_parent: bool = False  # build steps: SIGKILL when the builder dies (PR_SET_PDEATHSIG)
 
@@ -109,12 +112,25 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
     timings["forked"] = time.perf_counter_ns()
     os.close(w_ready)
     os.close(r_go)
+    lines = _Lines(r_ready)
     try:
         on_forked(pid)
         timings["cgroup"] = time.perf_counter_ns()
-        handshake = on_ready is not None or plan.userns_remap
-        os.write(w_go, b"C" if handshake else b"CG")
-        msg, pending = _read_line(r_ready)
+        handshake = on_ready is not None or plan.userns_remap  # G only after R
+        os.write(w_go, b"CG" if not handshake and not plan.loopback_up else b"C")
+        if plan.loopback_up:
+            msg = lines.next()
+            if msg != "N":
+                raise ContainerError(_failure(plan, msg, pid))
+            netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                syscalls.link_up_in(netns, "lo")
+            finally:
+                os.close(netns)
+            timings["loopback"] = time.perf_counter_ns()
+            if not handshake:
+                os.write(w_go, b"G")  # before R, usually: the child does not wait for us
+        msg = lines.next()
         if not msg.startswith("R "):
             raise ContainerError(_failure(plan, msg, pid))
         stamps = msg.split()
@@ -128,7 +144,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
             os.write(w_go, b"G")
         os.close(w_go)
         w_go = -1
-        rest = pending + _read_all(r_ready)  # EOF: the exec happened (or the child exited)
+        rest = lines.rest()  # EOF: the exec happened (or the child exited)
         if rest.startswith("E "):
             raise ContainerError(_failure(plan, rest, pid))
         timings["exec"] = time.perf_counter_ns()
@@ -158,25 +174,31 @@ def _kill_and_reap(pid: int) -> None:
         pass
 
 
-def _read_line(fd: int) -> tuple[str, str]:
-    """The first message line, and whatever arrived after it (the child may already have sent more)."""
-    buf = b""
-    while b"\n" not in buf:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-    line, _, rest = buf.partition(b"\n")
-    return line.decode(errors="replace"), rest.decode(errors="replace")
+class _Lines:
+    """The child's messages, a line at a time (one read may carry several: keep the remainder)."""
 
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
 
-def _read_all(fd: int) -> str:
-    buf = b""
-    while True:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return buf.decode(errors="replace")
-        buf += chunk
+    def next(self) -> str:
+        """The next line; at EOF whatever is left (an empty string: the child exited silently)."""
+        while b"\n" not in self.buf:
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                break
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def rest(self) -> str:
+        """Everything up to EOF."""
+        while True:
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                out, self.buf = self.buf, b""
+                return out.decode(errors="replace")
+            self.buf += chunk
 
 
 def _report(fd: int, text: str) -> None:
@@ -205,8 +227,8 @@ def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go
     if plan.cgroupns:  # the namespace's root is the cgroup we are in at unshare: wait for the join
         got = os.read(r_go, 1)
     syscalls.unshare(plan.unshare_flags)
-    if plan.loopback_up:  # before pivot_root: the ioctl helpers import from the host's Python
-        syscalls.link_up("lo")
+    if plan.loopback_up:  # our network namespace exists: the parent brings its lo up meanwhile
+        os.write(w_ready, b"N\n")
     t_ns = time.perf_counter_ns()
     setup_rootfs(plan.rootfs)
     from runtime import security as sec_mod  # already imported by the parent (prepare); no cost

@@ -101,6 +101,8 @@ class _Data(ctypes.Structure):
 # glibc by soname: ctypes.util.find_library forks `ldconfig -p` (~10 ms) on the start path
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.capset, _libc.capget  # resolved in the parent, not in every forked child (see runtime.syscalls)
+_Data2 = _Data * 2  # ctypes makes a new array type on every ``_Data * 2``: once, here
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "") -> int:
@@ -115,8 +117,9 @@ def drop_bounding(keep_mask: int, last_cap: int) -> None:
     """Remove every capability not in ``keep_mask`` from the bounding set (needs CAP_SETPCAP, which the
     init still has: this runs before setuid and capset)."""
     for cap in range(last_cap + 1):
-        if not keep_mask & (1 << cap):
-            prctl(PR_CAPBSET_DROP, cap, what=f"PR_CAPBSET_DROP {cap}")
+        if not keep_mask & (1 << cap) and _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_CAPBSET_DROP {cap}): {os.strerror(err)}")
 
 
 def set_keepcaps(on: bool) -> None:
@@ -134,7 +137,7 @@ def clear_ambient() -> None:
 def capset(effective: int, permitted: int, inheritable: int) -> None:
     """capset(2) on the calling thread with 64-bit masks (two 32-bit data words, version 3)."""
     hdr = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_Data * 2)()
+    data = _Data2()
     for i in (0, 1):
         shift = 32 * i
         data[i].effective = (effective >> shift) & 0xFFFFFFFF
@@ -148,7 +151,7 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
 def capget(pid: int = 0) -> tuple[int, int, int]:
     """(effective, permitted, inheritable) masks of ``pid`` (0 = the calling thread)."""
     hdr = _Header(_LINUX_CAPABILITY_VERSION_3, pid)
-    data = (_Data * 2)()
+    data = _Data2()
     if _libc.capget(ctypes.byref(hdr), data) < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"capget({pid}): {os.strerror(err)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runtime.cgroups import cgroup as cgmod
-from runtime.cgroups import create_cgroup, fs, layout, open_cgroup
+from runtime.cgroups import create_cgroup, fs, layout, open_cgroup, plan_cgroup
 from runtime.errors import CgroupError
 from runtime.spec import Resources, ThrottleDevice
 
@@ -135,6 +135,22 @@ def test_v2_missing_controller_names_it_and_makes_nothing(v2_tree, tmp_path):
     with pytest.raises(CgroupError, match="cgroup controller 'io' is not available on this host"):
         create_cgroup("isobench-x", Resources(device_read_bps=(ThrottleDevice("/dev/vda", 1),)), lay)
     assert not (tmp_path / "isobench-x").exists() and fake.writes == []
+
+
+def test_plan_validates_without_making_and_make_applies(v2_tree, tmp_path):
+    """create() plans (bad input fails there, nothing made); start() makes it after fork."""
+    lay, fake = v2_tree
+    plan = plan_cgroup("isobench-p", Resources(memory_bytes=64 << 20), lay)
+    assert not (lay.unified / "isobench-p").exists() and fake.writes == []
+    cg = plan.make()
+    assert (lay.unified / "isobench-p").is_dir()
+    assert ("isobench-p/memory.max", str(64 << 20)) in fake.writes
+    cg.destroy()
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    bare = layout.detect_uncached(tmp_path, "")
+    with pytest.raises(CgroupError, match="cgroup controller 'io' is not available on this host"):
+        plan_cgroup("isobench-q", Resources(device_read_bps=(ThrottleDevice("/dev/vda", 1),)), bare)
+    assert not (tmp_path / "isobench-q").exists()
 
 
 def test_rejected_value_rolls_back(v2_tree):

@@ -44,3 +44,13 @@ def test_cli_usage_error_exit_2(capsys):
 
 def test_parser_builds():
     assert build_parser().prog == "isobench"
+
+
+def test_test_module_basenames_are_unique():
+    """pytest's default (rootdir) import mode keys test modules by basename outside packages:
+    two test_x.py in tests/unit and tests/integration break collection of the whole suite."""
+    from collections import Counter
+    from pathlib import Path
+    tests_root = Path(__file__).resolve().parents[1]
+    names = Counter(p.name for p in tests_root.rglob("test_*.py"))
+    assert [n for n, k in names.items() if k > 1] == []
