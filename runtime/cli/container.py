@@ -219,6 +219,7 @@ def _as_tuple(x) -> tuple:
 def _run(args) -> int:
     import signal
 
+    from runtime.lifecycle import monitor
     from runtime.lifecycle.monitor import launch
     from runtime.paths import HostPaths
 
@@ -226,6 +227,8 @@ def _run(args) -> int:
         pass  # allowed, as in Docker: removed when it exits
     config = config_from_args(args)
     paths = HostPaths.from_env().ensure()
+    if monitor.WORKER_IS_MONITOR and not args.detach:  # an isobench server's worker: no fork needed
+        _exit_now(monitor.run_here(config, paths, auto_remove=args.rm))
     handle = launch(config, paths, detach=args.detach, auto_remove=args.rm)
     if args.detach:
         print(handle.container_id)
@@ -241,8 +244,11 @@ def _run(args) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
-    code = handle.exit_code()
-    # Done: skip the interpreter's teardown (module GC), milliseconds of `run --rm` wall time.
+    _exit_now(handle.exit_code())
+
+
+def _exit_now(code: int) -> None:
+    """Done: skip the interpreter's teardown (module GC), milliseconds of ``run --rm`` wall time."""
     import os
     import sys
 

@@ -852,10 +852,12 @@ class Server:
 
     def _client_gone(self, conn: _Conn) -> None:
         """The client died (SIGKILL: it handles every other signal): its command dies with it, as the
-        Python CLI process would have; a container's monitor carries on, as it does then."""
+        Python CLI process would have; a container's monitor carries on, as it does then. A worker
+        that became a foreground container's monitor (``monitor.run_here``, named ``isobench-<id>``)
+        is that monitor: it is left to finish (record the exit, ``--rm``)."""
         import signal
 
-        if conn.pidfd >= 0 and conn.pid:
+        if conn.pidfd >= 0 and conn.pid and not _is_monitor(conn.pid):
             with __import__("contextlib").suppress(OSError):
                 signal.pidfd_send_signal(conn.pidfd, signal.SIGKILL)
         self._forget_sock(conn)
@@ -1013,6 +1015,16 @@ def _report_exit_early(report_fd: int) -> None:
     os._exit = exit_reporting
 
 
+def _is_monitor(pid: int) -> bool:
+    """Whether our worker ``pid`` (not reaped yet, so the number is still its) now monitors a container."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            name = f.read().strip()
+    except OSError:
+        return False
+    return name.startswith(b"isobench-") and name != SPARE_NAME.encode()
+
+
 def _close_quietly(fd: int) -> None:
     try:
         os.close(fd)
@@ -1029,6 +1041,9 @@ def _worker(req: Request, fds: list[int], peer_pid: int, parser, report_fd: int 
         _report_exit_early(report_fd)
 
     from runtime import syscalls
+    from runtime.lifecycle import monitor
+
+    monitor.WORKER_IS_MONITOR = True  # a foreground `run` needs no forked monitor (see run_here)
 
     for sig, handler in _fresh_dispositions().items():
         signal.signal(sig, handler)

@@ -36,19 +36,14 @@ def client(tmp_path_factory) -> str:
 
 
 def _children(pid: int) -> list[int]:
-    """The server's workers (commands running), not its idle pre-forked spare."""
+    """The server's workers (commands running: named ``isobench``, or ``isobench-<id>`` once a worker
+    is a foreground container's monitor), not its idle pre-forked spare."""
     try:
         kids = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-    out = []
-    for kid in kids:
-        try:
-            if Path(f"/proc/{kid}/comm").read_text().strip() == "isobench":
-                out.append(kid)
-        except OSError:
-            continue
-    return out
+    return [k for k in kids if _comm(k) == "isobench" or
+            (_comm(k).startswith("isobench-") and _comm(k) != srv.SPARE_NAME)]
 
 
 def _spares(pid: int) -> list[int]:
@@ -65,6 +60,11 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def _monitor_comm(cid: str) -> str:
+    """A monitor's name (isobench-<id>) as /proc/<pid>/comm shows it: the kernel keeps 15 bytes."""
+    return f"isobench-{cid}"[:15]
 
 
 def _wait_for(predicate, timeout_s: float = 20.0, what: str = "condition"):
@@ -166,8 +166,10 @@ def test_commands_run_in_a_forked_worker(server, paths, leak_check):
     assert len(spare) == 1
     proc = server.popen("run", "--rm", "--network", "none", "busybox", "sleep", "1")
     workers = _wait_for(lambda: _children(server.pid), what="a worker of the server")
-    assert Path(f"/proc/{workers[0]}/comm").read_text().strip() == "isobench"
     assert workers[0] == spare[0]  # the spare took the command; a new one waits for the next
+    # a foreground run: the worker is the container's monitor, named as monitors are
+    ids = _wait_for(lambda: S.all_ids(paths), what="the container")
+    _wait_for(lambda: _comm(workers[0]) in {_monitor_comm(i) for i in ids}, what="the monitor's name")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     _wait_for(lambda: not _children(server.pid), what="the worker to be reaped")
@@ -271,17 +273,36 @@ def test_without_a_server_the_client_falls_back(server, tmp_path, leak_check):
     assert p.returncode == 0, p.stderr
 
 
-def test_killed_client_kills_its_worker_the_container_carries_on(server, paths, leak_check):
-    """kill -9 of the client is kill -9 of the CLI: the worker goes, the monitor still runs --rm."""
+def test_killed_client_leaves_the_monitoring_worker_to_finish(server, paths, leak_check):
+    """kill -9 of the client during `run --rm`: its worker is the container's monitor, so it carries on
+    (as a monitor does when the Python CLI is killed), records the exit and removes the container."""
     before = set(S.all_ids(paths))
-    proc = server.popen("run", "--rm", "--network", "none", "busybox", "sleep", "2")
-    _wait_for(lambda: set(S.all_ids(paths)) - before, what="the container")
+    proc = server.popen("run", "--rm", "--network", "none", "busybox", "sleep", "4")
+    new = _wait_for(lambda: set(S.all_ids(paths)) - before, what="the container")
     worker = _children(server.pid)[0]
+    _wait_for(lambda: _comm(worker) == _monitor_comm(next(iter(new))), what="the worker to monitor")
+    proc.kill()
+    proc.wait()  # not communicate(): the container holds the client's stdout pipe until it exits
+    time.sleep(0.3)
+    assert worker in _children(server.pid)  # not killed with its client
+    _wait_for(lambda: not (set(S.all_ids(paths)) - before), timeout_s=30, what="--rm by the monitor")
+    _wait_for(lambda: worker not in _children(server.pid), what="the worker to exit")
+    proc.communicate()
+    assert server.run("ps", "-q").returncode == 0
+
+
+def test_killed_client_kills_its_worker(server, paths, leak_check):
+    """kill -9 of the client of any other command is kill -9 of the CLI: its worker goes with it."""
+    p = server.run("run", "-d", "--network", "none", "busybox", "sleep", "30")
+    assert p.returncode == 0, p.stderr
+    cid = p.stdout.strip()
+    proc = server.popen("wait", cid)
+    worker = _wait_for(lambda: _children(server.pid), what="the `wait` worker")[0]
+    assert _comm(worker) == "isobench"
     proc.kill()
     proc.communicate()
     _wait_for(lambda: worker not in _children(server.pid), what="the worker to die")
-    _wait_for(lambda: not (set(S.all_ids(paths)) - before), timeout_s=30, what="--rm by the monitor")
-    assert server.run("ps", "-q").returncode == 0
+    assert server.run("rm", "-f", cid).returncode == 0
 
 
 def test_server_survives_bad_clients(server, leak_check):
