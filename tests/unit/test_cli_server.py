@@ -192,3 +192,21 @@ def test_is_client_binary(tmp_path):
     elf = tmp_path / "elf"
     elf.write_bytes(b"\x7fELF\x02\x01\x01")
     assert S.is_client_binary(str(elf))
+
+
+def test_private_writable_ranges_skip_stack_shared_and_readonly():
+    maps = [b"55d0a000-55d0c000 rw-p 00000000 00:00 0                          [heap]",
+            b"7f00000000-7f00002000 r-xp 00000000 fd:01 123                   /usr/lib/libc.so.6",
+            b"7f00002000-7f00003000 rw-p 00002000 fd:01 123                   /usr/lib/libc.so.6",
+            b"7f10000000-7f10001000 rw-s 00000000 00:05 9                     /dev/zero (deleted)",
+            b"7ffc0000-7ffc2000 rw-p 00000000 00:00 0                          [stack]",
+            b"7f20000000-7f20004000 rw-p 00000000 00:00 0"]
+    assert S.private_writable_ranges(maps) == [(0x55D0A000, 0x55D0C000), (0x7F00002000, 0x7F00003000),
+                                                 (0x7F20000000, 0x7F20004000)]
+
+
+def test_shared_page_runs_are_present_and_not_exclusive():
+    present, exclusive = 1 << 63, 1 << 56
+    entries = (present, present, present | exclusive, 0, present, present | exclusive, present)
+    assert S.shared_page_runs(entries) == [(0, 2), (4, 1), (6, 1)]
+    assert S.shared_page_runs(()) == [] and S.shared_page_runs((present | exclusive, 0)) == []
