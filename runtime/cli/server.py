@@ -1093,7 +1093,8 @@ def _is_monitor(pid: int) -> bool:
             name = f.read().strip()
     except OSError:
         return False
-    return name.startswith(b"isobench-") and name != SPARE_NAME.encode()
+    # not our own name (a worker forked just now has not renamed itself yet) nor a spare's
+    return name.startswith(b"isobench-") and name not in (SPARE_NAME.encode(), PROCESS_NAME.encode())
 
 
 def _close_quietly(fd: int) -> None:

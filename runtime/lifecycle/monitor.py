@@ -112,10 +112,23 @@ def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool) ->
     """A foreground run with the calling process as the container's monitor; returns the exit code.
 
     As :func:`_monitor` does for a foreground run: the container gets /dev/null as stdin and our
-    stdout/stderr; Ctrl-C and SIGTERM/SIGHUP/SIGQUIT are forwarded to it once it runs; a failed start
-    leaves nothing behind; ``--rm`` removes it after the exit has been recorded."""
+    stdout/stderr; Ctrl-C and SIGTERM/SIGHUP/SIGQUIT are forwarded to it (those that arrive while it
+    is being created, once it runs); a failed start leaves nothing behind; ``--rm`` removes it after
+    the exit has been recorded."""
     from runtime import api
 
+    target: list[int] = []  # the container's pid once it runs; signals before that wait in pending
+    pending: list[int] = []
+
+    def forward(sig, _frame):  # Ctrl-C / SIGTERM reach the container, as with docker run
+        if not target:
+            pending.append(sig)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target[0], sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, forward)  # from the start: no window where Ctrl-C orphans a started container
     stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # kept open until the child has it
     try:
         c = api.create(config, paths, stdio=(stdin, 1, 2), auto_remove=auto_remove, detached=False)
@@ -129,13 +142,9 @@ def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool) ->
             raise
     finally:
         os.close(stdin)
-
-    def forward(sig, _frame):  # Ctrl-C / SIGTERM reach the container, as with docker run
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(c.pid, sig)  # type: ignore[arg-type]
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, forward)
+    target.append(c.pid)  # type: ignore[arg-type]
+    for sig in pending:
+        forward(sig, None)
     code = api.wait(c)
     if auto_remove:
         api.delete(c)

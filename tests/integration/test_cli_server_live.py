@@ -42,8 +42,8 @@ def _children(pid: int) -> list[int]:
         kids = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-    return [k for k in kids if _comm(k) == "isobench" or
-            (_comm(k).startswith("isobench-") and _comm(k) != srv.SPARE_NAME)]
+    return [k for k in kids if _comm(k).startswith("isobench")
+            and _comm(k) not in (srv.SPARE_NAME, srv.PROCESS_NAME)]  # a fresh fork has the server's name
 
 
 def _spares(pid: int) -> list[int]:
@@ -320,7 +320,7 @@ def test_killed_client_kills_its_worker(server, paths, leak_check):
     cid = p.stdout.strip()
     proc = server.popen("wait", cid)
     worker = _wait_for(lambda: _children(server.pid), what="the `wait` worker")[0]
-    assert _comm(worker) == "isobench"
+    _wait_for(lambda: _comm(worker) == "isobench", what="the worker's name")
     proc.kill()
     proc.communicate()
     _wait_for(lambda: worker not in _children(server.pid), what="the worker to die")

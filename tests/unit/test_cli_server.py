@@ -210,3 +210,24 @@ def test_shared_page_runs_are_present_and_not_exclusive():
     entries = (present, present, present | exclusive, 0, present, present | exclusive, present)
     assert S.shared_page_runs(entries) == [(0, 2), (4, 1), (6, 1)]
     assert S.shared_page_runs(()) == [] and S.shared_page_runs((present | exclusive, 0)) == []
+
+
+def test_is_monitor_by_name(monkeypatch):
+    """Only a worker renamed isobench-<id> is a monitor: not a fresh fork (the server's name), not a
+    spare, not a plain worker, not a process that is gone."""
+    import builtins
+    import io
+
+    names = {1: b"isobench-0a1b2c\n", 2: b"isobench-server\n", 3: b"isobench-spare\n", 4: b"isobench\n"}
+    real_open = builtins.open
+
+    def fake_open(path, mode="r", *a, **k):
+        if isinstance(path, str) and path.startswith("/proc/") and path.endswith("/comm"):
+            pid = int(path.split("/")[2])
+            if pid not in names:
+                raise FileNotFoundError(path)
+            return io.BytesIO(names[pid])
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert [S._is_monitor(p) for p in (1, 2, 3, 4, 5)] == [True, False, False, False, False]
