@@ -36,6 +36,11 @@ for _name in ("mount", "umount2", "unshare", "setns", "syscall", "sethostname", 
     getattr(_libc, _name)
 del _name
 
+# <linux/sockios.h>, <linux/if.h>
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
 # <linux/sched.h>
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -123,11 +128,18 @@ def link_up_in(netns_fd: int, ifname: str) -> None:
     finally:
         os.close(own)
     try:
-        req = struct.pack("16sH22x", ifname.encode(), 0)
-        flags = struct.unpack("16sH22x", fcntl.ioctl(sock.fileno(), 0x8913, req))[1]
-        fcntl.ioctl(sock.fileno(), 0x8914, struct.pack("16sH22x", ifname.encode(), flags | 0x1))
+        set_link_up(sock.fileno(), ifname)
     finally:
         sock.close()
+
+
+def set_link_up(sock_fd: int, ifname: str) -> None:
+    """Set IFF_UP on ``ifname`` in the network namespace of the socket ``sock_fd`` (SIOCGIFFLAGS, then
+    SIOCSIFFLAGS only when it is down)."""
+    req = struct.pack("16sH22x", ifname.encode(), 0)
+    flags = struct.unpack_from("16sH", fcntl.ioctl(sock_fd, SIOCGIFFLAGS, req))[1]
+    if not flags & IFF_UP:
+        fcntl.ioctl(sock_fd, SIOCSIFFLAGS, struct.pack("16sH22x", ifname.encode(), flags | IFF_UP))
 
 
 def set_process_name(name: str) -> None:

@@ -131,15 +131,7 @@ def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool) ->
         signal.signal(sig, forward)  # from the start: no window where Ctrl-C orphans a started container
     stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # kept open until the child has it
     try:
-        c = api.create(config, paths, stdio=(stdin, 1, 2), auto_remove=auto_remove, detached=False)
-        try:
-            with contextlib.suppress(OSError):
-                syscalls.set_process_name(host_name(c.id))  # a monitor's name, as gc and ps expect
-            api.start(c)
-        except BaseException:
-            with contextlib.suppress(IsobenchError, OSError):
-                api.delete(c, force=True)
-            raise
+        c = _create_and_start(config, paths, (stdin, 1, 2), auto_remove=auto_remove, detach=False)
     finally:
         os.close(stdin)
     target.append(c.pid)  # type: ignore[arg-type]
@@ -149,6 +141,24 @@ def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool) ->
     if auto_remove:
         api.delete(c)
     return code
+
+
+def _create_and_start(config: ContainerConfig, paths: HostPaths, stdio: tuple[int, int, int] | None, *,
+                      auto_remove: bool, detach: bool):
+    """create + start as the container's monitor (named ``isobench-<id>``, as gc and ps expect); a
+    failed start leaves nothing behind."""
+    from runtime import api
+
+    c = api.create(config, paths, stdio=stdio, auto_remove=auto_remove, detached=detach)
+    try:
+        with contextlib.suppress(OSError):
+            syscalls.set_process_name(host_name(c.id))
+        api.start(c)
+    except BaseException:
+        with contextlib.suppress(IsobenchError, OSError):
+            api.delete(c, force=True)
+        raise
+    return c
 
 
 # ----------------------------------------------------------------------------- monitor side
@@ -177,15 +187,7 @@ def _monitor(config: ContainerConfig, paths: HostPaths, detach: bool, auto_remov
             stdio = None
         else:  # the container writes straight to the CLI's stdout/stderr: no copying through us
             stdio = (os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), 1, 2)
-        c = api.create(config, paths, stdio=stdio, auto_remove=auto_remove, detached=detach)
-        with contextlib.suppress(OSError):
-            syscalls.set_process_name(host_name(c.id))
-        try:
-            api.start(c)
-        except BaseException:
-            with contextlib.suppress(IsobenchError, OSError):
-                api.delete(c, force=True)
-            raise
+        c = _create_and_start(config, paths, stdio, auto_remove=auto_remove, detach=detach)
         _to_devnull((0, 1, 2))  # keep no copy of the CLI's terminal/pipes while we wait
         _send(w, f"S {c.id} {c.pid}")
         if detach:

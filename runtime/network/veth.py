@@ -1,9 +1,10 @@
 """veth pairs between the bridge and a container's network namespace, and loopback bring-up.
 
 Netlink goes through pyroute2, imported lazily: its import costs ~150 ms, which a ``--network none``
-start must not pay. That path only needs ``lo`` up, done here with one ``SIOCSIFFLAGS`` ioctl
-(:func:`bring_up_loopback`), either by the container's child right after ``unshare(CLONE_NEWNET)`` or
-from the parent through a short helper thread that ``setns``-es into the container's namespace.
+start must not pay. That path only needs ``lo`` up: one ``SIOCSIFFLAGS`` ioctl
+(``runtime.syscalls.set_link_up``), which the runtime's parent issues with ``syscalls.link_up_in``
+while the child mounts; :func:`bring_up_loopback` issues it from a short helper thread that
+``setns``-es into the container's namespace (the bridge and ``none`` network attachments).
 
 Why a helper thread and not ``pyroute2.NetNS``: NetNS (and ``IPRoute(netns=...)``) forks a process to
 open its socket, costing milliseconds; ``setns(CLONE_NEWNET)`` changes only the calling thread, so a
@@ -15,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import socket
-import struct
 import threading
 from typing import Callable, Iterator, TypeVar
 
@@ -26,9 +25,6 @@ from runtime.errors import NetworkError
 from runtime.paths import PREFIX
 
 IFNAMSIZ = 16  # including the NUL: names are at most 15 characters
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
 CONTAINER_IFNAME = "eth0"
 
 T = TypeVar("T")
@@ -45,11 +41,10 @@ def veth_name(owner_id: str) -> str:
 
 def bring_up_loopback() -> None:
     """Set ``lo`` up in the calling thread's network namespace: one ioctl, no netlink library."""
+    from runtime import syscalls
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH22x", b"lo", 0)
-        flags = struct.unpack_from("16sH", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
-        if not flags & IFF_UP:
-            fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+        syscalls.set_link_up(s.fileno(), "lo")
 
 
 def in_netns(pid: int, fn: Callable[[], T]) -> T:

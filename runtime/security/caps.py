@@ -117,9 +117,8 @@ def drop_bounding(keep_mask: int, last_cap: int) -> None:
     """Remove every capability not in ``keep_mask`` from the bounding set (needs CAP_SETPCAP, which the
     init still has: this runs before setuid and capset)."""
     for cap in range(last_cap + 1):
-        if not keep_mask & (1 << cap) and _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_CAPBSET_DROP {cap}): {os.strerror(err)}")
+        if not keep_mask & (1 << cap):
+            prctl(PR_CAPBSET_DROP, cap, what=f"PR_CAPBSET_DROP {cap}")
 
 
 def set_keepcaps(on: bool) -> None:
