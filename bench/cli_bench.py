@@ -47,13 +47,9 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"[bench] profile {profile.name}: {profile.values} values (+{profile.warmups} warm-up), "
           f"workloads {','.join(workloads)}, environments {','.join(envs)} -> {run_dir}", file=sys.stderr)
     interrupted = False
-    import signal
+    from bench import interrupt
 
-    def first_interrupt(signum, frame):  # later Ctrl-Cs must not cut the clean-up short
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, first_interrupt)
+    interrupt.install()
     try:
         state = runner.run_benchmarks(paths=paths, profile=profile, workloads=workloads, envs=envs, run_dir=run_dir)
     except KeyboardInterrupt:

@@ -3,7 +3,8 @@
 The harness leases every host object it makes to its own pid: runc containers ``isobench-<id>`` (and
 their bundle overlays), and the per-instance overlay mounts of native runs under
 ``<root>/tmp/bench/isobench-<id>/rootfs``. When the harness dies (kill -9), the leases go stale; this
-removes exactly those objects: ``runc delete -f`` (kills the container), a lazy unmount of the overlay
+removes exactly those objects: ``runc delete -f`` (kills the container), runc's state dir of a container
+it never finished creating, a lazy unmount of the overlay
 subtree, and the instance directory. Netns holders and ``runc run`` parents die with the harness
 (PDEATHSIG); veths, DNAT rules, addresses and cgroups are removed by their own areas' gc.
 """
@@ -51,6 +52,13 @@ def gc(paths: HostPaths) -> list[str]:
         res = subprocess.run(["runc", "delete", "-f", cid], capture_output=True, text=True)
         if res.returncode == 0:
             removed.append(f"runc container {cid}")
+    from bench.environments import runc as runcenv
+
+    # a runc killed while creating leaves a state dir `runc list` cannot show (no state.json)
+    if runcenv.RUNC_STATE_ROOT.is_dir():
+        for d in runcenv.RUNC_STATE_ROOT.glob(f"{PREFIX}*"):
+            if not leases.owner_alive(d.name) and runcenv.remove_abandoned_state(d.name):
+                removed.append(f"runc state dir {d}")
     for point, oid in _mounts():
         if leases.owner_alive(oid):
             continue

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import results
+from bench.interrupt import INTERRUPTED, raise_if_interrupted
 from bench.environments.base import Environment
 from bench.profiles import Profile
 from bench.workloads.base import Context, Workload
@@ -177,7 +178,7 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
     state.meta = metamod.host_meta(accel, {k: v.manifest_digest for k, v in imgs.items()}, profile.name)
     state.meta.update(started_utc=started, finished_utc=None, environments=list(envs), workloads=list(workloads),
                       execution={n: e.describe() for n, e in environments.items()},
-                      warmups_excluded=True, interleaved=True,
+                      warmups_excluded=True, interleaved=True, interrupted=False,
                       vm_batching="cpu, memory and disk run all their iterations inside one VM boot")
     facts: dict = {"platform": platform_facts(state.meta, environments)}
     from runtime import scratch
@@ -203,6 +204,10 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
             finally:
                 state.meta.setdefault("workload_seconds", {})[w.name] = round(time.monotonic() - t0, 1)
             state.save(facts)
+        raise_if_interrupted()  # a Ctrl-C swallowed during the last step
+    except KeyboardInterrupt:
+        state.meta["interrupted"] = True
+        raise
     finally:
         from bench.environments.base import stop_all_live
 
@@ -272,6 +277,7 @@ def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context
             return
         for it in range(total):
             for env in envs:
+                raise_if_interrupted()
                 if env.name in failed:
                     continue
                 prog.show(w.name, env.name, it, total)
@@ -280,7 +286,10 @@ def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context
                     ms = w.measure(env, ctx, it)
                 except (IsobenchError, OSError, ValueError, TimeoutError) as exc:
                     # ValueError/OSError: a tool printed something unparsable or a host call failed;
-                    # recorded with its message, the run goes on
+                    # recorded with its message, the run goes on. Unless a Ctrl-C caused it: then the
+                    # error is a symptom of the interrupt, not a result
+                    if INTERRUPTED.is_set():
+                        raise KeyboardInterrupt from exc
                     fail(env.name, exc)
                     continue
                 finally:

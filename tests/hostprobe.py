@@ -1,7 +1,7 @@
 """Probes for the ``requires`` marker and the leak check every integration test ends with.
 
 ``host_objects()`` lists what carries the project's name on the host: mounts, cgroups, links, network
-namespaces, firewall rules, libvirt domains and processes. Integration tests snapshot it before and
+namespaces, firewall rules, libvirt domains, processes, runc state dirs and port claims. Integration tests snapshot it before and
 after (tests run serially in CI, so the difference is what the test left behind).
 """
 
@@ -134,6 +134,10 @@ def host_objects() -> dict[str, set[str]]:
         if f"{NAME}-" in cmd and "pytest" not in cmd and not _idle_spare(pid):
             procs.add(f"{pid} {cmd.strip()[:120]}")
     objs["processes"] = procs
+    # runc's own state dirs (a runc killed mid-create leaves one with only exec.fifo) and port claims
+    objs["runc_state"] = {str(p) for p in Path("/run/runc").glob(f"{NAME}*")} if Path("/run/runc").is_dir() else set()
+    claims = Path(os.environ.get("ISOBENCH_RUN_DIR", "/run/isobench")) / "ports"  # runtime.network.portmap
+    objs["port_claims"] = {p.name for p in claims.iterdir()} if claims.is_dir() else set()
     return objs
 
 

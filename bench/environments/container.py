@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 
+from bench import interrupt
 from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, elapsed_s,
                                      fill_port, process_tree, pss_bytes)
 from runtime.errors import BenchError, IsobenchError
@@ -81,7 +82,8 @@ class ContainerInstance(Instance):
         devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         self.c = None
         try:
-            self.c = api.create(cfg, env.paths, stdio=(devnull, w, w))
+            with interrupt.deferred():  # until self.c holds the container, stop() could not remove it
+                self.c = api.create(cfg, env.paths, stdio=(devnull, w, w))
             self.created_ns = self.c.timings_ns.get("call", self.created_ns)
             api.start(self.c)
         except BaseException:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 
+from bench import interrupt
 from bench.environments import images, rootfs
 from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, cpu_seconds,
                                      elapsed_s, fill_port, free_port, image_env, kill_wait, process_tree,
@@ -54,8 +55,9 @@ class NativeInstance(Instance):
                 os.chroot(root)
                 os.chdir(cwd)
 
-            self.proc = subprocess.Popen(argv, env=env, preexec_fn=enter, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            with interrupt.deferred():  # a Ctrl-C inside Popen would orphan the workload (and its mounts)
+                self.proc = subprocess.Popen(argv, env=env, preexec_fn=enter, stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             self.phases["exec"] = elapsed_s(self.created_ns)
             self.pump = OutputPump(self.proc.stdout, job.ready_marker)
         except BaseException:

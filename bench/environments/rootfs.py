@@ -39,6 +39,13 @@ class OverlayRoot:
                     errors.append(str(exc))
         self.mounted.clear()
         if os.path.ismount(self.rootfs):
+            # mounted but not (yet) recorded: an exception (a Ctrl-C) landed between mount(2) and the
+            # bookkeeping; one lazy unmount of the root takes any binds beneath it along
+            try:
+                syscalls.umount(str(self.rootfs), syscalls.MNT_DETACH)
+            except OSError as exc:
+                errors.append(str(exc))
+        if os.path.ismount(self.rootfs):
             raise BenchError(f"{self.rootfs} is still mounted after unmount: {'; '.join(errors) or '?'}")
         # only upper/work are deleted recursively: they never hold mounts
         for sub in ("upper", "work"):

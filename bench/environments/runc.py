@@ -12,6 +12,7 @@ the hierarchical readings (CPU time, memory peak) the harness reads afterwards, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench import interrupt
 from bench.environments import images, rootfs
 from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, elapsed_s,
                                      fill_port, image_env, kill_wait, process_tree, pss_bytes)
@@ -28,6 +30,7 @@ from runtime.errors import BenchError, IsobenchError
 from runtime.paths import HostPaths, new_id
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+RUNC_STATE_ROOT = Path("/run/runc")  # runc's default --root for root
 _TEMPLATE: dict | None = None
 
 
@@ -121,15 +124,46 @@ def cgroup_readings(obj_id: str) -> dict:
     return out
 
 
-def remove_cgroups(obj_id: str) -> None:
-    for d in list(CGROUP_ROOT.glob(f"*/{obj_id}")) + [CGROUP_ROOT / obj_id]:
-        for sub in (d / "ctr", d):
-            with contextlib.suppress(FileNotFoundError):
-                if sub.is_dir():
-                    try:
-                        sub.rmdir()
-                    except OSError as exc:
-                        raise BenchError(f"cannot remove cgroup {sub}: {exc}") from exc
+def remove_cgroups(obj_id: str, grace_s: float = 2.0) -> None:
+    """Remove ``/isobench-<id>`` (and runc's ``ctr`` below it) in every hierarchy.
+
+    A runc killed while it created the container leaves its ``runc init`` in ``ctr`` for a moment (or
+    for good): whatever is still in the instance's own cgroup is killed, then the dirs go.
+    """
+    dirs = [sub for d in list(CGROUP_ROOT.glob(f"*/{obj_id}")) + [CGROUP_ROOT / obj_id]
+            for sub in (d / "ctr", d) if sub.is_dir()]
+    deadline = time.monotonic() + grace_s
+    for sub in dirs:
+        while True:
+            try:
+                sub.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise BenchError(f"cannot remove cgroup {sub}: {exc}") from exc
+                _kill_members(sub)
+                time.sleep(0.02)
+
+
+def _kill_members(cgroup: Path) -> None:
+    """SIGKILL the processes in one of the instance's own cgroups (nothing outside it)."""
+    for f in [cgroup / "cgroup.procs"] + list(cgroup.glob("*/cgroup.procs")):
+        with contextlib.suppress(OSError, ValueError):
+            for pid in f.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def remove_abandoned_state(obj_id: str) -> bool:
+    """Remove runc's state dir of a container it never finished creating (only ``exec.fifo``, no
+    ``state.json``: `runc delete` cannot load it). True if one was removed."""
+    d = RUNC_STATE_ROOT / obj_id
+    if not d.is_dir() or (d / "state.json").exists():
+        return False
+    shutil.rmtree(d, ignore_errors=True)
+    return not d.exists()
 
 
 def _die_with_parent() -> None:
@@ -173,9 +207,10 @@ class RuncInstance(Instance):
             (self.root.dir / "config.json").write_text(json.dumps(cfg))
             self.phases["bundle"] = elapsed_s(self.created_ns)
             # runc dies with the harness (PDEATHSIG); `isobench gc` (bench.gc) then deletes the container
-            self.proc = subprocess.Popen(["runc", "run", "--bundle", str(self.root.dir), self.id],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent)
+            with interrupt.deferred():  # a Ctrl-C inside Popen would orphan a runc creating the container
+                self.proc = subprocess.Popen(["runc", "run", "--bundle", str(self.root.dir), self.id],
+                                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
             self.pump = OutputPump(self.proc.stdout, job.ready_marker)
         except BaseException:
             self.stop()
@@ -192,12 +227,14 @@ class RuncInstance(Instance):
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
             syscalls.unshare(syscalls.CLONE_NEWNET)
 
-        self.holder = subprocess.Popen([f"{self.id}-netns", "infinity"], executable=shutil.which("sleep") or "/bin/sleep",
-                                       stdin=subprocess.DEVNULL, preexec_fn=enter)
+        with interrupt.deferred():
+            self.holder = subprocess.Popen([f"{self.id}-netns", "infinity"],
+                                           executable=shutil.which("sleep") or "/bin/sleep",
+                                           stdin=subprocess.DEVNULL, preexec_fn=enter)
+        self.net_attached = True  # before prepare: detach is idempotent, and an interrupt may land inside it
         plan = net.prepare(self.id, NetworkSpec(mode="bridge", ports=(PortMapping(host_port=0, container_port=port,
                                                                                   host_ip="127.0.0.1"),)),
                            self.env.paths)
-        self.net_attached = True
         att = net.attach(plan, self.holder.pid)
         hp = att.ports[0].host_port
         self.endpoint = ("127.0.0.1", hp)
@@ -238,13 +275,21 @@ class RuncInstance(Instance):
         """Idempotent: every step checks what is left, so a stop cut short by Ctrl-C can be finished."""
         errors = []
         if self.proc is not None:
-            if self.proc.poll() is None:
-                syscalls.run(["runc", "kill", self.id, "KILL"], check=False, timeout_s=10)
-                with contextlib.suppress(BenchError):
-                    kill_wait(self.proc, 10)
+            # `runc kill` works once runc has created the container; a Ctrl-C can stop us earlier, while
+            # it is still creating it. Killing `runc run` then would strand its half-made container, so
+            # give it a moment to finish creating first (this is clean-up, never a measured path)
+            deadline = time.monotonic() + 2.0
+            while self.proc.poll() is None:
+                res = syscalls.run(["runc", "kill", self.id, "KILL"], check=False, timeout_s=10)
+                if res.returncode == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            with contextlib.suppress(BenchError):
+                kill_wait(self.proc, 10)
             if self.proc.stdout:
                 self.proc.stdout.close()
         syscalls.run(["runc", "delete", "-f", self.id], check=False, timeout_s=10)
+        remove_abandoned_state(self.id)
         if self.net_attached:
             from runtime.network import container as net
 

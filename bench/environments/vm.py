@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from bench import interrupt
 from bench.environments.base import (Environment, Instance, Job, Outcome, Usage, elapsed_s, fill_port,
                                      free_port)
 from runtime.errors import BenchError, IsobenchError
@@ -46,7 +47,8 @@ class VMInstance(Instance):
         self.vm = None
         self._register()
         hp = free_port() if job.port is not None else None
-        self.vm = api.start(job.image, fill_port(job.argv, job.port), vm_config(job, hp), env.paths)
+        with interrupt.deferred():  # until self.vm holds the domain, stop() could not destroy it
+            self.vm = api.start(job.image, fill_port(job.argv, job.port), vm_config(job, hp), env.paths)
         env.note_accel(self.vm.accel, self.vm.accel_reason)
         if hp is not None:
             self.endpoint = ("127.0.0.1", hp)

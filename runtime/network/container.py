@@ -190,8 +190,8 @@ def detach(container_id: str, paths: HostPaths) -> None:
     errors: list[str] = []
     if portmap.record_path(container_id, paths).exists():
         rules_done = _Background(portmap.unpublish_ports, container_id, paths).result
-    else:
-        rules_done = lambda: None  # noqa: E731 - nothing published: no thread, no exec
+    else:  # nothing published: no thread, no exec; claims of a prepared plan may still be held
+        rules_done = lambda: portmap.release_claims_of(container_id)  # noqa: E731
     for step in (lambda: _delete_veth(veth_name(container_id)), rules_done,
                  lambda: ipam.release_address(container_id, paths)):
         try:

@@ -193,6 +193,8 @@ def publish_ports(owner_id: str, target_ip: str, ports: tuple[PortMapping, ...],
         write_json(record_path(owner_id, paths),
                           {"owner": owner_id, "target_ip": target_ip, "ports": [_to_json(m) for m in resolved]})
         undo.callback(_unlink, record_path(owner_id, paths))
+        # an interrupt can land after the kernel committed the rules but before apply() returns
+        undo.callback(firewall.remove_tagged, {tag}, firewall.DNAT_CHAIN)
         firewall.apply(firewall.publish_script(tag, resolved, target_ip), f"ports of {tag}")
         undo.pop_all()
     return resolved
@@ -217,10 +219,16 @@ def unpublish_ports(owner_id: str, paths: HostPaths) -> None:
     from runtime.network import firewall
 
     firewall.remove_tagged({firewall.owner_tag(owner_id)}, firewall.DNAT_CHAIN)
+    release_claims_of(owner_id)
+    _unlink(rec)
+
+
+def release_claims_of(owner_id: str) -> None:
+    """Drop every port claim ``owner_id`` holds: also those of a plan that never got published (an
+    interrupt between prepare and attach), which have no record to find them by."""
     for key, holder in all_port_claims().items():
         if holder == owner_id:
             _unlink(claims_dir() / key)
-    _unlink(rec)
 
 
 def list_mappings(owner_id: str, paths: HostPaths) -> tuple[PortMapping, ...]:

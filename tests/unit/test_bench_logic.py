@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import profiles, runner, stats
+from bench import interrupt, profiles, runner, stats
 from bench.environments import runc as runcenv
 from bench.environments.base import Job, Limits, Volume, fill_port, image_env
 from bench.workloads import base as wbase
@@ -229,3 +229,120 @@ def test_gc_recognises_bench_mount_points():
     m = gc._ID.search("/var/lib/isobench/tmp/bench/isobench-0123abcd/rootfs/proc")
     assert m and m.group(1) == "isobench-0123abcd"
     assert gc._ID.search("/var/lib/isobench/containers/0123/rootfs") is None
+
+
+class _Env:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _InterruptedStep(wbase.Workload):
+    """Second step: a Ctrl-C that CPython swallowed, or that a failing clean-up turned into an OSError."""
+
+    name = "startup"
+    metrics = {"x_s": wbase.Metric("s", "lower")}
+    environments = ("native", "runc")
+
+    def __init__(self, how: str) -> None:
+        self.how, self.calls, self.torn_down = how, [], False
+
+    def measure(self, env, ctx, iteration):
+        self.calls.append((env.name, iteration))
+        if len(self.calls) == 2:
+            interrupt.INTERRUPTED.set()
+            if self.how == "oserror":
+                raise OSError(16, "Device or resource busy")
+        return [wbase.Measurement("x_s", 0.001)]
+
+    def teardown(self, ctx):
+        self.torn_down = True
+
+
+@pytest.mark.parametrize("how", ["swallowed", "oserror"])
+def test_swallowed_ctrl_c_still_ends_the_run(tmp_path, how):
+    (tmp_path / "logs").mkdir()
+    w = _InterruptedStep(how)
+    state = runner.RunState(run_dir=tmp_path, meta={})
+    ctx = wbase.Context(paths=None, profile=profiles.get("quick"), images={})
+    prog = runner.Progress({("startup", "native"): 6, ("startup", "runc"): 6}, io.StringIO())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_workload(w, {"native": _Env("native"), "runc": _Env("runc")}, ctx, state, prog,
+                                lambda s: None)
+    finally:
+        interrupt.reset()
+    assert w.calls == [("native", 0), ("runc", 0)]  # no step after the interrupted one
+    assert state.failures == []                     # the interrupt's symptom is not a benchmark failure
+    assert w.torn_down
+
+
+@pytest.fixture
+def sigint_restored():
+    import signal
+
+    old = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, old)
+    interrupt.reset()
+
+
+def test_ctrl_c_inside_deferred_section_is_raised_when_it_ends(sigint_restored):
+    import signal
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt.deferred():
+            with interrupt.deferred():       # nested: held until the outermost section ends
+                interrupt.on_sigint(signal.SIGINT, None)
+                done.append("recorded")      # the section still finishes its bookkeeping
+            done.append("outer")
+    assert done == ["recorded", "outer"]
+    assert interrupt.INTERRUPTED.is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a second Ctrl-C cannot cut the clean-up short
+    with interrupt.deferred():               # raised once: clean-up code using sections runs through
+        pass
+
+
+def test_ctrl_c_outside_sections_raises_at_once(sigint_restored):
+    import signal
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupt.on_sigint(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):
+        interrupt.raise_if_interrupted()
+
+
+def test_error_inside_deferred_section_wins(sigint_restored):
+    import signal
+
+    with pytest.raises(OSError):
+        with interrupt.deferred():
+            interrupt.on_sigint(signal.SIGINT, None)
+            raise OSError("mount failed")
+    with pytest.raises(KeyboardInterrupt):   # noticed by the runner's next step
+        interrupt.raise_if_interrupted()
+
+
+def test_abandoned_runc_state_dir_removed_only_without_state_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(runcenv, "RUNC_STATE_ROOT", tmp_path)
+    half = tmp_path / "isobench-half"
+    half.mkdir()
+    (half / "exec.fifo").touch()
+    full = tmp_path / "isobench-full"
+    full.mkdir()
+    (full / "state.json").write_text("{}")
+    assert runcenv.remove_abandoned_state("isobench-half")
+    assert not half.exists()
+    assert not runcenv.remove_abandoned_state("isobench-full")  # runc can load it: `runc delete` owns it
+    assert full.exists()
+    assert not runcenv.remove_abandoned_state("isobench-none")
+
+
+def test_remove_cgroups_removes_ctr_then_parent_in_every_hierarchy(tmp_path, monkeypatch):
+    monkeypatch.setattr(runcenv, "CGROUP_ROOT", tmp_path)
+    for hier in ("cpu", "memory", "pids"):
+        (tmp_path / hier / "isobench-x" / "ctr").mkdir(parents=True)
+    (tmp_path / "cpu" / "isobench-other").mkdir()
+    runcenv.remove_cgroups("isobench-x")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "cpu", "cpu/isobench-other", "memory", "pids"]

@@ -105,3 +105,16 @@ def test_fifty_concurrent_processes_get_distinct_addresses(root):
     assert len(set(got)) == 50
     assert len(ipam.allocations(root)) == 50
     assert len(ipam.all_claims()) == 50
+
+
+def test_release_claims_of_drops_unpublished_claims(tmp_path, monkeypatch):
+    """A plan prepared but never published (interrupted before attach) has claims and no record:
+    detach must still find and drop them, and only the owner's."""
+    from runtime.network import portmap
+
+    monkeypatch.setenv("ISOBENCH_RUN_DIR", str(tmp_path / "run"))
+    assert portmap.claim_port("isobench-aaa", "tcp", 40001)
+    assert portmap.claim_port("isobench-aaa", "udp", 40002)
+    assert portmap.claim_port("isobench-bbb", "tcp", 40003)
+    portmap.release_claims_of("isobench-aaa")
+    assert portmap.all_port_claims() == {"tcp-40003": "isobench-bbb"}
