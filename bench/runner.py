@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from bench import results
-from bench.interrupt import INTERRUPTED, raise_if_interrupted
 from bench.environments.base import Environment
+from bench.interrupt import INTERRUPTED, raise_if_interrupted
 from bench.profiles import Profile
 from bench.workloads.base import Context, Workload
 from runtime.errors import BenchError, IsobenchError, UsageError
@@ -272,6 +272,8 @@ def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context
         try:
             w.setup(ctx)
         except IsobenchError as exc:
+            if INTERRUPTED.is_set():
+                raise KeyboardInterrupt from exc
             for e in envs:
                 fail(e.name, exc)
             return
