@@ -97,3 +97,32 @@ def test_ctrl_c_leaves_valid_partial_run(isobench_root, tmp_path, leak_check):
     assert len(run.samples) > 0
     json.loads((out / "facts.json").read_text())
     assert run.meta.get("finished_utc")
+    assert run.meta.get("interrupted") is True
+
+
+@pytest.mark.parametrize("delay_s", [0.05, 0.4, 0.9, 1.6])
+def test_terminal_ctrl_c_at_any_moment_leaves_nothing(isobench_root, tmp_path, leak_check, delay_s):
+    """A terminal's Ctrl-C (SIGINT to the whole process group: the harness, runc, monitors) at a
+    different moment each time: while runc, a mount or a container is being made, or in between. The
+    run must end with 130, record no failure the interrupt caused, and leave nothing on the host
+    (the leak check covers runc's state dirs, cgroups, mounts, port claims and DNAT rules)."""
+    out = tmp_path / "partial"
+    env = dict(os.environ, ISOBENCH_ROOT=str(isobench_root))
+    proc = subprocess.Popen(ISOBENCH + ["bench", "--values", "30", "--only", "startup,isolation",
+                                        "--env", "native,container,runc", "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / "samples.csv").exists():
+            time.sleep(0.05)
+        time.sleep(delay_s)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-1500:]
+    assert json.loads((out / "failures.json").read_text()) == []
+    assert json.loads((out / "meta.json").read_text())["interrupted"] is True
