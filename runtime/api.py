@@ -210,6 +210,7 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
             container_id=cid, hostname=hostname, argv=argv, env=env, workdir=proc.workdir,
             uid=uid, gid=gid, groups=(gid,) if uid else (), unshare_flags=namespaces.child_flags(config, cgroupns),
             cgroupns=cgroupns, userns_remap=remap, loopback_up=config.network.mode == "none", init=python_init,
+            cgroup_join=c._cgroup_plan.self_join_files(),
             rootfs=RootfsPlan(lowerdirs=tuple(str(d) for d in lowers), upper=str(cdir / "upper"),
                               work=str(cdir / "work"), merged=_shared_mountpoint(paths), mounts=mounts,
                               etc_files=etc, read_only=config.read_only_rootfs, init_binary=init_bin))
@@ -276,10 +277,9 @@ def start(c: Container) -> None:
     attachment: list[Any] = []
 
     def on_forked(pid: int) -> None:
-        # The child is unsharing and mounting meanwhile (it waits for us only before exec), so the
-        # cgroup's mkdirs and limit writes cost the start path nothing.
+        # The child is unsharing meanwhile, then joins the cgroup itself (LaunchPlan.cgroup_join): the
+        # mkdirs and limit writes overlap its unshare, and no process is moved from outside
         c._cgroup = c._cgroup_plan.make()
-        c._cgroup.add_pid(pid)
 
     def on_ready(pid: int) -> None:
         if c._netplan is not None:

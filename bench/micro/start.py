@@ -7,6 +7,10 @@ Side by side in one run, interleaved so machine noise hits every contender alike
 * **runc run** of the same image's flat rootfs (bundle from ``runc spec``, its default namespaces,
   no network): the reference OCI runtime, as a subprocess (that *is* its cost);
 * **unshare -fpmiu true**: the floor (namespaces + fork + exec, no rootfs, no cgroup);
+* the in-process start and ``runc run`` again **after an idle gap** (``--gap``, 0.2 s): the kernel's
+  cgroup-migration lock is cheap only right after another migration (it waits an RCU grace period,
+  ~8 ms here, after an idle spell), so back-to-back samples alone would flatter whoever follows a
+  cgroup write; a user's single ``docker run`` is the idle case;
 * **CLI** ``isobench run --rm --network none busybox true`` end to end vs ``runc run``, twice: with no
   server (the client execs the Python CLI: interpreter start-up and imports on every command) and via
   a private ``isobench server`` this benchmark starts and stops (a forked, pre-imported worker per
@@ -16,7 +20,7 @@ Side by side in one run, interleaved so machine noise hits every contender alike
 * **idle overhead**: PSS of a detached container's monitor plus its state directory.
 
 Everything lives in a private state root (the server's socket too) that is removed at the end. Exit
-status 1 when a target is missed (in-process median < 10 ms; CLI via the server no slower than runc;
+status 1 when a target is missed (in-process median < 10 ms, interleaved and after idle; CLI via the server no slower than runc;
 idle overhead < 2 MiB). Runs at nice -20
 unless ``--no-nice`` (every contender inherits it, so the comparison stays fair on a shared machine).
 """
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=40, help="samples per contender (default 40)")
     ap.add_argument("--churn", type=int, default=200, help="containers in the churn test (default 200)")
     ap.add_argument("--idle", type=int, default=5, help="detached containers for the idle overhead (default 5)")
+    ap.add_argument("--gap", type=float, default=0.2,
+                    help="idle seconds before the 'after idle' samples (default 0.2)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--no-nice", action="store_true",
                     help="keep normal priority (default: nice -20 for every contender alike, so other "
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             time_cmd(cli, env)
             time_cmd(cli, server_env)
         inproc, inproc_total, runc_ms, floor_ms, cli_ms, runc_cli_ms = [], [], [], [], [], []
-        srv_ms, runc_srv_ms = [], []
+        srv_ms, runc_srv_ms, idle_inproc, idle_runc = [], [], [], []
         phases: dict[str, list[float]] = {}
         for _ in range(args.n):
             t0 = time.perf_counter_ns()
@@ -169,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             runc_cli_ms.append(runc_once())
             srv_ms.append(time_cmd(cli, server_env))
             runc_srv_ms.append(runc_once())
+            time.sleep(args.gap)
+            r = api.run(cfg, paths)
+            idle_inproc.append(_ms(r.timings_ns["exited"] - r.timings_ns["call"]))
+            time.sleep(args.gap)
+            idle_runc.append(runc_once())
             del prev
 
         # churn: N containers in sequence, then a leak check
@@ -213,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             ("runc run (paired with CLI)", runc_cli_ms),
             ("CLI via isobench server", srv_ms),
             ("runc run (paired with server CLI)", runc_srv_ms),
+            (f"in-process start after {args.gap:g} s idle", idle_inproc),
+            (f"runc run after {args.gap:g} s idle", idle_runc),
         ]
         print(f"\nContainer start, {args.n} samples each, interleaved (ms)")
         print(f"{'contender':40} {'median':>8} {'p90':>8} {'min':>8}")
@@ -223,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         r_floor = med[rows[0][0]] / med[rows[3][0]]
         r_cli = med[rows[4][0]] / med[rows[5][0]]
         r_srv = med[rows[6][0]] / med[rows[7][0]]
+        r_idle = med[rows[8][0]] / med[rows[9][0]]
         print(f"\nratios: in-process / runc = {r_inproc:.2f}   in-process / floor = {r_floor:.2f}   "
-              f"CLI (no server) / runc = {r_cli:.2f}   CLI via server / runc = {r_srv:.2f}")
+              f"CLI (no server) / runc = {r_cli:.2f}   CLI via server / runc = {r_srv:.2f}   "
+              f"after idle: in-process / runc = {r_idle:.2f}")
         print("\nin-process phase stamps, median ms since the call:")
         print("  " + "  ".join(f"{k}={statistics.median(v):.2f}" for k, v in phases.items()))
         print(f"\nchurn: {args.churn} containers in {churn_s:.1f} s ({churn_s / args.churn * 1e3:.1f} ms each), "
@@ -234,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = {
             "median_ms": med, "p90_ms": {name: pct(v, 0.9) for name, v in rows},
             "ratios": {"inproc_over_runc": r_inproc, "inproc_over_floor": r_floor, "cli_over_runc": r_cli,
-                       "cli_server_over_runc": r_srv},
+                       "cli_server_over_runc": r_srv, "after_idle_inproc_over_runc": r_idle},
             "phases_median_ms": {k: statistics.median(v) for k, v in phases.items()},
             "churn": {"n": args.churn, "seconds": churn_s, "leftovers": leftovers, "fd_growth": fd_growth},
             "idle": {"monitor_pss_kib": statistics.mean(pss), "state_dir_kib": statistics.mean(dirs),
@@ -242,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2))
-        ok = (med[rows[0][0]] < IN_PROCESS_TARGET_MS, r_srv <= 1.0, not leftovers and fd_growth <= 0,
-              idle_mib < IDLE_TARGET_MIB)
-        names = ("in-process median < 10 ms", "CLI (via server) no slower than runc", "churn leaves nothing",
-                 "idle overhead < 2 MiB")
+        ok = (max(med[rows[0][0]], med[rows[8][0]]) < IN_PROCESS_TARGET_MS, r_srv <= 1.0,
+              not leftovers and fd_growth <= 0, idle_mib < IDLE_TARGET_MIB)
+        names = ("in-process median < 10 ms (interleaved and after idle)", "CLI (via server) no slower than runc",
+                 "churn leaves nothing", "idle overhead < 2 MiB")
         print("\ntargets: " + ", ".join(f"{n}: {'met' if o else 'MISSED'}" for n, o in zip(names, ok)))
         return 0 if all(ok) else 1
     finally:

@@ -87,6 +87,11 @@ class Cgroup:
             except OSError as exc:
                 raise CgroupError(f"cannot move pid {pid} into {d}: {exc.strerror}") from exc
 
+    def self_join_files(self) -> tuple[str, ...]:
+        """The files :meth:`join_self` writes, one per distinct directory (for a child that must
+        join after losing sight of the host's /sys, or that is handed them in its launch plan)."""
+        return join_files(self.layout, self.paths)
+
     def join_self(self) -> None:
         """Move the *calling* process in; meant for a freshly forked, single-threaded child before exec.
 
@@ -95,12 +100,11 @@ class Cgroup:
         RCU grace period (~10 ms measured here) — the whole start-up budget. For the one thread of a
         just-forked child, one thread is the whole process. v2 has no such file for domain cgroups, so
         there it writes ``cgroup.procs``."""
-        target = "cgroup.procs" if self.layout.driver == "v2" else "tasks"
-        for d in self._dirs():
+        for f in self.self_join_files():
             try:
-                fs.write(d / target, "0")
+                fs.write(Path(f), "0")
             except OSError as exc:
-                raise CgroupError(f"cannot join {d}: {exc.strerror}") from exc
+                raise CgroupError(f"cannot join {Path(f).parent}: {exc.strerror}") from exc
 
     def pids(self) -> list[int]:
         """Processes in the cgroup and its sub-cgroups (runc nests its own ``ctr`` below; a container with a
@@ -281,6 +285,13 @@ def _enable_v2_controllers(layout: CgroupLayout, resources: Resources) -> None:
         raise CgroupError(f"cannot enable controllers ({line}) in {control}: {exc.strerror}") from exc
 
 
+def join_files(layout: CgroupLayout, paths: dict[str, Path]) -> tuple[str, ...]:
+    """v1: ``tasks`` (a write of "0" moves the calling thread without the kernel's global lock);
+    v2: ``cgroup.procs`` (domain cgroups have no per-thread file)."""
+    target = "cgroup.procs" if layout.driver == "v2" else "tasks"
+    return tuple(str(d / target) for d in dict.fromkeys(paths.values()))
+
+
 @dataclass(frozen=True)
 class CgroupPlan:
     """A validated cgroup, not yet made: the directories and the limit writes, in order.
@@ -294,6 +305,10 @@ class CgroupPlan:
     writes: tuple[tuple[str, Path, str], ...]
     layout: CgroupLayout
     resources: Resources
+
+    def self_join_files(self) -> tuple[str, ...]:
+        """What the container's child writes "0" into to join, known before anything is made."""
+        return join_files(self.layout, self.paths)
 
     def make(self) -> Cgroup:
         """mkdir in every hierarchy and apply the limits; all or nothing."""

@@ -10,6 +10,7 @@ cgroup for accounting, and the output streamed line by line to the builder's log
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -59,7 +60,8 @@ def run_build_step(paths: HostPaths, lower_dirs: list[Path], upper: Path, work: 
         cgroup = create_cgroup(host_name(cid), Resources())
         undo.callback(cgroup.destroy)
         try:
-            spawned = spawn(plan, prepared, (null, w_out, w_out), cgroup.add_pid, None)
+            plan = dataclasses.replace(plan, cgroup_join=cgroup.self_join_files())  # the child joins itself
+            spawned = spawn(plan, prepared, (null, w_out, w_out), lambda pid: None, None)
         finally:
             os.close(w_out)
         try:

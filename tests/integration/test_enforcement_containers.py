@@ -131,3 +131,20 @@ def test_container_write_bps_throttle(containers, tmp_path):
           f"cgroup counted {written / MIB:.2f} MiB")
     assert code == 0
     assert 0.7 * limit <= rate <= 1.3 * limit and written >= 12 * MIB
+
+
+def test_container_joins_its_cgroup_in_every_hierarchy_before_exec(containers):
+    """The child moves itself into its cgroup (LaunchPlan.cgroup_join) before it execs: the workload is
+    in ``/isobench-<id>`` in every hierarchy the cgroup spans, and the harness is in none of them."""
+    c = containers(("sleep", "30"), Resources(pids_max=50))
+    member = {}
+    for line in open(f"/proc/{c.pid}/cgroup").read().splitlines():
+        _, ctls, path = line.split(":", 2)
+        for ctl in ctls.split(","):
+            member[ctl] = path
+    cg = open_cgroup(c.host_name)
+    for ctl in cg.paths:
+        assert member.get(ctl) == f"/{c.host_name}", (ctl, member.get(ctl))
+    assert str(os.getpid()) not in {p for d in set(cg.paths.values())
+                                     for p in (d / "cgroup.procs").read_text().split()}
+    assert c.timings_ns["cgroup"] <= c.timings_ns["cgroup_joined"] <= c.timings_ns["exec"]

@@ -237,3 +237,20 @@ def test_v1_co_mounted_cpu_cpuacct_share_one_dir(tmp_path, monkeypatch):
         ("cpu,cpuacct/isobench-co/tasks", "0"), ("memory/isobench-co/tasks", "0"), ("pids/isobench-co/tasks", "0")]
     (cg.paths["cpuacct"] / "cpuacct.usage").write_text("99\n")
     assert cg.usage().cpu_usage_ns == 99
+
+
+def test_plan_names_the_files_the_child_joins_by(v1_tree):
+    """The container's child joins itself after the parent made the cgroup: it is handed the files in
+    its launch plan, known at create. v1: ``tasks`` (no global lock for "0"), one per distinct dir."""
+    lay1, _ = v1_tree
+    plan = plan_cgroup("isobench-j", Resources(), lay1)
+    files = plan.self_join_files()
+    assert files and all(f.endswith("/isobench-j/tasks") for f in files)
+    assert len(files) == len(set(plan.paths.values()))
+    assert plan.make().self_join_files() == files
+
+
+def test_v2_child_joins_by_cgroup_procs(v2_tree):
+    lay, _ = v2_tree
+    plan = plan_cgroup("isobench-k", Resources(), lay)
+    assert plan.self_join_files() == (str(lay.unified / "isobench-k" / "cgroup.procs"),)
