@@ -56,8 +56,9 @@ def exec_in(paths: HostPaths, ref: str, argv: list[str], *, env: tuple[str, ...]
             os.close(fd)
         raise ContainerError(f"container {c.id}: cannot open its namespaces: {exc.strerror}") from exc
     security.harden_joining_process()
-    try:
-        open_cgroup(c.host_name).add_pid(os.getpid())
+    try:  # single-threaded here (setns below requires it): joining this thread joins the process,
+        # without the kernel's global lock that a cgroup.procs write waits an RCU grace period for
+        open_cgroup(c.host_name).join_self()
     except IsobenchError as exc:
         raise ContainerError(f"container {c.id}: cannot join its cgroup: {exc}") from exc
     try:

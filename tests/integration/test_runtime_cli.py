@@ -103,6 +103,10 @@ def test_detached_lifecycle(cli, paths, leak_check):
     assert cli("logs", "svc", check_rc=0).stdout.startswith("started")
     p = cli("exec", "svc", "sh", "-c", "hostname; echo $$", check_rc=0)
     assert p.stdout.split()[0] == cid[:12]
+    # the exec'd process is in the container's cgroup (it joins itself before setns and fork)
+    groups = {ln.split(":")[1]: ln.split(":", 2)[2] for ln in cli("exec", "svc", "cat", "/proc/self/cgroup",
+                                                                  check_rc=0).stdout.splitlines()}
+    assert groups["memory"] == groups["pids"] == f"/isobench-{cid}", groups
     stats = cli("stats", "--no-stream", "svc", check_rc=0).stdout
     assert "svc" in stats and "PIDS" in stats
     cli("stop", "-t", "5", "svc", check_rc=0)
