@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             t = r.timings_ns
             inproc.append(_ms(t["exited"] - t["call"]))
             prev = t["call"]
-            for k in ("created", "forked", "cgroup", "loopback", "namespaces", "rootfs", "network", "exec",
-                      "exited"):
+            for k in ("created", "forked", "cgroup", "cgroup_joined", "loopback", "namespaces", "rootfs", "network",
+                      "exec", "exited"):
                 if k in t:  # "loopback" only with --network none, "network" only with an attachment
                     phases.setdefault(k, []).append(_ms(t[k] - t["call"]))
             runc_ms.append(runc_once())
