@@ -12,7 +12,6 @@ the hierarchical readings (CPU time, memory peak) the harness reads afterwards, 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from bench.environments import images, rootfs
 from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, elapsed_s,
                                      fill_port, image_env, kill_wait, process_tree, pss_bytes)
 from runtime import leases, syscalls
-from runtime.errors import BenchError, IsobenchError
+from runtime.errors import BenchError, CgroupError, IsobenchError
 from runtime.paths import HostPaths, new_id
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -124,36 +123,27 @@ def cgroup_readings(obj_id: str) -> dict:
     return out
 
 
-def remove_cgroups(obj_id: str, grace_s: float = 2.0) -> None:
-    """Remove ``/isobench-<id>`` (and runc's ``ctr`` below it) in every hierarchy.
+def remove_cgroups(obj_id: str) -> None:
+    """Remove ``/isobench-<id>`` (and runc's ``ctr`` below it) in every hierarchy, runc's named
+    ``systemd`` and ``unified`` ones included.
 
-    A runc killed while it created the container leaves its ``runc init`` in ``ctr`` for a moment (or
-    for good): whatever is still in the instance's own cgroup is killed, then the dirs go.
+    A runc killed while it created the container can leave its ``runc init`` inside, so the instance's
+    own cgroup is emptied first; both steps are the runtime's (``Cgroup.kill_all``, ``Cgroup.destroy``).
     """
-    dirs = [sub for d in list(CGROUP_ROOT.glob(f"*/{obj_id}")) + [CGROUP_ROOT / obj_id]
-            for sub in (d / "ctr", d) if sub.is_dir()]
-    deadline = time.monotonic() + grace_s
-    for sub in dirs:
-        while True:
-            try:
-                sub.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise BenchError(f"cannot remove cgroup {sub}: {exc}") from exc
-                _kill_members(sub)
-                time.sleep(0.02)
+    from runtime.cgroups import Cgroup, detect
+    from runtime.cgroups.cgroup import UNIFIED
 
-
-def _kill_members(cgroup: Path) -> None:
-    """SIGKILL the processes in one of the instance's own cgroups (nothing outside it)."""
-    for f in [cgroup / "cgroup.procs"] + list(cgroup.glob("*/cgroup.procs")):
-        with contextlib.suppress(OSError, ValueError):
-            for pid in f.read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+    dirs = {d.parent.name: d for d in CGROUP_ROOT.glob(f"*/{obj_id}")}
+    if (CGROUP_ROOT / obj_id).is_dir():  # a pure v2 host
+        dirs[UNIFIED] = CGROUP_ROOT / obj_id
+    if not dirs:
+        return
+    cg = Cgroup(obj_id, dirs, detect())
+    try:
+        cg.kill_all()
+        cg.destroy()
+    except CgroupError as exc:
+        raise BenchError(f"cannot remove the cgroups of {obj_id}: {exc}") from exc
 
 
 def remove_abandoned_state(obj_id: str) -> bool:

@@ -279,11 +279,7 @@ def _join_cgroup(plan: LaunchPlan, r_go: int, got: bytes) -> bytes:
         got += chunk
     for f in plan.cgroup_join:
         try:
-            fd = os.open(f, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
+            syscalls.write_file(f, "0")
         except OSError as exc:
             raise ContainerError(f"cannot join cgroup {os.path.dirname(f)}: {exc.strerror}") from exc
     return got
