@@ -4,13 +4,16 @@ PY := $(VENV)/bin/python
 ISOBENCH := $(VENV)/bin/isobench
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup test unit integration bench report check clean
+.PHONY: setup lint test unit integration bench report check clean
 
 setup:
 	@bash scripts/setup.sh
 
-test: setup
+test: setup lint
 	$(PYTEST) -q tests
+
+lint: setup
+	$(VENV)/bin/lint-imports
 
 unit: setup
 	$(PYTEST) -q tests/unit

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from math import isfinite, nan
 from pathlib import Path
 
-from runtime.errors import UsageError
+from core.errors import UsageError
 
 KINDS = ("ratio", "median", "enforcement", "isolation")
 PASS, FAIL, MISSING, SKIPPED = "pass", "FAIL", "missing", "skipped"

@@ -51,7 +51,7 @@ class Comparison:
 
 def parse_threshold(text: str) -> float:
     """``5%`` -> 0.05; ``0.05`` -> 0.05; a bare number of 1 or more is read as percent."""
-    from runtime.errors import UsageError
+    from core.errors import UsageError
 
     raw = text.strip()
     try:
@@ -66,7 +66,7 @@ def parse_threshold(text: str) -> float:
 
 
 def parse_alpha(text: str) -> float:
-    from runtime.errors import UsageError
+    from core.errors import UsageError
 
     try:
         value = float(text)
@@ -165,7 +165,7 @@ def render_compare_html(base, new, comps: list[Comparison], cfg: CompareConfig, 
 
     from bench.report.render import template_env
     from bench.report.tables import fmt_num, style
-    from runtime.fsutil import atomic_write_bytes
+    from core.fsutil import atomic_write_bytes
 
     df = comparisons_frame(comps)
     shown = df.assign(

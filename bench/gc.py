@@ -1,4 +1,4 @@
-"""Orphans of a killed ``isobench bench``, removed by ``isobench gc`` (listed in bench/cli_gc.py).
+"""Orphans of a killed ``isobench bench``, removed by ``isobench gc`` (listed in app/commands/gc.py).
 
 The harness leases every host object it makes to its own pid: runc containers ``isobench-<id>`` (and
 their bundle overlays), and the per-instance overlay mounts of native runs under
@@ -18,8 +18,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from runtime import leases, syscalls
-from runtime.paths import PREFIX, HostPaths
+from core import leases
+from core import syscalls
+from core.paths import PREFIX, HostPaths
 
 _ID = re.compile(rf"/tmp/bench/({PREFIX}[0-9a-f]+)(/|$)")
 
@@ -77,7 +78,7 @@ def gc(paths: HostPaths) -> list[str]:
             shutil.rmtree(d, ignore_errors=True)
             leases.release(d.name)
             removed.append(f"bench dir {d}")
-    scratch = paths.tmp / "bench-work"  # work dirs of runs predating runtime.scratch (now its gc)
+    scratch = paths.tmp / "bench-work"  # work dirs of runs predating core.scratch (now its gc)
     if scratch.is_dir():
         for d in scratch.iterdir():
             if d.name.startswith(PREFIX) and not leases.owner_alive(d.name):

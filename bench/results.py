@@ -70,7 +70,7 @@ def load_run(run_dir: str | Path) -> Run:
     """Load a run directory into pandas (the loader the report, compare, check and notebooks use)."""
     import pandas as pd
 
-    from runtime.errors import BenchError
+    from core.errors import BenchError
 
     path = Path(run_dir).resolve()
     csv_path = path / "samples.csv"

@@ -26,9 +26,9 @@ from bench.environments.base import Environment
 from bench.interrupt import INTERRUPTED, raise_if_interrupted
 from bench.profiles import Profile
 from bench.workloads.base import Context, Workload
-from runtime.errors import BenchError, IsobenchError, UsageError
-from runtime.fsutil import atomic_write_json
-from runtime.paths import HostPaths
+from core.errors import BenchError, IsobenchError, UsageError
+from core.fsutil import atomic_write_json
+from core.paths import HostPaths
 
 WORKLOAD_ORDER = ("startup", "cpu", "memory", "disk", "network", "footprint", "enforcement", "isolation",
                   "ephemerality")
@@ -181,9 +181,9 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
                       warmups_excluded=True, interleaved=True, interrupted=False,
                       vm_batching="cpu, memory and disk run all their iterations inside one VM boot")
     facts: dict = {"platform": platform_facts(state.meta, environments)}
-    from runtime import scratch
+    from core import scratch
 
-    # leased to this process (runtime.scratch): after a kill -9, `isobench gc` removes it
+    # leased to this process (core.scratch): after a kill -9, `isobench gc` removes it
     ctx = Context(paths=paths, profile=profile, images=imgs, facts=facts, log=log,
                   work_dir=scratch.make_scratch(paths, "benchwork"))
     results.append_samples(run_dir, [])  # header: a valid (empty) table from the start

@@ -23,19 +23,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import select
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime import leases, namespaces
+from runtime import namespaces
+from core import leases
 from runtime.config_image import exposed_ports, process_spec
-from runtime.errors import ContainerError, IsobenchError
+from core.errors import ContainerError, IsobenchError
 from runtime.lifecycle import state as S
+from runtime.lifecycle.state import wait_pid_exit
 from runtime.lifecycle.process import LaunchPlan, exit_code_of, spawn
-from runtime.paths import HostPaths, host_name, new_id
+from core.paths import HostPaths, host_name, new_id
 from runtime.rootfs.mounts import MountPlan, RootfsPlan
 from runtime.spec import ContainerConfig
 from runtime.validate import validate
@@ -197,19 +198,15 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
         if remap:  # the container's root must own its writable layer's top
             for sub in ("upper", "work"):
                 os.chown(cdir / sub, namespaces.REMAP_HOST_BASE, namespaces.REMAP_HOST_BASE)
-        argv, init_bin, python_init = proc.argv, "", False
+        argv, init_bin = proc.argv, ""
         if config.init:
-            from runtime.lifecycle.cbin import INIT_SOURCE, static_binary
+            from core.cbin import helper
 
-            built = static_binary(paths, INIT_SOURCE, "isobench-init")
-            if built is not None:
-                argv, init_bin = ("/dev/init", "--") + proc.argv, str(built)
-            else:
-                python_init = True  # no compiler: PID 1 is a forked Python init instead
+            argv, init_bin = ("/dev/init", "--") + proc.argv, str(helper("isobench-init"))
         c._plan = LaunchPlan(
             container_id=cid, hostname=hostname, argv=argv, env=env, workdir=proc.workdir,
             uid=uid, gid=gid, groups=(gid,) if uid else (), unshare_flags=namespaces.child_flags(config, cgroupns),
-            cgroupns=cgroupns, userns_remap=remap, loopback_up=config.network.mode == "none", init=python_init,
+            cgroupns=cgroupns, userns_remap=remap, loopback_up=config.network.mode == "none",
             cgroup_join=c._cgroup_plan.self_join_files(),
             rootfs=RootfsPlan(lowerdirs=tuple(str(d) for d in lowers), upper=str(cdir / "upper"),
                               work=str(cdir / "work"), merged=_shared_mountpoint(paths), mounts=mounts,
@@ -318,29 +315,6 @@ def _rewrite(path: Path, text: str) -> None:
     """In place (not rename): the file is already bind-mounted into the container by inode."""
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
-
-
-def _wait_readable(fd: int, timeout_s: float | None) -> bool:
-    p = select.poll()
-    p.register(fd, select.POLLIN)
-    return bool(p.poll(None if timeout_s is None else max(0, int(timeout_s * 1000))))
-
-
-def wait_pid_exit(pid: int, start: int | None, timeout_s: float | None) -> bool:
-    """True once ``pid`` (not necessarily our child) has exited; False on timeout. No polling loop:
-    a pidfd becomes readable when the process exits."""
-    if not S.alive(pid, start):
-        return True
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        if not S.alive(pid, start):
-            return True
-        return _wait_readable(fd, timeout_s)
-    finally:
-        os.close(fd)
 
 
 def wait(c: Container, timeout_s: float | None = None) -> int:

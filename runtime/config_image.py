@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.errors import ContainerError, ImageError
+from core.errors import ContainerError, ImageError
 from runtime.spec import ContainerConfig
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

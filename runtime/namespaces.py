@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from runtime import syscalls
+from core import syscalls
 from runtime.spec import ContainerConfig
 
 # --userns=remap: container uid/gid 0..65535 become host 100000..165535 (Docker's dockremap default

@@ -11,9 +11,9 @@ import os
 import re
 from typing import Callable
 
-from runtime.errors import UsageError
+from core.errors import UsageError
 from runtime.spec import ContainerConfig
-from runtime.units import host_cpu_count
+from core.units import host_cpu_count
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")

@@ -54,31 +54,25 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.isobench-stamp 2>/dev/null)" != 
   echo "$stamp_want" > .venv/.isobench-stamp
 fi
 
-# The `isobench` command: the C client of the isobench server (runtime/cli/client.c) in front of pip's
+# The C helpers (csrc/: container init, monitor shim, probe helper, guest USER helper, the isobench
+# client), compiled once into .venv/libexec/isobench; a failed compile stops set-up (nothing at run time
+# compiles or falls back to a Python stand-in). Only changed sources are recompiled.
+.venv/bin/python -m core.cbin build
+
+# The `isobench` command: the C client of the isobench server (csrc/client.c) in front of pip's
 # Python console script, which moves to isobench-py (the client execs it when no server runs). pip
-# rewrites bin/isobench as the Python script on every install, so both orders are handled; rebuilt
-# only when the source changed (hash in a stamp) or pip put its script back. No gcc: pip's script stays.
+# rewrites bin/isobench as the Python script on every install, so both orders are handled.
 bin=.venv/bin
 if [[ "$(first_line "$bin/isobench")" == '#!'*python* ]]; then
   mv -f "$bin/isobench" "$bin/isobench-py"
 fi
-client_want="$(sha256sum runtime/cli/client.c | cut -d' ' -f1)"
-if command -v gcc >/dev/null 2>&1 && [ -e "$bin/isobench-py" ] && \
-   { [[ "$(first_line "$bin/isobench")" != $'\x7fELF'* ]] || [ "$(cat .venv/.isobench-client-stamp 2>/dev/null)" != "$client_want" ]; }; then
-  if gcc -O2 -Wall -o "$bin/.isobench.tmp" runtime/cli/client.c; then
-    mv -f "$bin/.isobench.tmp" "$bin/isobench"   # rename: atomic for a command running right now
-    echo "$client_want" > .venv/.isobench-client-stamp
-    echo "isobench setup: built the isobench client (.venv/bin/isobench; \`isobench server start\` makes it fast)"
-  else
-    rm -f "$bin/.isobench.tmp"
-    echo "isobench setup: could not build runtime/cli/client.c; the Python CLI stays .venv/bin/isobench" >&2
-  fi
-fi
-if [ ! -e "$bin/isobench" ] && [ -e "$bin/isobench-py" ]; then
-  mv -f "$bin/isobench-py" "$bin/isobench"   # no client (no gcc, build failed): the Python CLI as before
+if ! cmp -s .venv/libexec/isobench/isobench-client "$bin/isobench"; then
+  cp -f .venv/libexec/isobench/isobench-client "$bin/.isobench.tmp"
+  mv -f "$bin/.isobench.tmp" "$bin/isobench"   # rename: atomic for a command running right now
+  echo "isobench setup: installed the isobench client (.venv/bin/isobench; \`isobench server start\` makes it fast)"
 fi
 # Byte-compile the project: where PYTHONDONTWRITEBYTECODE is set (as on these machines) Python never
 # writes .pyc files, and every CLI run and lazy import on the start path would compile its sources
 # again (~2x the CLI's start-up). compileall writes them regardless and skips up-to-date ones.
-.venv/bin/python -m compileall -q -j 0 bench runtime vmharness tests >/dev/null
+.venv/bin/python -m compileall -q -j 0 core runtime vmharness bench app tests >/dev/null
 echo "isobench setup: ok (.venv/bin/isobench)"

@@ -32,7 +32,7 @@ def isobench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def paths(isobench_root: Path):
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     return HostPaths(root=isobench_root).ensure()
 
@@ -55,9 +55,30 @@ def _prune_bridge_made_by_the_session():
     if existed or os.geteuid() != 0 or not Path("/sys/class/net/isobench0").exists():
         return
     from runtime.network.gc import prune
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     prune(HostPaths.from_env())
+
+
+HOST_TEST_LOCK = "/run/lock/isobench-host-tests.lock"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Integration and security tests own the host while they run: their leak checks diff every
+    ``isobench``-named object on the machine, so a second session (another clone, a developer's run)
+    would see the first one's objects as leaks. Such sessions take one host-wide lock, in turn."""
+    if os.geteuid() != 0 or not any(("integration" in str(i.path) or "security" in str(i.path))
+                                    for i in session.items):
+        return
+    import fcntl
+
+    fd = os.open(HOST_TEST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"\nwaiting for another isobench test session ({HOST_TEST_LOCK})", file=sys.stderr)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    session.config._isobench_host_lock = fd  # held until the process exits
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

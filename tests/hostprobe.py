@@ -14,6 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from core.paths import run_dir
+
 NAME = "isobench"
 # The shared bridge and its base rules outlive containers by design (removed by `network prune`); the
 # session fixture in conftest.py prunes them at the end when the session created them.
@@ -136,7 +138,7 @@ def host_objects() -> dict[str, set[str]]:
     objs["processes"] = procs
     # runc's own state dirs (a runc killed mid-create leaves one with only exec.fifo) and port claims
     objs["runc_state"] = {str(p) for p in Path("/run/runc").glob(f"{NAME}*")} if Path("/run/runc").is_dir() else set()
-    claims = Path(os.environ.get("ISOBENCH_RUN_DIR", "/run/isobench")) / "ports"  # runtime.network.portmap
+    claims = run_dir() / "ports"  # runtime.network.portmap
     objs["port_claims"] = {p.name for p in claims.iterdir()} if claims.is_dir() else set()
     return objs
 

@@ -8,7 +8,7 @@ rootfs are unpacked on demand by ``ImageStore.layer_dirs`` / ``flat_rootfs``.
 from __future__ import annotations
 
 from runtime.image.store import ImageRecord, ImageStore
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 
 
 def ensure_busybox(paths: HostPaths) -> ImageRecord:

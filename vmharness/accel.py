@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from runtime.errors import VMError
-from runtime.fsutil import atomic_write_json, file_lock, read_json
+from core.errors import IsobenchError, VMError
+from core.fsutil import atomic_write_json, file_lock, read_json
+from core.paths import HostPaths, run_dir
 
 Accel = Literal["kvm", "tcg"]
 PROBE_BOUND_S = 6.0     # a healthy KVM microvm reaches the shim in well under a second
@@ -104,11 +106,33 @@ def store_cached(files: list[Path], result: ProbeResult) -> None:
 
 def _probe_boot(bound_s: float) -> BootOutcome:
     """Boot the busybox image under KVM with a short bound; destroy the probe VM whatever happens."""
-    from runtime.paths import HostPaths
-    from vmharness import vm as vmmod
-
     paths = HostPaths.from_env().ensure()
-    return vmmod.probe_boot(paths, bound_s)
+    return probe_boot(paths, bound_s)
+
+
+def probe_boot(paths: HostPaths, bound_s: float, kvm_cpu_passthrough: bool = True):
+    """Boot busybox under KVM for the accelerator probe; always destroys the probe VM."""
+    from vmharness.vm import create, resolve_image
+
+    image = resolve_image("busybox", paths)
+    t0 = time.monotonic()
+    try:
+        vm = create(image, ["true"], paths=paths, accel="kvm", accel_reason="probe", memory_mib=256,
+                    boot_timeout_s=bound_s, kvm_cpu_passthrough=kvm_cpu_passthrough)
+    except IsobenchError as exc:
+        return BootOutcome(False, f"QEMU/KVM failed to start: {exc}", time.monotonic() - t0)
+    try:
+        got = vm.watcher.wait_for("init_started", timeout_s=bound_s, alive=vm.alive)
+        elapsed = time.monotonic() - t0
+        if got == "init_started":
+            return BootOutcome(True, "reached the init shim", elapsed)
+        log = vm.console_text()
+        detail = ("QEMU exited early" if vm._gone_at is not None else "guest hung") + \
+            (f", {len(log)} console bytes" if log else ", no console output")
+        return BootOutcome(False, detail, elapsed)
+    finally:
+        vm.close()
+        shutil.rmtree(vm.dir, ignore_errors=True)
 
 
 def probe(boot: Callable[[float], BootOutcome] | None = None) -> ProbeResult:
@@ -122,15 +146,13 @@ def probe_cached(paths=None, refresh: bool = False,
                  boot: Callable[[float], BootOutcome] | None = None) -> ProbeResult:
     """The cached probe result for this host and kernel, probing (once, under a lock) when missing."""
     if paths is None:
-        from runtime.paths import HostPaths
-
         paths = HostPaths.from_env()
     files = cache_files(paths.root)
     if not refresh:
         hit = load_cached(files)
         if hit is not None:
             return hit
-    with file_lock(Path(os.environ.get("ISOBENCH_RUN_DIR", "/run/isobench")) / "accel-probe.lock"):
+    with file_lock(run_dir() / "accel-probe.lock"):
         if not refresh:
             hit = load_cached(files)
             if hit is not None:

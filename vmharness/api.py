@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
-from runtime.errors import UsageError, VMError
-from runtime.paths import HostPaths
+from core.errors import UsageError, VMError
+from core.paths import HostPaths
 from runtime.spec import PortMapping
-from runtime.units import host_cpu_count
+from core.units import host_cpu_count
 
 # The Debian 6.1 kernel with our initrd needs ~80 MiB to reach the workload (measured: 64 MiB fails
 # to unpack the initrd); 128 MiB leaves room for the workload itself.
@@ -156,7 +156,7 @@ def run(image_ref: str, command: list[str] | None, cfg: VMRunConfig, paths: Host
     """Boot, run the command to completion, clean up; output, exit code and boot phases.
     The console log is kept (``cfg.console_path``, else ``vms/logs/<id>.console.log``, or the VM's dir
     with ``keep_record``); the overlay disk never is."""
-    from runtime.paths import new_id
+    from core.paths import new_id
 
     vm_id = vm_id or new_id()
     if cfg.console_path is None and not keep_record:

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from runtime.errors import VMError
-from runtime.fsutil import atomic_write_json, file_lock, read_json
+from core.errors import VMError
+from core.fsutil import atomic_write_json, file_lock, read_json
 
 BUSYBOX = Path("/bin/busybox")
 BOOT_DIR = Path("/boot")
@@ -181,7 +181,7 @@ def ensure_boot_kernel(cache: Path, kernel: GuestKernel) -> Path:
         elf = extract_vmlinux(kernel.vmlinuz.read_bytes())
         if elf is None:
             return kernel.vmlinuz
-        from runtime.fsutil import atomic_write_bytes
+        from core.fsutil import atomic_write_bytes
 
         atomic_write_bytes(dest, elf)
     return dest
@@ -252,7 +252,7 @@ def build_initrd(kernel: GuestKernel, dest: Path, busybox: Path = BUSYBOX) -> No
             raise VMError(f"compressed module {src} is not supported by the isobench initrd")
         entries.append((f"lib/modules/{os.path.basename(rel)}", 0o100644, data))
     entries.append(("init", f, render_initrd_init(order).encode()))
-    from runtime.fsutil import atomic_write_bytes
+    from core.fsutil import atomic_write_bytes
 
     atomic_write_bytes(dest, gzip.compress(_cpio_newc(entries), compresslevel=6))
 
@@ -307,41 +307,16 @@ def render_shim() -> str:
     return SHIM.format(mark_init=MARK_INIT, mark_ready=MARK_READY, mark_exit=MARK_EXIT, mark_panic=MARK_PANIC)
 
 
-SETUID_C = r"""/* isobench guest helper: drop to UID:GID (image USER) and exec the workload. */
-#define _GNU_SOURCE
-#include <grp.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-  if (argc < 4) { fprintf(stderr, "usage: setuid UID GID CMD...\n"); return 125; }
-  uid_t u = (uid_t)strtoul(argv[1], 0, 10); gid_t g = (gid_t)strtoul(argv[2], 0, 10);
-  if (setgroups(1, &g) || setgid(g) || setuid(u)) { perror("isobench setuid"); return 125; }
-  execvp(argv[3], argv + 3);
-  perror(argv[3]);
-  return 127;
-}
-"""
-
-
 def build_setuid_helper(dest: Path) -> None:
-    """Compile the static setuid helper once (gcc + libc6-dev from `make setup`)."""
+    """Copy the static setuid helper (csrc/guest_setuid.c, built by `make setup`) to ``dest`` once."""
     if dest.is_file():
         return
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise VMError("gcc not found: needed once to build the guest USER helper; install the Debian "
-                      "package gcc")
+    from core.cbin import helper
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".tmp-gcc-pid{os.getpid()}-") as td:
-        src = Path(td) / "setuid.c"
-        src.write_text(SETUID_C)
-        out = Path(td) / "setuid"
-        res = subprocess.run([gcc, "-static", "-Os", "-s", "-o", str(out), str(src)],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            raise VMError(f"building the guest USER helper failed: {res.stderr.strip().splitlines()[-1:]}")
-        os.replace(out, dest)
+    tmp = dest.with_name(f".{dest.name}.tmp-pid{os.getpid()}")
+    shutil.copy2(helper("guest-setuid"), tmp)
+    os.replace(tmp, dest)
 
 
 # --------------------------------------------------------------------------- run fragment
@@ -415,7 +390,7 @@ def build_disk(rootfs: Path, dest: Path, shim: str, setuid_helper: Path | None =
         if shutil.which(tool) is None:
             raise VMError(f"{tool} not found; install the Debian package e2fsprogs")
     size = disk_size_mib(_rootfs_bytes(rootfs), extra_mib)
-    tmp = dest.with_name(f".tmp-disk-pid{os.getpid()}-{dest.name}")  # gc-able after a kill (runtime.scratch)
+    tmp = dest.with_name(f".tmp-disk-pid{os.getpid()}-{dest.name}")  # gc-able after a kill (core.scratch)
     try:
         res = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "isobench", "-O", "^has_journal",
                               "-E", "root_owner=0:0", "-d", str(rootfs), str(tmp), f"{size}M"],
@@ -492,14 +467,12 @@ def ensure_artifacts(cache: Path, image_digest: str, rootfs_fn, kernel: GuestKer
                      kernel_version=kernel.version, built_s=time.monotonic() - t0)
 
 
-def _maybe_helper(cache: Path) -> Path | None:
-    """Include the USER helper when it can be built: the disk is shared by every run of the image."""
+def _maybe_helper(cache: Path) -> Path:
+    """The USER helper (built by ``make setup``), always on the disk: the disk is shared by every run
+    of the image, whatever its USER."""
     helper = cache / "bin" / "setuid"
-    try:
-        with file_lock(cache / "setuid.lock"):
-            build_setuid_helper(helper)
-    except VMError:
-        return None
+    with file_lock(cache / "setuid.lock"):
+        build_setuid_helper(helper)
     return helper
 
 

@@ -18,16 +18,20 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.errors import VMError
-from runtime.fsutil import file_lock
+from core.errors import VMError
+from core.fsutil import file_lock
+from core.paths import run_dir
 
 URI = "qemu:///system"
 LIBVIRT_SOCK = Path("/var/run/libvirt/libvirt-sock")
 VIRTLOGD_SOCK = Path("/var/run/libvirt/virtlogd-sock")
 START_TIMEOUT_S = 15.0
-LOCK = Path("/run/isobench/libvirtd-start.lock")
-LOG = Path("/run/isobench/libvirtd.log")
 _spawned: list = []
+def _log() -> Path:
+    """Where the daemons isobench starts write their output (run_dir: host-wide, like the daemons)."""
+    return run_dir() / "libvirtd.log"
+
+
 HOW_TO_START = "start it with `libvirtd -d` (and `virtlogd -d`)"
 
 _conn = None
@@ -57,8 +61,8 @@ def _start(binary: str, sock: Path) -> None:
     if binary == "libvirtd":
         # libvirtd runs under our subreaper (see vmharness.reaper) in its own session, so it outlives
         # this process and QEMU zombies are reaped at once
-        LOG.parent.mkdir(parents=True, exist_ok=True)
-        with open(LOG, "ab") as log:
+        _log().parent.mkdir(parents=True, exist_ok=True)
+        with open(_log(), "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "vmharness.reaper", exe], stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=log, start_new_session=True, close_fds=True)
         _spawned.append(proc)
@@ -84,55 +88,8 @@ def ensure_libvirtd() -> None:
         return
     if os.geteuid() != 0:
         raise VMError(f"libvirtd is not reachable at {URI} and only root can start it; {HOW_TO_START} as root")
-    with file_lock(LOCK):
+    with file_lock(run_dir() / "libvirtd-start.lock"):
         if not socket_alive(VIRTLOGD_SOCK):
             _start("virtlogd", VIRTLOGD_SOCK)
         if not socket_alive(LIBVIRT_SOCK):
             _start("libvirtd", LIBVIRT_SOCK)
-
-
-def connect():
-    """A (process-wide, reused) libvirt connection to qemu:///system, starting the daemons if needed."""
-    global _conn
-    import libvirt
-
-    if _conn is not None:
-        try:
-            if _conn.isAlive():
-                return _conn
-        except libvirt.libvirtError:
-            pass
-        _conn = None
-    ensure_libvirtd()
-    # libvirt prints every error to stderr by default; we raise them as one-line VMErrors instead
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    try:
-        _conn = libvirt.open(URI)
-    except libvirt.libvirtError as exc:
-        raise VMError(f"libvirtd is not reachable at {URI}: {exc.get_error_message()}; {HOW_TO_START}") from exc
-    import atexit
-
-    # close while the libvirt module still exists: a connection left to interpreter shutdown makes
-    # virConnect.__del__ print a TypeError traceback after everything else
-    atexit.register(_close_at_exit)
-    return _conn
-
-
-def _close_at_exit() -> None:
-    global _conn
-    conn, _conn = _conn, None
-    if conn is not None:
-        import libvirt
-
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass  # the daemon went away first: nothing left to close
-
-
-def libvirt_version() -> str:
-    """libvirt library version as text (e.g. 9.0.0)."""
-    import libvirt
-
-    v = libvirt.getVersion()
-    return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"

@@ -15,31 +15,24 @@ import subprocess
 import time
 from pathlib import Path
 
-from runtime import leases
-from runtime.paths import PREFIX
-from runtime.errors import IsobenchError
+from core import leases
+from core.paths import PREFIX
+from core.errors import IsobenchError
 
 LOG_MAX_AGE_S = 7 * 24 * 3600
 TMP_MAX_AGE_S = 3600
 
 
 def _orphan_domains() -> list[str]:
-    import libvirt
-
-    from vmharness.daemons import LIBVIRT_SOCK, connect, socket_alive
+    from vmharness import hypervisor as hv
     from vmharness.vm import qemu_pid, wait_pid_exit
 
-    if not socket_alive(LIBVIRT_SOCK):
-        return []  # no libvirtd: no domains can exist
     removed = []
-    conn = connect()
-    for dom in conn.listAllDomains():
-        name = dom.name()
+    for name in hv.domain_names():  # empty without libvirtd: then no domains can exist
         if not name.startswith(PREFIX) or leases.owner_alive(name):
             continue
         pid = qemu_pid(name)
-        with contextlib.suppress(libvirt.libvirtError):
-            dom.destroy()
+        if hv.destroy(name):
             removed.append(f"domain {name}")
         wait_pid_exit(pid)
     return removed
@@ -107,11 +100,9 @@ def _orphan_machine_cgroups(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[
     """Empty ``machine/qemu-N-isobench-<id>.libvirt-qemu`` cgroups that libvirt left behind when
     libvirtd itself died mid-shutdown. libvirt removes them on a normal shutdown; here the domain is
     gone, nobody holds the lease and no process is inside, so nothing can still need them."""
-    from vmharness.daemons import LIBVIRT_SOCK, connect, socket_alive
+    from vmharness import hypervisor as hv
 
-    live_domains: set[str] = set()
-    if socket_alive(LIBVIRT_SOCK):
-        live_domains = {d.name() for d in connect().listAllDomains()}
+    live_domains = set(hv.domain_names())
     removed = []
     for machine in sorted(cgroup_root.glob("*/machine")):
         for cg in sorted(machine.iterdir()):

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from runtime import syscalls
+from core import syscalls
 
 
 def private_mounts(mounts_file: str = "/proc/self/mounts") -> None:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import VMError
+from core.errors import VMError
 
 _MAP_RE = re.compile(r"^([0-9a-f]+)-([0-9a-f]+)\s")
 

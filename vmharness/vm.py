@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from runtime import leases
-from runtime.errors import IsobenchError, NetworkError, VMError
-from runtime.fsutil import atomic_write_json, read_json
-from runtime.paths import HostPaths, host_name, new_id
+from core import leases
+from core.errors import IsobenchError, NetworkError, VMError
+from core.fsutil import atomic_write_json, read_json
+from core.paths import HostPaths, host_name, new_id
 from vmharness import artifacts as art
 from vmharness import console as con
 from vmharness.domain import DomainConfig, NetConfig, PortForward, mac_for, to_xml
@@ -165,14 +165,6 @@ def _user_port(p):
     return PortMapping(port, p.container_port, p.protocol, host_ip)
 
 
-def _libvirt_error(exc) -> str:
-    try:
-        msg = exc.get_error_message()
-    except AttributeError:
-        msg = str(exc)
-    return " ".join(str(msg).split())
-
-
 @dataclass
 class VM:
     """A running (or finished) VM. Build with :func:`create`."""
@@ -214,19 +206,14 @@ class VM:
 
     # ------------------------------------------------------------------ state
     def alive(self) -> bool:
-        import libvirt
-
-        from vmharness.daemons import connect
+        from vmharness import hypervisor as hv
 
         if self._gone_at is not None:
             return False
         try:
-            dom = connect().lookupByName(self.name)
-            active = bool(dom.isActive())
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise VMError(f"libvirt lost track of {self.name}: {_libvirt_error(exc)}") from exc
-            active = False
+            active = bool(hv.domain_state(self.name))
+        except hv.HypervisorError as exc:
+            raise VMError(f"libvirt lost track of {self.name}: {exc.text}") from exc
         if not active:
             self._gone_at = time.monotonic()
         return active
@@ -312,26 +299,17 @@ class VM:
     # ------------------------------------------------------------------ ending
     def destroy(self) -> None:
         """Hard stop (pulls the plug). Idempotent."""
-        import libvirt
+        from vmharness import hypervisor as hv
 
-        from vmharness.daemons import connect
-
-        try:
-            dom = connect().lookupByName(self.name)
-            dom.destroy()
-        except libvirt.libvirtError:
-            pass  # already gone: transient domains vanish when QEMU exits
+        hv.destroy(self.name)  # False when already gone: transient domains vanish when QEMU exits
         self.wait_gone(10.0)
         wait_pid_exit(self.pid)
 
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM to QEMU first (graceful destroy), then hard destroy."""
-        import libvirt
+        from vmharness import hypervisor as hv
 
-        from vmharness.daemons import connect
-
-        with contextlib.suppress(libvirt.libvirtError):
-            connect().lookupByName(self.name).destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+        hv.destroy(self.name, graceful=True)
         if not self.wait_gone(grace_s):
             self.destroy()
 
@@ -400,14 +378,12 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
            user: str | None = None, hostname: str | None = None, user_name: str = "",
            kvm_cpu_passthrough: bool = True, echo: Callable[[str], None] | None = None) -> VM:
     """Prepare everything and start the domain; returns as soon as QEMU runs (see VM.wait_ready)."""
-    import libvirt
-
-    from vmharness.daemons import connect
+    from vmharness import hypervisor as hv
 
     vm_id = vm_id or new_id()
     name = host_name(vm_id)
     plan = plan_command(image.config, command, env, workdir, user)
-    conn = connect()
+    hv.connect()  # starts libvirtd if needed, before anything is made
     t_art = time.monotonic()
     uid_gid = art.resolve_user(plan.user, image.rootfs() if plan.user else None)
     arts = art.ensure_artifacts(paths.vm_artifacts, image.digest, image.rootfs, needs_setuid=uid_gid is not None)
@@ -450,17 +426,17 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
         stack.callback(vm.destroy)
         try:
             try:
-                dom = conn.createXML(to_xml(dcfg), 0)
-            except libvirt.libvirtError as exc:
-                if dcfg.machine != "microvm" or "microvm" not in _libvirt_error(exc).lower():
+                dom = hv.create_transient(to_xml(dcfg))
+            except hv.HypervisorError as exc:
+                if dcfg.machine != "microvm" or "microvm" not in exc.text.lower():
                     raise
                 # this libvirt/QEMU rejects microvm: the same guest on q35 (slower firmware, same result)
                 dcfg = replace(dcfg, machine="q35")
                 vm.domain_cfg = dcfg
                 (vm_dir / "domain.xml").write_text(to_xml(dcfg))
-                dom = conn.createXML(to_xml(dcfg), 0)
-        except libvirt.libvirtError as exc:
-            raise VMError(f"libvirt could not start {name}: {_libvirt_error(exc)}") from exc
+                dom = hv.create_transient(to_xml(dcfg))
+        except hv.HypervisorError as exc:
+            raise VMError(f"libvirt could not start {name}: {exc.text}") from exc
         vm._qemu_up = time.monotonic()
         vm._dom = dom
         vm.pid = qemu_pid(name)
@@ -469,31 +445,6 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
         atomic_write_json(vm_dir / "vm.json", vm.record())
         vm._cleanup = stack.pop_all()
     return vm
-
-
-def probe_boot(paths: HostPaths, bound_s: float, kvm_cpu_passthrough: bool = True):
-    """Boot busybox under KVM for the accelerator probe; always destroys the probe VM."""
-    from vmharness.accel import BootOutcome
-
-    image = resolve_image("busybox", paths)
-    t0 = time.monotonic()
-    try:
-        vm = create(image, ["true"], paths=paths, accel="kvm", accel_reason="probe", memory_mib=256,
-                    boot_timeout_s=bound_s, kvm_cpu_passthrough=kvm_cpu_passthrough)
-    except IsobenchError as exc:
-        return BootOutcome(False, f"QEMU/KVM failed to start: {exc}", time.monotonic() - t0)
-    try:
-        got = vm.watcher.wait_for("init_started", timeout_s=bound_s, alive=vm.alive)
-        elapsed = time.monotonic() - t0
-        if got == "init_started":
-            return BootOutcome(True, "reached the init shim", elapsed)
-        log = vm.console_text()
-        detail = ("QEMU exited early" if vm._gone_at is not None else "guest hung") + \
-            (f", {len(log)} console bytes" if log else ", no console output")
-        return BootOutcome(False, detail, elapsed)
-    finally:
-        vm.close()
-        shutil.rmtree(vm.dir, ignore_errors=True)
 
 
 def load_record(paths: HostPaths, ref: str) -> dict:
@@ -528,35 +479,24 @@ def list_records(paths: HostPaths) -> list[dict]:
 
 
 def domain_active(name: str) -> bool:
-    import libvirt
+    from vmharness import hypervisor as hv
 
-    from vmharness.daemons import connect
-
-    try:
-        return bool(connect().lookupByName(name).isActive())
-    except libvirt.libvirtError:
-        return False
+    return hv.domain_active(name)
 
 
 def destroy_domain(name: str, graceful_s: float = 0.0) -> bool:
     """Destroy a domain by name (SIGTERM first when graceful_s > 0); True when one was running."""
-    import libvirt
+    from vmharness import hypervisor as hv
 
-    from vmharness.daemons import connect
-
-    try:
-        dom = connect().lookupByName(name)
-    except libvirt.libvirtError:
+    if hv.domain_state(name) is None:
         return False
     pid = qemu_pid(name)
-    with contextlib.suppress(libvirt.libvirtError):
-        if graceful_s > 0:
-            dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
-            deadline = time.monotonic() + graceful_s
-            while time.monotonic() < deadline and domain_active(name):
-                time.sleep(0.02)
-        if domain_active(name):
-            dom.destroy()
+    if graceful_s > 0 and hv.destroy(name, graceful=True):
+        deadline = time.monotonic() + graceful_s
+        while time.monotonic() < deadline and domain_active(name):
+            time.sleep(0.02)
+    if domain_active(name):
+        hv.destroy(name)
     wait_pid_exit(pid)
     return True
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import BenchError
+from core.errors import BenchError
 
 READY_MARKER = "ISOBENCH-READY"
 

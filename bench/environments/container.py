@@ -16,8 +16,8 @@ import time
 from bench import interrupt
 from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, elapsed_s,
                                      fill_port, process_tree, pss_bytes)
-from runtime.errors import BenchError, IsobenchError
-from runtime.paths import HostPaths
+from core.errors import BenchError, IsobenchError
+from core.paths import HostPaths
 
 
 def container_config(job: Job, paths: HostPaths):

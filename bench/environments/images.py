@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 # short name -> tag in the image store

@@ -17,8 +17,8 @@ from bench.environments import images, rootfs
 from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, cpu_seconds,
                                      elapsed_s, fill_port, free_port, image_env, kill_wait, process_tree,
                                      pss_bytes)
-from runtime.errors import BenchError
-from runtime.paths import HostPaths
+from core.errors import BenchError
+from core.paths import HostPaths
 
 
 class NativeInstance(Instance):

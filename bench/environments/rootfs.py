@@ -16,9 +16,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime import leases, syscalls
-from runtime.errors import BenchError
-from runtime.paths import HostPaths, host_name
+from core import leases
+from core import syscalls
+from core.errors import BenchError
+from core.paths import HostPaths, host_name
 
 
 @dataclass
@@ -66,7 +67,7 @@ def instance_dir(paths: HostPaths, obj_id: str) -> Path:
 
 def make_overlay(paths: HostPaths, lower: Path, obj_id: str | None = None) -> OverlayRoot:
     """Mount overlay(lower=flat rootfs, upper=fresh dir) at ``<dir>/rootfs``."""
-    from runtime.paths import new_id
+    from core.paths import new_id
 
     oid = host_name(obj_id or new_id())
     leases.take(oid, kind="bench-rootfs", root=str(paths.root))

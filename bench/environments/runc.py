@@ -24,9 +24,10 @@ from bench import interrupt
 from bench.environments import images, rootfs
 from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, elapsed_s,
                                      fill_port, image_env, kill_wait, process_tree, pss_bytes)
-from runtime import leases, syscalls
-from runtime.errors import BenchError, CgroupError, IsobenchError
-from runtime.paths import HostPaths, new_id
+from core import leases
+from core import syscalls
+from core.errors import BenchError, CgroupError, IsobenchError
+from core.paths import HostPaths, new_id
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 RUNC_STATE_ROOT = Path("/run/runc")  # runc's default --root for root

@@ -14,8 +14,8 @@ import time
 from bench import interrupt
 from bench.environments.base import (Environment, Instance, Job, Outcome, Usage, elapsed_s, fill_port,
                                      free_port)
-from runtime.errors import BenchError, IsobenchError
-from runtime.paths import HostPaths
+from core.errors import BenchError, IsobenchError
+from core.paths import HostPaths
 
 MIB = 1 << 20
 

@@ -44,7 +44,7 @@ def _context(base: Path) -> Path:
 def _build(root: Path, ctx: Path, tag: str, no_cache: bool = False):
     from runtime.image.builder import BuildOptions, build
     from runtime.image.store import ImageStore
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     store = ImageStore(HostPaths(root=root).ensure())
     opts = BuildOptions(context_dir=ctx, dockerfile=ctx / "Dockerfile", tag=tag, no_cache=no_cache)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.micro.build: needs root (RUN steps use namespaces and overlayfs)", file=sys.stderr)
         return 1
     from runtime.image.store import ImageStore
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     work = Path(tempfile.mkdtemp(prefix="isobench-bench-build-"))
     try:

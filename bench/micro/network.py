@@ -91,8 +91,9 @@ def _median_ms(xs: list[float]) -> float:
 
 def bench_network_layer(paths, runs: int) -> dict[str, float]:
     """prepare + attach (+ detach) of the network alone, bridged with one port vs none."""
-    from runtime import leases, network
-    from runtime.paths import new_id
+    from runtime import network
+    from core import leases
+    from core.paths import new_id
     from runtime.spec import NetworkSpec
 
     network.ensure_bridge(paths)  # the bridge persists between containers: not part of a start
@@ -191,8 +192,9 @@ def _wait_http(url: str, timeout_s: float = 5.0) -> None:
 
 
 def bench_http(paths, www: Path, duration_s: int) -> dict[str, dict]:
-    from runtime import leases, network
-    from runtime.paths import new_id
+    from runtime import network
+    from core import leases
+    from core.paths import new_id
     from runtime.spec import NetworkSpec
 
     results: dict[str, dict] = {}
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from runtime.network import bridge
     from runtime.network.gc import prune
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     work = Path(tempfile.mkdtemp(prefix="isobench-bench-network-"))
     paths = HostPaths(root=work / "root").ensure()

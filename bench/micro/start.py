@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.paths import run_dir
+
 IN_PROCESS_TARGET_MS = 10.0
 IDLE_TARGET_MIB = 2.0
 
@@ -90,7 +92,7 @@ def dir_kib(path: Path) -> int:
 def host_leftovers(ids: list[str], paths) -> list[str]:
     left = [str(p) for cid in ids for p in Path("/sys/fs/cgroup").glob(f"*/isobench-{cid}")]
     left += [cid for cid in ids if (paths.containers / cid).exists()]
-    left += [cid for cid in ids if Path(f"/run/isobench/leases/{cid}.json").exists()]
+    left += [cid for cid in ids if (run_dir() / "leases" / f"{cid}.json").exists()]
     mounts = Path("/proc/self/mountinfo").read_text()
     left += [f"mount of {cid}" for cid in ids if cid in mounts]
     return left
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ISOBENCH_ROOT"] = str(root)
     from runtime import api
     from runtime.image.store import ImageStore
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
     from runtime.spec import ContainerConfig, NetworkSpec
 
     paths = HostPaths(root=root).ensure()
@@ -133,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         bundle = make_bundle(store.flat_rootfs(img), root / "bundle")
         runc_root = root / "runc-state"
         cfg = ContainerConfig(image="busybox", command=("true",), network=NetworkSpec(mode="none"))
-        from runtime.cli.server import SOCKET_ENV, ensure_client
+        from core.paths import SERVER_SOCKET_ENV as SOCKET_ENV, cli_client
 
-        client = ensure_client(str(root / "bin"))  # the installed client, or one built for this run
+        client = str(cli_client())  # the C client `make setup` installed
+        if not Path(client).is_file():
+            raise SystemExit(f"micro start: {client} missing: run `make setup`")
         cli = [client, "run", "--rm", "--network", "none", "busybox", "true"]
         # no server: the socket does not exist, so the client execs the Python CLI (isobench-py)
         env = {**os.environ, "ISOBENCH_ROOT": str(root), SOCKET_ENV: str(root / "no-server.sock")}

@@ -43,7 +43,7 @@ def bare_boot(paths, arts, memory_mib: int = MEMORY_MIB, timeout_s: float = 120.
     img = resolve_image("busybox", paths)
     plan = plan_command(img.config, COMMAND)
     frag = art.run_fragment(list(plan.argv), list(plan.env), plan.workdir, None)
-    from runtime.scratch import make_scratch, remove_scratch
+    from core.scratch import make_scratch, remove_scratch
 
     work = make_scratch(paths, "vmboot")  # leased: `isobench gc` removes it after a kill
     try:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
 
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
     from vmharness import api
     from vmharness import artifacts as art
     from vmharness.vm import resolve_image

@@ -164,7 +164,7 @@ def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run = load_run(run_dir)
     html = template_env().get_template("report.html.j2").render(**build_context(run))
     target = Path(out) if out else run.path / "report.html"
-    from runtime.fsutil import atomic_write_bytes
+    from core.fsutil import atomic_write_bytes
 
     atomic_write_bytes(target, html.encode("utf-8"))
     return target

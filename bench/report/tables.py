@@ -17,7 +17,7 @@ import pandas as pd
 
 from bench.report import stats
 from bench.results import ENVIRONMENTS
-from runtime.units import format_bytes
+from core.units import format_bytes
 
 NOT_MEASURED = "not measured"
 BREAKOUT = "breakout:"  # isolation facts keys of the breakout probes (bench/workloads/isolation.py)

@@ -15,8 +15,8 @@ from typing import Callable, Literal
 
 from bench.environments.base import Environment, Job, Outcome
 from bench.profiles import Profile
-from runtime.errors import BenchError
-from runtime.paths import HostPaths
+from core.errors import BenchError
+from core.paths import HostPaths
 
 Direction = Literal["lower", "higher"]
 ITER_MARKER = "==ISOBENCH-ITER"

@@ -10,8 +10,8 @@ import re
 from bench.environments.base import Environment, Job
 from bench.stats import ratio
 from bench.workloads.base import Context, Measurement, Metric, Workload, run_tool
-from runtime.errors import BenchError
-from runtime.units import host_cpu_count
+from core.errors import BenchError
+from core.units import host_cpu_count
 
 _EVENTS = re.compile(r"events per second:\s*([0-9.]+)")
 

@@ -19,7 +19,7 @@ import time
 
 from bench.environments.base import Environment, Job, Volume
 from bench.workloads.base import Context, Measurement, Metric, Workload, run_tool
-from runtime.errors import BenchError
+from core.errors import BenchError
 
 JOBS = (("rand", "randrw", "4k"), ("seq", "rw", "1m"))
 METRIC_NAMES = ("randread", "randwrite", "seqread", "seqwrite")

@@ -27,7 +27,7 @@ from bench.environments.base import READY_MARKER, Environment, Job, Limits
 from bench.workloads import cpu as cpuwl
 from bench.workloads import disk as diskwl
 from bench.workloads.base import Context, Measurement, Metric, Workload, check_exit, run_tool
-from runtime.errors import BenchError
+from core.errors import BenchError
 
 MIB = 1 << 20
 ASK = {"cpus": 0.5, "cpu_shares": 2.0, "memory_mib": 64, "pids": 32, "blkio_write_mib_s": 10.0}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.environments.base import READY_MARKER, Environment, Instance, Job
 from bench.workloads.base import Context, Measurement, Metric, Workload
-from runtime.errors import BenchError
+from core.errors import BenchError
 
 MIB = 1 << 20
 

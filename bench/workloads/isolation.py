@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench.environments.base import Environment, Job
 from bench.workloads.base import Context, Measurement, Workload
-from runtime.errors import BenchError, IsobenchError
+from core.errors import BenchError, IsobenchError
 
 KINDS = ("pid", "hostname", "network", "user", "ipc", "filesystem")
 BREAKOUT = "breakout:"

@@ -10,7 +10,7 @@ import re
 from bench.environments.base import Environment, Job
 from bench.stats import ratio
 from bench.workloads.base import Context, Measurement, Metric, Workload, run_tool
-from runtime.errors import BenchError
+from core.errors import BenchError
 
 _MIBS = re.compile(r"\(([0-9.]+) MiB/sec\)")
 

@@ -18,7 +18,7 @@ import time
 from bench.environments.base import Environment, Instance, Job
 from bench.workloads.base import Context, Measurement, Metric, Workload
 from bench.workloads.startup import first_response_s
-from runtime.errors import BenchError, IsobenchError
+from core.errors import BenchError, IsobenchError
 
 HTTP_PORT = 80
 IPERF_PORT = 5201

@@ -17,7 +17,7 @@ import time
 
 from bench.environments.base import Environment, Job
 from bench.workloads.base import Context, Measurement, Metric, Workload, check_exit
-from runtime.errors import BenchError
+from core.errors import BenchError
 
 HTTP_PORT = 80
 RETRY_S = 0.002

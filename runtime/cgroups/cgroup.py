@@ -4,7 +4,7 @@ This sits on the container start path (target: whole start under 10 ms), so crea
 mkdir and write calls: no subprocesses, no walks of the cgroup tree, layout detection cached. Limits are
 computed by the pure per-controller rules in :mod:`runtime.cgroups.v1` / :mod:`runtime.cgroups.v2`,
 validated before anything is made, and applied inside an ``ExitStack`` so a rejected value removes
-every directory already created and raises one :class:`~runtime.errors.CgroupError` naming the
+every directory already created and raises one :class:`~core.errors.CgroupError` naming the
 controller, file and value.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 from runtime.cgroups import devices, fs, rules, v1, v2
 from runtime.cgroups.layout import CgroupLayout, detect
 from runtime.cgroups.rules import HostFacts
-from runtime.errors import CgroupError
-from runtime.paths import PREFIX
+from core.errors import CgroupError
+from core.paths import PREFIX
 from runtime.spec import Resources
 
 UNIFIED = "unified"  # the key of the single directory in ``Cgroup.paths`` on v2
@@ -349,7 +349,7 @@ def plan_cgroup(name: str, resources: Resources, layout: CgroupLayout | None = N
 def create_cgroup(name: str, resources: Resources, layout: CgroupLayout | None = None) -> Cgroup:
     """Make ``name`` in every hierarchy needed and apply ``resources``; all or nothing.
 
-    The caller must already hold the lease for the id (``runtime.leases.take``) so ``gc`` leaves it alone."""
+    The caller must already hold the lease for the id (``core.leases.take``) so ``gc`` leaves it alone."""
     return plan_cgroup(name, resources, layout).make()
 
 

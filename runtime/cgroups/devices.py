@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from runtime.errors import CgroupError
+from core.errors import CgroupError
 
 
 def whole_disk(major: int, minor: int, sysfs: Path = Path("/sys")) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 Kept as four tiny functions so the drivers stay testable: unit tests point a layout at a fake tree in
 ``tmp_path`` and replace :func:`make_dir` (a real kernel fills a new cgroup directory with control files;
 a plain directory does not) and :func:`write` (to record every write in order, as the kernel sees them).
-Writes go through :mod:`runtime.syscalls` so each value reaches the kernel in one ``write(2)``.
+Writes go through :mod:`core.syscalls` so each value reaches the kernel in one ``write(2)``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime import syscalls
+from core import syscalls
 
 
 def make_dir(path: Path) -> None:

@@ -1,7 +1,7 @@
 """Orphan removal for cgroups, called by `isobench gc`.
 
 A crashed CLI or monitor can leave ``isobench-<id>`` cgroups behind in every hierarchy. Only orphans are
-removed: the name must carry the project's prefix, its lease owner (``runtime.leases.owner_alive``) must
+removed: the name must carry the project's prefix, its lease owner (``core.leases.owner_alive``) must
 be dead — other state roots and tests on the same host own live cgroups — and any process still inside
 is killed first (it belongs to a dead owner, so nobody else will). Cgroups not named ``isobench-*`` are
 never looked at beyond their names.
@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Collection
 
-from runtime import leases
+from core import leases
 from runtime.cgroups.cgroup import UNIFIED, Cgroup
 from runtime.cgroups.layout import CgroupLayout, detect
-from runtime.errors import CgroupError
-from runtime.paths import PREFIX
+from core.errors import CgroupError
+from core.paths import PREFIX
 
 
 MAX_DEPTH = 4  # other runtimes nest under a parent (runc: the caller's own cgroup, libvirt: machine/)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from runtime.errors import CgroupError
+from core.errors import CgroupError
 
 Version = Literal["v1", "v2", "hybrid"]
 DEFAULT_ROOT = Path("/sys/fs/cgroup")

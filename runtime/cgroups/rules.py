@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from runtime.errors import CgroupError
+from core.errors import CgroupError
 from runtime.spec import Resources
 
 # kernel bounds (kernel/sched/core.c, mm/memcontrol.c)

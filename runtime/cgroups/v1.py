@@ -12,7 +12,7 @@ from typing import Callable
 
 from runtime.cgroups import rules
 from runtime.cgroups.rules import HostFacts
-from runtime.errors import CgroupError
+from core.errors import CgroupError
 from runtime.spec import Resources
 
 Setting = tuple[str, str]  # (file, value) within one controller's directory

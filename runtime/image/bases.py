@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from runtime import syscalls
-from runtime.errors import ImageError
-from runtime.fsutil import file_lock
+from core import syscalls
+from core.errors import ImageError
+from core.fsutil import file_lock
 from runtime.image import layers as L
 
 BUSYBOX_BIN = Path("/bin/busybox")
@@ -38,7 +38,7 @@ _GROUP = "root:x:0:\ndaemon:x:1:\ntty:x:5:\nnogroup:x:65534:\n"
 
 
 def base_config(cmd: list[str], created_by: str) -> dict:
-    from runtime.image.store import FIXED_CREATED
+    from runtime.image.oci import FIXED_CREATED
 
     return {
         "architecture": "amd64",

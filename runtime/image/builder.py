@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from runtime.errors import BuildError, ImageError
+from core.errors import BuildError, ImageError
 from runtime.image import dockerfile as D
 from runtime.image import layers as L
-from runtime.scratch import make_scratch, remove_scratch, scratch_dir
+from core.scratch import make_scratch, remove_scratch, scratch_dir
 from runtime.image.store import FIXED_CREATED, ImageRecord, ImageStore, LayerRef, write_state_json, check_name
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -489,7 +489,7 @@ class Builder:
 
         def make() -> LayerRef:
             lower = self.store.layer_dirs(self.cur.record())
-            # leased: after a kill -9 `isobench gc` removes it (runtime.scratch)
+            # leased: after a kill -9 `isobench gc` removes it (core.scratch)
             with scratch_dir(self.paths, "build") as tmp:
                 (tmp / "upper").mkdir()
                 (tmp / "work").mkdir()

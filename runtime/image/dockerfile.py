@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import BuildError
+from core.errors import BuildError
 
 # keyword -> flags it accepts (value names); every keyword the builder implements is listed
 FLAGS: dict[str, frozenset[str]] = {

@@ -3,7 +3,7 @@
 Unpacking and flattening write into ``.tmp-*`` dirs renamed into place when complete; a ``kill -9``
 leaves the temp dir. Such a dir is an orphan when its per-digest lock is free (nobody is unpacking it).
 Build/RUN/load scratch dirs in ``paths.tmp`` and pid-tagged blob temp files are leased/owned and
-collected by :mod:`runtime.scratch` as soon as their owner is dead; the day-old rule below only catches
+collected by :mod:`core.scratch` as soon as their owner is dead; the day-old rule below only catches
 names made before that (no lease, no pid). Published layers, flat rootfs dirs and blobs are never touched here (``image rm``).
 """
 
@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 
 _SCRATCH_PREFIXES = ("isobench-run-", "isobench-build-", "isobench-from-", "isobench-load-")
 _SCRATCH_MAX_AGE_S = 24 * 3600

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from runtime.errors import ImageError
+from core.errors import ImageError
 
 # Fixed mtime of every entry of a generated layer: 2000-01-01T00:00:00Z (not 0, which some tools
 # treat as "unset"). Same role as SOURCE_DATE_EPOCH in reproducible builds.

@@ -22,9 +22,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from runtime.errors import BuildError, IsobenchError
-from runtime.paths import HostPaths
-from runtime.scratch import scratch_dir
+from core.errors import BuildError, IsobenchError
+from core.paths import HostPaths
+from core.scratch import scratch_dir
 
 _MOUNTPOINT_DIRS = ("proc", "dev", "sys")
 
@@ -35,7 +35,7 @@ def run_step(paths: HostPaths, lower_dirs: list[Path], upper: Path, work: Path, 
     code (128+N when killed by signal N). ``log`` receives each output line."""
     if not argv:
         raise BuildError("RUN: empty command")
-    # leased scratch dir: after a kill -9 of the builder `isobench gc` removes it (runtime.scratch)
+    # leased scratch dir: after a kill -9 of the builder `isobench gc` removes it (core.scratch)
     with scratch_dir(paths, "run") as scratch:
         merged = scratch / "merged"
         merged.mkdir()

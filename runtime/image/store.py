@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from runtime.errors import ImageError
-from runtime.fsutil import file_lock
-from runtime.scratch import atomic_write_owned, temp_prefix
+from core.errors import ImageError
+from core.fsutil import file_lock
+from core.scratch import atomic_write_owned, temp_prefix
 from runtime.image import layers as L
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -37,7 +37,7 @@ MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MT_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 _GC_GRACE_S = 600  # blobs younger than this survive `rm` (in-flight builds)
-FIXED_CREATED = "2000-01-01T00:00:00Z"  # reproducible images: the same build gives the same digest
+from runtime.image.oci import FIXED_CREATED  # noqa: E402,F401 - re-exported for builder and transfer
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from runtime.errors import ImageError
+from core.errors import ImageError
 from runtime.image import layers as L
 from runtime.image.store import (FIXED_CREATED, MT_MANIFEST, REF_ANNOTATION, ImageRecord, ImageStore,
                                  canonical_json, check_name, copy_atomic, digest_bytes)
@@ -77,9 +77,9 @@ def load(store: ImageStore, archive: Path) -> list[ImageRecord]:
     """Load every named image of an OCI archive after validating all of it; returns the records."""
     if not archive.is_file():
         raise ImageError(f"{archive}: no such archive file")
-    from runtime.scratch import scratch_dir
+    from core.scratch import scratch_dir
 
-    # leased staging dir: after a kill -9 `isobench gc` removes it (runtime.scratch)
+    # leased staging dir: after a kill -9 `isobench gc` removes it (core.scratch)
     with scratch_dir(store.paths, "load") as staging:
         _extract_outer(archive, staging)
         images = _validate_layout(staging, archive)

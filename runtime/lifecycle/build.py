@@ -16,10 +16,11 @@ import signal
 from pathlib import Path
 from typing import Callable
 
-from runtime import leases, namespaces
+from runtime import namespaces
+from core import leases
 from runtime.config_image import DEFAULT_PATH
 from runtime.lifecycle.process import LaunchPlan, exit_code_of, spawn
-from runtime.paths import HostPaths, host_name, new_id
+from core.paths import HostPaths, host_name, new_id
 from runtime.rootfs.mounts import RootfsPlan
 from runtime.spec import ContainerConfig, NetworkSpec, Resources, SecuritySpec
 
@@ -30,7 +31,7 @@ def run_build_step(paths: HostPaths, lower_dirs: list[Path], upper: Path, work: 
                    argv: list[str], env: list[str], workdir: str, uid: int, gid: int, home: str,
                    log: Callable[[str], None], etc_files: tuple[tuple[str, str], ...] = ()) -> int:
     """Run ``argv`` in a build container; returns its exit code (128+N when killed by signal N).
-    Setup failures raise :class:`~runtime.errors.ContainerError`."""
+    Setup failures raise :class:`~core.errors.ContainerError`."""
     from runtime import security
     from runtime.cgroups import create_cgroup
 

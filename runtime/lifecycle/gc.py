@@ -17,9 +17,9 @@ import os
 import signal
 import time
 
-from runtime import leases
-from runtime.errors import IsobenchError
-from runtime.paths import HostPaths, host_name
+from core import leases
+from core.errors import IsobenchError
+from core.paths import HostPaths, host_name
 
 STATELESS_GRACE_S = 60.0  # a dir without state.json younger than this may be a create in progress
 
@@ -31,7 +31,7 @@ def _is_orphan(st: dict) -> bool:
 
 
 def _kill_pid1(st: dict) -> None:
-    from runtime.api import wait_pid_exit
+    from runtime.lifecycle.state import wait_pid_exit
     from runtime.lifecycle.state import alive
 
     pid, start = st.get("pid"), st.get("pid_start")

@@ -15,9 +15,8 @@ one ``fork`` of the calling process with no subprocesses, no polling and no impo
   child execs; the pipe's EOF tells the parent the exec happened (an error before exec arrives as
   ``E <message>``). Work moves to the parent wherever it can overlap the child's mounts: the child's
   path is the start-up time.
-* With ``--init`` PID 1 is the static C init bound at /dev/init (``init_shim.c``): the plan's argv
-  simply starts with it. Only where no C compiler exists does PID 1 stay a forked Python init
-  (``LaunchPlan.init``) that forwards signals, reaps zombies and forks the workload.
+* With ``--init`` PID 1 is the static C init bound at /dev/init (``csrc/init_shim.c``, built by
+  ``make setup``): the plan's argv simply starts with it.
 
 The child never returns into the caller's code: every path ends in ``execve`` or ``os._exit``.
 """
@@ -31,19 +30,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from runtime import namespaces, syscalls
-from runtime.errors import ContainerError
+from runtime import namespaces
+from core import syscalls
+from core.errors import ContainerError
 from runtime.rootfs.mounts import RootfsPlan, setup as setup_rootfs
 
 # exit codes in the style of Docker / a shell
 EXIT_SETUP_FAILED = 125
 EXIT_CANNOT_EXEC = 126
 EXIT_NOT_FOUND = 127
-
-# Signals the --init process forwards to the workload (SIGKILL/SIGSTOP cannot be caught).
-FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
-                     signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
-
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -62,7 +57,6 @@ class LaunchPlan:
     cgroupns: bool = False
     userns_remap: bool = False
     loopback_up: bool = True     # --network none: the parent brings lo up while the child mounts
-    init: bool = False
     die_with_parent: bool = False  # build steps: SIGKILL when the builder dies (PR_SET_PDEATHSIG)
     # Files the child writes "0" into to join its cgroup once the parent says ``C`` (made). Empty: the
     # parent's ``on_forked`` moves it. The child's own v1 ``tasks`` write skips the kernel's global
@@ -264,8 +258,6 @@ def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go
     os.chdir(plan.workdir)
     syscalls.close_range_cloexec(3)  # only 0-2 (and the sync pipe until exec) reach the workload
     env = dict(e.partition("=")[::2] for e in plan.env)
-    if plan.init:
-        _run_init(plan, security, env, w_ready)
     _exec_workload(plan, security, env)
 
 
@@ -302,35 +294,3 @@ def _exec_workload(plan: LaunchPlan, security: object, env: dict[str, str]) -> N
         os.write(2, msg.encode())
     finally:
         os._exit(code)
-
-
-def _run_init(plan: LaunchPlan, security: object, env: dict[str, str], w_ready: int) -> None:
-    """PID 1 with ``--init``: fork the workload, forward signals to it, reap every zombie, exit with the
-    workload's code. Never returns."""
-    child = os.fork()
-    if child == 0:
-        _exec_workload(plan, security, env)
-    code = EXIT_SETUP_FAILED
-    try:
-        os.close(w_ready)  # the workload's copy closes at its exec: the parent's EOF
-        # Not dumpable: container processes cannot open /proc/1/exe (the host interpreter).
-        syscalls.prctl(4, 0)  # PR_SET_DUMPABLE
-        for sig in FORWARDED_SIGNALS:
-            signal.signal(sig, lambda s, _f: _forward(child, s))
-        while True:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                break
-            if pid == child:
-                code = exit_code_of(status)
-                break
-    finally:
-        os._exit(code)
-
-
-def _forward(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -17,13 +17,14 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from runtime.errors import ContainerError, UsageError
-from runtime.paths import HostPaths
+from core.errors import ContainerError, UsageError
+from core.paths import HostPaths
 
 STATE_FILE = "state.json"
 TEMP_STATE = re.compile(r"^\.state\.json\.(\d+)$")  # write_state's temp name; group 1: the writer's pid
@@ -164,3 +165,26 @@ def proc_start_time(pid: int) -> int | None:
 
 def alive(pid: int | None, start: int | None) -> bool:
     return bool(pid) and start is not None and proc_start_time(int(pid)) == start
+
+
+def _wait_readable(fd: int, timeout_s: float | None) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(None if timeout_s is None else max(0, int(timeout_s * 1000))))
+
+
+def wait_pid_exit(pid: int, start: int | None, timeout_s: float | None) -> bool:
+    """True once ``pid`` (not necessarily our child) has exited; False on timeout. No polling loop:
+    a pidfd becomes readable when the process exits."""
+    if not alive(pid, start):
+        return True
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        if not alive(pid, start):
+            return True
+        return _wait_readable(fd, timeout_s)
+    finally:
+        os.close(fd)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from runtime.errors import NetworkError, UsageError
-from runtime.fsutil import atomic_write_json, file_lock, read_json
-from runtime.paths import HostPaths
+from core.errors import NetworkError, UsageError
+from core.fsutil import atomic_write_json, file_lock, read_json
+from core.paths import HostPaths
 
 BRIDGE_NAME = "isobench0"
 DEFAULT_SUBNET = "10.88.0.0/16"
@@ -113,7 +113,7 @@ def set_subnet(paths: HostPaths, text: str) -> NetworkConfig:
 # --- host effects --------------------------------------------------------------------------------
 
 def host_lock_path() -> Path:
-    from runtime import leases
+    from core import leases
 
     return leases.lease_dir().parent / "network.lock"
 
@@ -157,7 +157,7 @@ def bridge_address(name: str) -> ipaddress.IPv4Interface | None:
 
 
 def _sysctl(path: Path, value: str) -> None:
-    from runtime import syscalls
+    from core import syscalls
 
     try:
         if syscalls.read_file(str(path)).strip() != value:

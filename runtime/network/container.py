@@ -18,8 +18,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from runtime.errors import NetworkError, UsageError
-from runtime.paths import HostPaths
+from core.errors import NetworkError, UsageError
+from core.paths import HostPaths
 from runtime.spec import NetworkSpec, PortMapping
 
 LOCALHOST_ENTRIES: tuple[tuple[str, str], ...] = (

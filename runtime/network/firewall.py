@@ -34,7 +34,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from runtime.errors import NetworkError
+from core.errors import NetworkError
 from runtime.spec import PortMapping
 
 FAMILY = "ip"
@@ -202,7 +202,7 @@ def legacy_tagged(saved: str) -> list[tuple[str, str, str]]:
 def remove_legacy_iptables(keep_tag) -> list[str]:
     """Delete iptables rules an earlier version made whose tag ``keep_tag(tag)`` does not keep, and the
     old chains once empty of them. Returns the deleted rule lines."""
-    from runtime import syscalls
+    from core import syscalls
 
     try:
         saved = "".join(syscalls.run(["iptables-save", "-t", t], timeout_s=30).stdout.decode() for t in LEGACY_CHAINS)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 
 
 def gc(paths: HostPaths) -> list[str]:
     """Remove this area's orphans; return what was removed (one description per object)."""
-    from runtime import leases
+    from core import leases
     from runtime.network import firewall, ipam, portmap
     from runtime.network.veth import delete_link, project_links
 
@@ -60,7 +60,7 @@ def gc(paths: HostPaths) -> list[str]:
 
 def live_users(paths: HostPaths) -> list[str]:
     """Owners with a live lease that use the bridge: allocations (any root, via claims), enslaved links."""
-    from runtime import leases
+    from core import leases
     from runtime.network import bridge, ipam
 
     name = bridge.load_config(paths).bridge
@@ -76,7 +76,7 @@ def prune(paths: HostPaths) -> tuple[list[str], list[str]]:
     Returns (what was removed, the live users that kept the bridge)."""
     from runtime.network import bridge
 
-    from runtime.fsutil import file_lock
+    from core.fsutil import file_lock
 
     removed = gc(paths)
     name = bridge.load_config(paths).bridge

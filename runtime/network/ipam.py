@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from runtime.errors import NetworkError
-from runtime.fsutil import file_lock, read_json
+from core.errors import NetworkError
+from core.fsutil import file_lock, read_json
 from runtime.network.statefile import write_json
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 
 
 @dataclass
@@ -86,7 +86,7 @@ def lock_path(paths: HostPaths) -> Path:
 
 
 def claims_dir() -> Path:
-    from runtime import leases
+    from core import leases
 
     return leases.lease_dir().parent / "ipam"
 

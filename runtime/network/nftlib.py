@@ -72,7 +72,7 @@ def run(script: str, *, json_output: bool = False) -> str:
 def _run_binary(script: str, json_output: bool) -> str:
     import subprocess
 
-    from runtime import syscalls
+    from core import syscalls
 
     argv = ["nft", "-j", "-a", "-f", "-"] if json_output else ["nft", "-f", "-"]
     try:

@@ -25,10 +25,10 @@ import socket
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from runtime.errors import NetworkError
-from runtime.fsutil import read_json
+from core.errors import NetworkError
+from core.fsutil import read_json
 from runtime.network.statefile import write_json
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 from runtime.spec import PortMapping
 
 def record_path(owner_id: str, paths: HostPaths) -> Path:
@@ -67,7 +67,7 @@ def bind_free(host_ip: str, port: int, proto: str) -> bool:
 
 
 def claims_dir() -> Path:
-    from runtime import leases
+    from core import leases
 
     return leases.lease_dir().parent / "ports"
 

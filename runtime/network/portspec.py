@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from runtime.errors import UsageError
+from core.errors import UsageError
 from runtime.spec import PortMapping
 
 PROTOCOLS = ("tcp", "udp")

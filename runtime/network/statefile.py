@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime.fsutil import atomic_write_bytes
+from core.fsutil import atomic_write_bytes
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -2,7 +2,7 @@
 
 Netlink goes through pyroute2, imported lazily: its import costs ~150 ms, which a ``--network none``
 start must not pay. That path only needs ``lo`` up: one ``SIOCSIFFLAGS`` ioctl
-(``runtime.syscalls.set_link_up``), which the runtime's parent issues with ``syscalls.link_up_in``
+(``core.syscalls.set_link_up``), which the runtime's parent issues with ``syscalls.link_up_in``
 while the child mounts; :func:`bring_up_loopback` issues it from a short helper thread that
 ``setns``-es into the container's namespace (the bridge and ``none`` network attachments).
 
@@ -21,8 +21,8 @@ import socket
 import threading
 from typing import Callable, Iterator, TypeVar
 
-from runtime.errors import NetworkError
-from runtime.paths import PREFIX
+from core.errors import NetworkError
+from core.paths import PREFIX
 
 IFNAMSIZ = 16  # including the NUL: names are at most 15 characters
 CONTAINER_IFNAME = "eth0"
@@ -41,7 +41,7 @@ def veth_name(owner_id: str) -> str:
 
 def bring_up_loopback() -> None:
     """Set ``lo`` up in the calling thread's network namespace: one ioctl, no netlink library."""
-    from runtime import syscalls
+    from core import syscalls
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         syscalls.set_link_up(s.fileno(), "lo")
@@ -49,7 +49,7 @@ def bring_up_loopback() -> None:
 
 def in_netns(pid: int, fn: Callable[[], T]) -> T:
     """Run ``fn`` in a fresh thread that has joined the network namespace of ``pid``."""
-    from runtime import syscalls
+    from core import syscalls
 
     path = f"/proc/{pid}/ns/net"
     try:

@@ -12,7 +12,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from runtime import syscalls as S
+from core import syscalls as S
 
 # name: (major, minor) -- the set runc gives every container
 DEVICES: dict[str, tuple[int, int]] = {

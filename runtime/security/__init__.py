@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from runtime.errors import SecurityError
+from core.errors import SecurityError
 from runtime.security import caps as _caps
 from runtime.security import masks as _masks
 from runtime.security import seccomp as _seccomp

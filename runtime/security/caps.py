@@ -4,15 +4,15 @@ apply it (bounding set, capset, ambient) in the container's init process.
 Root in a container is only as strong as its capabilities: Docker keeps 14 of ~41 (no CAP_SYS_ADMIN,
 CAP_SYS_MODULE, CAP_SYS_TIME, CAP_SYS_PTRACE, ...), so that ``mount``, ``insmod`` or ``date -s`` fail
 even for uid 0. The pure part (names, defaults, set arithmetic) is unit tested; the libc part is a few
-prctl/capset calls made in the already-forked child.
+prctl/capset calls made in the already-forked child, through the syscalls seam (core.syscalls).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 
-from runtime.errors import SecurityError
+from core import syscalls
+from core.errors import SecurityError
 
 # <linux/capability.h>: name -> number. Names as users write them, without the CAP_ prefix.
 CAPS: dict[str, int] = {
@@ -89,28 +89,11 @@ def names_of(mask: int) -> frozenset[str]:
     return frozenset(n for n, v in CAPS.items() if mask & (1 << v))
 
 
-class _Header(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
-
-
-# glibc by soname: ctypes.util.find_library forks `ldconfig -p` (~10 ms) on the start path
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_libc.capset, _libc.capget  # resolved in the parent, not in every forked child (see runtime.syscalls)
-_Data2 = _Data * 2  # ctypes makes a new array type on every ``_Data * 2``: once, here
-
-
 def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "") -> int:
-    ret = _libc.prctl(option, arg2, arg3, 0, 0)
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl({what or option}): {os.strerror(err)}")
-    return ret
+    try:
+        return syscalls.prctl(option, arg2, arg3)
+    except OSError as exc:
+        raise OSError(exc.errno, f"prctl({what or option}): {os.strerror(exc.errno)}") from None
 
 
 def drop_bounding(keep_mask: int, last_cap: int) -> None:
@@ -133,27 +116,5 @@ def clear_ambient() -> None:
             raise
 
 
-def capset(effective: int, permitted: int, inheritable: int) -> None:
-    """capset(2) on the calling thread with 64-bit masks (two 32-bit data words, version 3)."""
-    hdr = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = _Data2()
-    for i in (0, 1):
-        shift = 32 * i
-        data[i].effective = (effective >> shift) & 0xFFFFFFFF
-        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
-        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
-    if _libc.capset(ctypes.byref(hdr), data) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"capset(eff=0x{effective:x}, prm=0x{permitted:x}): {os.strerror(err)}")
-
-
-def capget(pid: int = 0) -> tuple[int, int, int]:
-    """(effective, permitted, inheritable) masks of ``pid`` (0 = the calling thread)."""
-    hdr = _Header(_LINUX_CAPABILITY_VERSION_3, pid)
-    data = _Data2()
-    if _libc.capget(ctypes.byref(hdr), data) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"capget({pid}): {os.strerror(err)}")
-    lo, hi = data[0], data[1]
-    return (lo.effective | hi.effective << 32, lo.permitted | hi.permitted << 32,
-            lo.inheritable | hi.inheritable << 32)
+capset = syscalls.capset
+capget = syscalls.capget

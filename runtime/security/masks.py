@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 
-from runtime import syscalls
+from core import syscalls
 
 # runc/Docker defaults (moby oci/defaults.go): hidden entirely.
 MASKED_PATHS: tuple[str, ...] = (

@@ -34,11 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from runtime.errors import SecurityError
+from core.errors import SecurityError
 
 HELPER_DIR = "/isoprobe"                     # where the helper's directory is mounted in the container
 HELPER = f"{HELPER_DIR}/isoprobe"
-HELPER_SOURCE = Path(__file__).with_name("probe_helper.c")
 MARKER = "hostmarker-secprobe"               # argv[0] of the host process that must stay invisible
 LOOPBACK_TOKEN = "ISOBENCH-HOST-ONLY-SECRET"  # what the host-only listener sends to whoever connects
 # /dev entries a container may have (OCI default devices + the usual symlinks and mounts).
@@ -229,16 +228,11 @@ def run_all(execute: Callable[[str, Probe, list[str]], tuple[int, str]], ctx: di
 
 def build_helper(dest_dir: Path) -> Path:
     """Compile the static probe helper into ``dest_dir`` (mount that dir at :data:`HELPER_DIR`)."""
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise SecurityError("building the probe helper needs gcc (apt-get install gcc libc6-dev)")
+    from core.cbin import helper
+
     dest_dir.mkdir(parents=True, exist_ok=True)
     out = dest_dir / "isoprobe"
-    proc = subprocess.run([gcc, "-static", "-O2", "-o", str(out), str(HELPER_SOURCE)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        first = (proc.stderr.strip().splitlines() or ["?"])[0]
-        raise SecurityError(f"compiling {HELPER_SOURCE.name} with gcc -static failed: {first}")
+    shutil.copy2(helper("isoprobe"), out)  # a private copy: dest_dir is bind-mounted into containers
     os.chmod(out, 0o755)
     return out
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import SecurityError
+from core import syscalls
+from core.errors import SecurityError
 
 DEFAULT_PROFILE_PATH = Path(__file__).with_name("seccomp_default.json")
 
@@ -298,9 +299,6 @@ class _SockFprog(ctypes.Structure):
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
-# glibc by soname: ctypes.util.find_library forks `ldconfig -p` (~10 ms) on the start path
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
 
 
 # program bytes -> (buffer, struct sock_fprog): built in the parent by :func:`ready`, so the forked child
@@ -323,6 +321,7 @@ def load_bpf(program: bytes) -> None:
     if program not in _fprogs:
         ready(program)
     _, fprog = _fprogs[program]
-    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
+    try:
+        syscalls.prctl_ptr(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog))
+    except OSError as exc:
+        raise OSError(exc.errno, f"prctl(PR_SET_SECCOMP): {os.strerror(exc.errno)}") from None

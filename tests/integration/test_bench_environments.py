@@ -23,7 +23,7 @@ ENVS = [pytest.param(name, marks=pytest.mark.requires(*req), id=name) for name, 
 @pytest.fixture(scope="module")
 def busybox_image(isobench_root):
     from bench.environments import images
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     return images.ensure(HostPaths(root=isobench_root).ensure(), ("busybox",))["busybox"].manifest_digest
 

@@ -18,7 +18,7 @@ import pytest
 from tests import hostprobe
 
 pytestmark = pytest.mark.requires("root", "runc", "cgroup_v1")
-ISOBENCH = [sys.executable, "-m", "bench.cli"]
+ISOBENCH = [sys.executable, "-m", "app.cli"]
 
 
 def available_envs() -> list[str]:

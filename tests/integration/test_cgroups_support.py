@@ -15,9 +15,9 @@ from typing import Callable
 
 import pytest
 
-from runtime import leases
+from core import leases
 from runtime.cgroups import Cgroup, create_cgroup
-from runtime.paths import host_name, new_id
+from core.paths import host_name, new_id
 from runtime.spec import Resources
 
 BUSY_LOOP = [sys.executable, "-c", "while True: pass"]

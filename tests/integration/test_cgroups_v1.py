@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime import leases
+from core import leases
 from runtime.cgroups import create_cgroup, detect, open_cgroup
 from runtime.cgroups.gc import gc
-from runtime.errors import CgroupError
-from runtime.paths import host_name, new_id
+from core.errors import CgroupError
+from core.paths import host_name, new_id
 from runtime.spec import Resources, ThrottleDevice
 from tests.integration.test_cgroups_support import made, wait_for  # noqa: F401
 

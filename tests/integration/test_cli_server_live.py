@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cli import server as srv
+from app.server import daemon as D
+from app.server import protocol as P
 from runtime.lifecycle import state as S
 
 pytestmark = [pytest.mark.requires("root", "busybox"), pytest.mark.timeout(180)]
@@ -30,7 +31,7 @@ EXPECTED_SIGTERM_CODE = 0
 def client(tmp_path_factory) -> str:
     """The compiled client (built here when `make setup` has not installed it)."""
     try:
-        return srv.ensure_client(str(tmp_path_factory.mktemp("client-bin")))
+        return D.ensure_client(str(tmp_path_factory.mktemp("client-bin")))
     except Exception as exc:  # noqa: BLE001 - no compiler: nothing to test
         pytest.skip(f"cannot build the isobench client: {exc}")
 
@@ -43,7 +44,7 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [k for k in kids if _comm(k).startswith("isobench")
-            and _comm(k) not in (srv.SPARE_NAME, srv.PROCESS_NAME)]  # a fresh fork has the server's name
+            and _comm(k) not in (P.SPARE_NAME, P.PROCESS_NAME)]  # a fresh fork has the server's name
 
 
 def _spares(pid: int) -> list[int]:
@@ -52,7 +53,7 @@ def _spares(pid: int) -> list[int]:
         kids = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-    return [k for k in kids if _comm(k) == srv.SPARE_NAME]
+    return [k for k in kids if _comm(k) == P.SPARE_NAME]
 
 
 def _comm(pid: int) -> str:
@@ -108,7 +109,7 @@ class Server:
         p = subprocess.run([self.client, "server", "start", "--socket", str(self.sock)],
                            env=server_env or self.env, capture_output=True, text=True, timeout=60,
                            stdin=subprocess.DEVNULL)
-        rec = srv.read_pidfile(str(self.sock))
+        rec = P.read_pidfile(str(self.sock))
         if p.returncode == 0 and rec:
             self.pid, self.start_ticks = rec
         return p
@@ -134,7 +135,7 @@ def server(client, paths, tmp_path):
 
     ensure_busybox(paths)
     sock = tmp_path / "s.sock"
-    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), srv.SOCKET_ENV: str(sock)}
+    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), P.SOCKET_ENV: str(sock)}
     s = Server(client, sock, env)
     made = set(S.all_ids(paths))
     p = s.start()
@@ -147,11 +148,11 @@ def server(client, paths, tmp_path):
         if left:
             s.run("rm", "-f", *sorted(left))
         s.stop()
-    assert not srv.read_pidfile(str(sock)) and not sock.exists()
+    assert not P.read_pidfile(str(sock)) and not sock.exists()
 
 
 def _no_server_env(s: Server, tmp_path: Path) -> dict[str, str]:
-    return {**s.env, srv.SOCKET_ENV: str(tmp_path / "nobody-listens.sock")}
+    return {**s.env, P.SOCKET_ENV: str(tmp_path / "nobody-listens.sock")}
 
 
 def test_run_output_and_exit_code(server, leak_check):
@@ -222,7 +223,7 @@ def test_client_environment_reaches_the_worker(client, paths, tmp_path, leak_che
 
     ensure_busybox(paths)
     sock = tmp_path / "s.sock"
-    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), srv.SOCKET_ENV: str(sock)}
+    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), P.SOCKET_ENV: str(sock)}
     s = Server(client, sock, env)
     p = s.start(server_env={**env, "ISOBENCH_ROOT": str(tmp_path / "server-root")})
     assert p.returncode == 0, p.stderr
@@ -291,7 +292,7 @@ def test_without_a_server_the_client_falls_back(server, tmp_path, leak_check):
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(dead))
     s.close()
-    p = server.run("ps", "-q", env={**env, srv.SOCKET_ENV: str(dead)})
+    p = server.run("ps", "-q", env={**env, P.SOCKET_ENV: str(dead)})
     assert p.returncode == 0, p.stderr
 
 
@@ -345,7 +346,7 @@ def test_server_survives_bad_clients(server, leak_check):
     assert raw(b"GET / HTTP/1.0\r\n\r\n").startswith(b"E not an isobench request")
     assert b"speaks protocol ISB1 but the client sent ISB9" in raw(b"ISB9\0\0\0\0")
     assert b"exceeds the limit" in raw(b"ISB1\x7f\xff\xff\xff")
-    good = srv.encode_request(["isobench", "ps", "-q"], "/", [f"ISOBENCH_ROOT={server.env['ISOBENCH_ROOT']}"],
+    good = P.encode_request(["isobench", "ps", "-q"], "/", [f"ISOBENCH_ROOT={server.env['ISOBENCH_ROOT']}"],
                               0o022)
     assert b"file descriptors" in raw(good, fds=(0, 1, 2, 0, 1, 2))
     assert b"file descriptors" in raw(good, fds=())
@@ -359,12 +360,12 @@ def test_server_survives_bad_clients(server, leak_check):
     crashed.communicate(timeout=30)
     assert crashed.returncode == 128 + signal.SIGSEGV
     assert raw(good) .startswith(b"P ") and server.run("ps", "-q").returncode == 0
-    assert "crashed: SIGSEGV" in Path(srv.logfile_path(str(server.sock))).read_text()
+    assert "crashed: SIGSEGV" in Path(P.logfile_path(str(server.sock))).read_text()
 
 
 def test_start_status_stop_and_gc_leave_nothing(client, paths, tmp_path, leak_check):
     sock = tmp_path / "s.sock"
-    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), srv.SOCKET_ENV: str(sock)}
+    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), P.SOCKET_ENV: str(sock)}
     s = Server(client, sock, env)
     try:
         assert s.start().returncode == 0
@@ -377,7 +378,7 @@ def test_start_status_stop_and_gc_leave_nothing(client, paths, tmp_path, leak_ch
         assert stop.returncode == 0 and "stopped" in stop.stdout, stop
         assert S.proc_start_time(s.pid) is None  # gone (or a zombie of a non-reaping init)
         assert S.proc_start_time(spare) is None  # the spare went first
-        assert not sock.exists() and not Path(srv.pidfile_path(str(sock))).exists()
+        assert not sock.exists() and not Path(P.pidfile_path(str(sock))).exists()
         assert s.run("server", "status").returncode == 3
         assert s.run("server", "stop").returncode == 1
         # a server killed -9 leaves its socket and pidfile: gc removes them (a live one is kept)
@@ -387,7 +388,7 @@ def test_start_status_stop_and_gc_leave_nothing(client, paths, tmp_path, leak_ch
         assert "stale pidfile" in s.run("server", "status").stdout
         gc = s.run("gc")
         assert gc.returncode == 0 and f"server socket {sock}" in gc.stdout, gc.stdout
-        assert not sock.exists() and not Path(srv.pidfile_path(str(sock))).exists()
+        assert not sock.exists() and not Path(P.pidfile_path(str(sock))).exists()
         assert s.start().returncode == 0
         assert f"server socket {sock}" not in s.run("gc").stdout
         assert sock.exists()

@@ -22,8 +22,8 @@ from tests.security import crashkit, harness
 pytestmark = pytest.mark.requires("root", "busybox")
 
 # Leftovers no area's gc collects yet (reported to the lead), as (kind, path fragment). Build/RUN/load
-# scratch dirs are leased (runtime.scratch) and the image store's temp files carry their writer's pid, so
-# gc removes both; the VM harness's kernel/initrd files are still written through runtime.fsutil's
+# scratch dirs are leased (core.scratch) and the image store's temp files carry their writer's pid, so
+# gc removes both; the VM harness's kernel/initrd files are still written through core.fsutil's
 # atomic_write_bytes, whose ``.tmp-*`` names do not say which process wrote them.
 KNOWN_UNCOLLECTED: set[tuple[str, str]] = set()
 TRIALS_TOTAL = int(os.environ.get("ISOBENCH_CRASH_TRIALS", "24"))
@@ -45,7 +45,7 @@ def _verbs_available() -> set[str]:
     ok, _ = harness.isobench_available()
     if ok:
         verbs |= {"run", "rm"}
-    from bench.cli import build_parser
+    from app.cli import build_parser
 
     try:
         build_parser().parse_args(["bench", "--help"])
@@ -137,7 +137,7 @@ def _verdict(left: dict) -> None:
     hard = {k: v for k, v in hard.items() if v}
     assert not hard, f"left behind after kill -9 + gc: {left}"
     if left:
-        pytest.xfail(f"KNOWN (reported): gc cannot tell whose these runtime.fsutil temp files are (no pid in the name): "
+        pytest.xfail(f"KNOWN (reported): gc cannot tell whose these core.fsutil temp files are (no pid in the name): "
                      f"{ {k: len(v) for k, v in left.items()} } e.g. {[v[0] for v in left.values()]}")
 
 
@@ -154,7 +154,7 @@ def test_kill9_build_run_rm_then_gc_leaves_nothing(tmp_path, leak_check, capsys)
 @pytest.mark.requires("runc")
 def test_kill9_bench_then_gc_leaves_nothing(tmp_path, leak_check, capsys):
     from bench.results import load_run
-    from runtime.errors import IsobenchError
+    from core.errors import IsobenchError
 
     left, trials = _crash_and_audit(tmp_path, {"bench": 4}, capsys)
     load_run(tmp_path / "bench-warm")  # a completed run stays loadable

@@ -14,7 +14,7 @@ import pytest
 
 from runtime.cgroups import devices, open_cgroup
 from runtime.cgroups.rules import MAX_SHARES
-from runtime.errors import CgroupError, IsobenchError
+from core.errors import CgroupError, IsobenchError
 from runtime.spec import ContainerConfig, MountSpec, NetworkSpec, Resources, ThrottleDevice
 from tests.imagefixtures import ensure_busybox
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main as cli_main
-from runtime.errors import BuildError
+from app.cli import main as cli_main
+from core.errors import BuildError
 from runtime.image.builder import BuildOptions, build
 from runtime.image.store import ImageStore
 

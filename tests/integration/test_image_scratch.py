@@ -1,5 +1,5 @@
 """Scratch dirs of a killed command with mounts still below them (a RUN step's overlay, a tmpfs):
-``runtime.scratch.gc`` unmounts deepest first and removes the dir; a live owner's dir is untouched."""
+``core.scratch.gc`` unmounts deepest first and removes the dir; a live owner's dir is untouched."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from runtime import leases, scratch, syscalls
-from runtime.paths import HostPaths
+from core import leases
+from core import scratch
+from core import syscalls
+from core.paths import HostPaths
 
 pytestmark = pytest.mark.requires("root")
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main as cli_main
-from runtime.errors import ImageError
+from app.cli import main as cli_main
+from core.errors import ImageError
 from runtime.image import transfer
 from runtime.image.store import ImageStore, canonical_json
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 from tests.imagefixtures import ensure_busybox
 
 pytestmark = pytest.mark.requires("root", "busybox")

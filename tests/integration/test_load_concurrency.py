@@ -27,7 +27,7 @@ N_RUNS = int(os.environ.get("ISOBENCH_LOAD_RUNS", "100"))
 
 
 def _spawn(argv: list[str], root: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", *argv], cwd=crashkit.REPO,
+    return subprocess.Popen([sys.executable, "-m", "app.cli", *argv], cwd=crashkit.REPO,
                             env=crashkit.cli_env(root), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

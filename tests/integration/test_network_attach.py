@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime import leases
-from runtime.errors import NetworkError
-from runtime.fsutil import atomic_write_json
-from runtime.paths import HostPaths, new_id
+from core import leases
+from core.errors import NetworkError
+from core.fsutil import atomic_write_json
+from core.paths import HostPaths, new_id
 from runtime.spec import NetworkSpec
 
 pytestmark = pytest.mark.requires("root", "iptables", "busybox")
@@ -291,8 +291,9 @@ def test_subnet_overlapping_a_host_route_refused(leak_check, tmp_path):
 GHOST = r"""
 import os, subprocess, sys, time
 from pathlib import Path
-from runtime import leases, network
-from runtime.paths import HostPaths
+from runtime import network
+from core import leases
+from core.paths import HostPaths
 from runtime.spec import NetworkSpec
 paths = HostPaths(root=Path(sys.argv[1]))
 cid, pid = sys.argv[2], int(sys.argv[3])

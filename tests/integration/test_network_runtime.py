@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 from tests.integration.test_network_attach import (_no_traces, _stable, bridge, fetch, free_port,  # noqa: F401
                                                    host_address, leak_check)
 

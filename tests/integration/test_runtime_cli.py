@@ -174,7 +174,7 @@ def test_gc_after_in_process_owner_killed(paths, leak_check):
     ensure_busybox(paths)
     code = (
         "import os,sys,time\n"
-        "from runtime import api\nfrom runtime.paths import HostPaths\n"
+        "from runtime import api\nfrom core.paths import HostPaths\n"
         "from runtime.spec import ContainerConfig, NetworkSpec\n"
         f"p=HostPaths(root=__import__('pathlib').Path({str(paths.root)!r}))\n"
         "c=api.create(ContainerConfig(image='busybox', command=('sleep','60'), network=NetworkSpec(mode='none')), p)\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core.paths import run_dir
 from runtime import api
 from runtime.lifecycle import state as S
 from runtime.spec import ContainerConfig, MountSpec, NetworkSpec
@@ -36,7 +37,7 @@ def own_objects_removed():
     _MADE.clear()
     yield
     left = [str(p) for cid in _MADE for p in Path("/sys/fs/cgroup").glob(f"*/isobench-{cid}")]
-    left += [cid for cid in _MADE if Path(f"/run/isobench/leases/{cid}.json").exists()]
+    left += [cid for cid in _MADE if (run_dir() / "leases" / f"{cid}.json").exists()]
     assert not left, f"left behind: {left}"
 
 

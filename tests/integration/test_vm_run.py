@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import IsobenchError, VMError
+from core.errors import IsobenchError, VMError
 from runtime.spec import PortMapping
 
 pytestmark = pytest.mark.requires("root", "libvirt", "qemu", "busybox")
 
-ISOBENCH = [sys.executable, "-m", "bench.cli"]
+ISOBENCH = [sys.executable, "-m", "app.cli"]
 
 
 @pytest.fixture(scope="session")
 def vm_paths(isobench_root):
     """The session's state root with the busybox image's VM artifacts built once."""
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
     from vmharness import artifacts as art
     from vmharness.vm import resolve_image
 
@@ -44,18 +44,10 @@ def _overlays(paths) -> list[Path]:
 
 def _domains(paths) -> set[str]:
     """isobench domains of this test session's state root (other roots may run VMs concurrently)."""
-    import libvirt
+    from vmharness import hypervisor
 
-    from vmharness.daemons import connect
-
-    out = set()
-    for d in connect().listAllDomains():
-        try:
-            if d.name().startswith("isobench-") and str(paths.root) in d.XMLDesc():
-                out.add(d.name())
-        except libvirt.libvirtError:
-            continue  # vanished meanwhile
-    return out
+    return {name for name, xml in hypervisor.domain_xmls().items()
+            if name.startswith("isobench-") and str(paths.root) in xml}
 
 
 def _free_port() -> int:
@@ -188,7 +180,7 @@ def test_ctrl_c_destroys_the_domain(vm_paths, leak_check):
 
 
 def test_gc_removes_orphaned_domain_and_overlay(vm_paths, leak_check):
-    from runtime import leases
+    from core import leases
     from vmharness import gc as vmgc
     from vmharness import vm as vmmod
 
@@ -250,13 +242,13 @@ def test_missing_kernel_names_the_package(tmp_path):
 def test_kvm_probe_notices_a_hanging_guest_within_its_bound(vm_paths, leak_check):
     """With QEMU's default CPU model (no host-passthrough) nested KVM here hangs instead of aborting:
     the probe must give up after its bound, destroy the probe VM and report why."""
-    from vmharness import vm as vmmod
+    from vmharness import accel as accel_mod
 
     if not Path("/dev/kvm").exists():
         pytest.skip("/dev/kvm missing: the probe does not boot at all")
     before = _domains(vm_paths)
     t = time.monotonic()
-    out = vmmod.probe_boot(vm_paths, 3.0, kvm_cpu_passthrough=False)
+    out = accel_mod.probe_boot(vm_paths, 3.0, kvm_cpu_passthrough=False)
     elapsed = time.monotonic() - t
     assert elapsed < 3.0 + 5.0, "the probe must not hang"
     if not out.reached_init:

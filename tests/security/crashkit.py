@@ -1,7 +1,7 @@
 """Tools for the crash-safety and load tests: run the real CLI, kill it with SIGKILL at a chosen moment,
 and audit a state root afterwards (image store digests, leftover temp files, mounts, processes).
 
-The CLI runs as ``python -m bench.cli`` with ``ISOBENCH_ROOT`` pointing at a private state root, so the
+The CLI runs as ``python -m app.cli`` with ``ISOBENCH_ROOT`` pointing at a private state root, so the
 audit only looks at what these tests made.
 """
 
@@ -25,7 +25,7 @@ def cli_env(root: Path) -> dict[str, str]:
 
 
 def isobench(argv: list[str], root: Path, timeout_s: float = 120, check: bool = False) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "bench.cli", *argv], cwd=REPO, env=cli_env(root),
+    proc = subprocess.run([sys.executable, "-m", "app.cli", *argv], cwd=REPO, env=cli_env(root),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
     if check and proc.returncode != 0:
         raise AssertionError(f"isobench {' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
@@ -44,7 +44,7 @@ class Trial:
 def kill_at(verb: str, argv: list[str], root: Path, delay_s: float, timeout_s: float = 60) -> Trial:
     """Start ``isobench argv``, SIGKILL the CLI process after ``delay_s`` (only that pid: what its
     children do next is exactly what crash safety is about), and reap it."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *argv], cwd=REPO, env=cli_env(root),
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", *argv], cwd=REPO, env=cli_env(root),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + delay_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -148,7 +148,7 @@ def cleanup_root(root: Path) -> list[str]:
 
 def live_leases(root: Path) -> list[str]:
     """Leases of this state root whose owner process is still alive (objects gc must keep)."""
-    from runtime import leases
+    from core import leases
 
     d = leases.lease_dir()
     out = []

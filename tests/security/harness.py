@@ -21,8 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime import leases, syscalls
-from runtime.paths import new_id
+from core import leases
+from core import syscalls
+from core.paths import new_id
 from runtime.security import probes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ def run_runc(bundle: Path, argv: list[str], state_root: Path, timeout_s: float =
 
 _HOOKS_CHILD = r'''
 import os, sys, json
-from runtime import syscalls as s
+from core import syscalls as s
 from runtime import security
 from runtime.spec import SecuritySpec
 rootfs, argv, opts = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
@@ -126,7 +127,7 @@ def run_hooks(rootfs: Path, argv: list[str], cap_drop: tuple[str, ...] = (), sec
 
 def _cli_has_run() -> bool:
     try:
-        from bench.cli import build_parser
+        from app.cli import build_parser
 
         build_parser().parse_args(["run", "--rm", "--cap-drop", "NET_RAW", "busybox", "true"])
     except (ImportError, SystemExit):
@@ -150,7 +151,7 @@ def run_isobench(argv: list[str], helper_dir: Path, cap_drop: tuple[str, ...] = 
                  timeout_s: float = 60, with_helper: bool = True, root: Path | None = None) -> tuple[int, str]:
     if not _cli_has_run():
         return _run_isobench_api(argv, helper_dir, cap_drop, extra, with_helper, root)
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--rm", "--network", "none"]
+    cmd = [sys.executable, "-m", "app.cli", "run", "--rm", "--network", "none"]
     if with_helper:
         cmd += ["-v", f"{helper_dir}:{probes.HELPER_DIR}:ro"]
     for c in cap_drop:
@@ -166,7 +167,7 @@ def _run_isobench_api(argv: list[str], helper_dir: Path, cap_drop: tuple[str, ..
                       with_helper: bool, root: Path | None) -> tuple[int, str]:
     """The same container through runtime.api (what the benchmark harness calls in-process)."""
     from runtime import api
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
     from runtime.spec import ContainerConfig, MountSpec, NetworkSpec, SecuritySpec
 
     paths = HostPaths(root=root).ensure() if root is not None else HostPaths.from_env().ensure()

@@ -85,7 +85,7 @@ def test_isobench_image_symlink_at_mount_point(kind, tmp_path, isobench_root, le
 def crashkit_cli() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "bench.cli"]
+    return [sys.executable, "-m", "app.cli"]
 
 
 @pytest.mark.requires("cgroup_v1")

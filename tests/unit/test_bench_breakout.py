@@ -61,7 +61,7 @@ def test_runc_bundle_drops_capabilities(monkeypatch):
 
 def test_container_config_cap_drop(tmp_path):
     from bench.environments.container import container_config
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     cfg = container_config(Job(image="i", argv=("true",), cap_drop=("NET_RAW",)), HostPaths(root=tmp_path))
     assert cfg.security.cap_drop == ("NET_RAW",)
@@ -87,7 +87,7 @@ def test_enforcement_window_deltas_and_median_fact():
     from bench.profiles import PROFILES
     from bench.workloads import enforcement
     from bench.workloads.base import Context
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     assert enforcement.window_deltas([(0.0, 0.0), (1.0, 0.5), (3.0, 1.5)]) == [0.5, 0.5]
     ctx = Context(paths=HostPaths(root=Path("/nonexistent")), profile=PROFILES["quick"], images={})

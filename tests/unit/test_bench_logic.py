@@ -13,7 +13,7 @@ from bench.environments import runc as runcenv
 from bench.environments.base import Job, Limits, Volume, fill_port, image_env
 from bench.workloads import base as wbase
 from bench.workloads import footprint, isolation, startup
-from runtime.errors import UsageError
+from core.errors import UsageError
 
 TEMPLATE = {
     "process": {"terminal": True, "args": ["sh"], "env": [], "cwd": "/"},
@@ -60,7 +60,7 @@ def test_runc_bundle_config_no_limits(no_runc):
 
 def test_container_config_from_job(tmp_path):
     from bench.environments.container import container_config
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     job = Job(image="img", argv=("httpd", "-p", "{port}"), port=80, limits=Limits(cpus=1.5, memory_bytes=1 << 30),
               volume=Volume(tmp_path / "v", "/data"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.workloads import cpu, disk, enforcement, memory, network
-from runtime.errors import BenchError
+from core.errors import BenchError
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "tool_outputs"
 

@@ -13,7 +13,7 @@ import pytest
 
 from runtime.cgroups import cgroup as cgmod
 from runtime.cgroups import create_cgroup, fs, layout, open_cgroup, plan_cgroup
-from runtime.errors import CgroupError
+from core.errors import CgroupError
 from runtime.spec import Resources, ThrottleDevice
 
 V2_FILES = ("cgroup.procs", "cgroup.kill", "cpu.max", "cpu.weight", "cpu.stat", "memory.max", "memory.swap.max",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runtime.cgroups import fs
 from runtime.cgroups import gc as gcmod
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 
 
 def _tree(root: Path) -> None:

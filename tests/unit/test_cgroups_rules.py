@@ -8,7 +8,7 @@ import pytest
 
 from runtime.cgroups import devices, layout, rules, v1, v2
 from runtime.cgroups.rules import HostFacts
-from runtime.errors import CgroupError
+from core.errors import CgroupError
 from runtime.spec import Resources, ThrottleDevice
 
 FACTS = HostFacts(host_cpus=frozenset({0, 1}), parent_mems="0",

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from bench.check import check_run, load_bounds, parse_bounds
-from bench.cli import main
+from app.cli import main
 from bench.results import load_run
-from runtime.errors import UsageError
+from core.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "results" / "fixtures" / "quick-tcg"

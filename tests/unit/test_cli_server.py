@@ -9,18 +9,21 @@ import struct
 
 import pytest
 
-from runtime.cli import server as S
-from runtime.errors import ServerError
+from app.commands import server as C
+from app.server import daemon as D
+from app.server import protocol as P
+from app.server import worker as W
+from core.errors import ServerError
 
 
 def test_request_round_trip_keeps_bytes_exactly():
     argv = ["isobench", "run", "--rm", "busybox", "sh", "-c", "echo 'a b'; exit 3", b"\xff\xfe"]
     env = ["ISOBENCH_ROOT=/tmp/x", "EMPTY=", b"RAW=\xc3("]
-    data = S.encode_request(argv, "/home/u/d ir", env, 0o027)
+    data = P.encode_request(argv, "/home/u/d ir", env, 0o027)
     assert data[:4] == b"ISB1"
-    length = S.parse_header(data)
-    assert length == len(data) - S.HEADER.size
-    req = S.decode_payload(data[S.HEADER.size:])
+    length = P.parse_header(data)
+    assert length == len(data) - P.HEADER.size
+    req = P.decode_payload(data[P.HEADER.size:])
     assert req.umask == 0o027
     assert req.cwd == b"/home/u/d ir"
     assert req.argv == tuple(os.fsencode(a) if isinstance(a, str) else a for a in argv)
@@ -28,36 +31,36 @@ def test_request_round_trip_keeps_bytes_exactly():
 
 
 def test_request_without_environment():
-    data = S.encode_request(["isobench"], "/", [], 0)
-    req = S.decode_payload(data[S.HEADER.size:])
+    data = P.encode_request(["isobench"], "/", [], 0)
+    req = P.decode_payload(data[P.HEADER.size:])
     assert (req.argv, req.env, req.umask) == ((b"isobench",), (), 0)
 
 
 def test_encode_refuses_nul_bytes():
     with pytest.raises(ValueError):
-        S.encode_request(["isobench", "a\0b"], "/", [], 0o022)
+        P.encode_request(["isobench", "a\0b"], "/", [], 0o022)
 
 
 @pytest.mark.parametrize("prefix", [b"", b"I", b"IS", b"ISB", b"ISB1", b"ISB1\0\0\0"])
 def test_header_incomplete_is_not_an_error(prefix):
-    assert S.parse_header(prefix) is None
+    assert P.parse_header(prefix) is None
 
 
 def test_header_other_version_names_both():
     with pytest.raises(ServerError, match="speaks protocol ISB1 but the client sent ISB2"):
-        S.parse_header(b"ISB2\0\0\0\1")
+        P.parse_header(b"ISB2\0\0\0\1")
 
 
 @pytest.mark.parametrize("data", [b"GET / HTTP/1.1\r\n", b"X", b"IX"])
 def test_header_garbage(data):
     with pytest.raises(ServerError, match="not an isobench request"):
-        S.parse_header(data)
+        P.parse_header(data)
 
 
 def test_header_oversized():
     with pytest.raises(ServerError, match="exceeds the limit"):
-        S.parse_header(struct.pack(">4sI", b"ISB1", S.MAX_REQUEST_BYTES + 1))
-    assert S.parse_header(struct.pack(">4sI", b"ISB1", S.MAX_REQUEST_BYTES)) == S.MAX_REQUEST_BYTES
+        P.parse_header(struct.pack(">4sI", b"ISB1", P.MAX_REQUEST_BYTES + 1))
+    assert P.parse_header(struct.pack(">4sI", b"ISB1", P.MAX_REQUEST_BYTES)) == P.MAX_REQUEST_BYTES
 
 
 @pytest.mark.parametrize("payload,needle", [
@@ -71,7 +74,7 @@ def test_header_oversized():
 ])
 def test_malformed_payloads(payload, needle):
     with pytest.raises(ServerError, match=needle):
-        S.decode_payload(payload)
+        P.decode_payload(payload)
 
 
 @pytest.mark.parametrize("status,code", [
@@ -80,26 +83,26 @@ def test_malformed_payloads(payload, needle):
     (11 | 0x80, 139),                          # ... with a core dump
 ])
 def test_code_from_status(status, code):
-    assert S.code_from_status(status) == code
+    assert P.code_from_status(status) == code
 
 
 @pytest.mark.parametrize("arg,code", [(None, 0), (0, 0), (2, 2), (130, 130), ("a message", 1)])
 def test_system_exit_code(arg, code):
-    assert S.system_exit_code(SystemExit(arg)) == code
+    assert P.system_exit_code(SystemExit(arg)) == code
 
 
 def test_pidfile_format_round_trip_and_garbage():
-    assert S.parse_pidfile(S.format_pidfile(1234, 987654)) == (1234, 987654)
+    assert P.parse_pidfile(P.format_pidfile(1234, 987654)) == (1234, 987654)
     for junk in (b"", b"12", b"12 x", b"-1 5", b"0 5", b"1 2 3", b"\xff\xff"):
-        assert S.parse_pidfile(junk) is None
+        assert P.parse_pidfile(junk) is None
 
 
 def test_server_state_live_stale_absent():
     starts = {100: 5000}
-    assert S.server_state(None, starts.get) == "absent"
-    assert S.server_state((100, 5000), starts.get) == "live"
-    assert S.server_state((100, 4999), starts.get) == "stale"  # pid recycled by another process
-    assert S.server_state((101, 5000), starts.get) == "stale"  # dead
+    assert P.server_state(None, starts.get) == "absent"
+    assert P.server_state((100, 5000), starts.get) == "live"
+    assert P.server_state((100, 4999), starts.get) == "stale"  # pid recycled by another process
+    assert P.server_state((101, 5000), starts.get) == "stale"  # dead
 
 
 def test_remove_stale_removes_a_dead_servers_files(tmp_path):
@@ -107,11 +110,11 @@ def test_remove_stale_removes_a_dead_servers_files(tmp_path):
     bound = socket.socket(socket.AF_UNIX)
     bound.bind(sock)  # a socket file nobody listens on: what a killed server leaves
     bound.close()
-    (tmp_path / "s.sock.pid").write_bytes(S.format_pidfile(2**22 + 7, 1))  # above pid_max: never alive
-    removed = S.remove_stale(sock)
+    (tmp_path / "s.sock.pid").write_bytes(P.format_pidfile(2**22 + 7, 1))  # above pid_max: never alive
+    removed = P.remove_stale(sock)
     assert len(removed) == 2 and "pid 4194311 gone" in removed[0]
     assert not os.path.exists(sock) and not os.path.exists(sock + ".pid")
-    assert S.remove_stale(sock) == []
+    assert P.remove_stale(sock) == []
 
 
 def test_remove_stale_never_touches_a_live_server(tmp_path):
@@ -122,10 +125,10 @@ def test_remove_stale_never_touches_a_live_server(tmp_path):
     live.bind(sock)
     live.listen(1)
     try:
-        (tmp_path / "s.sock.pid").write_bytes(S.format_pidfile(os.getpid(), proc_start_time(os.getpid())))
-        assert S.remove_stale(sock) == []
+        (tmp_path / "s.sock.pid").write_bytes(P.format_pidfile(os.getpid(), proc_start_time(os.getpid())))
+        assert P.remove_stale(sock) == []
         os.unlink(sock + ".pid")  # listening without a pidfile: still somebody's
-        assert S.remove_stale(sock) == []
+        assert P.remove_stale(sock) == []
         assert os.path.exists(sock)
     finally:
         live.close()
@@ -134,28 +137,28 @@ def test_remove_stale_never_touches_a_live_server(tmp_path):
 def test_remove_stale_leaves_a_non_socket_alone(tmp_path):
     path = tmp_path / "s.sock"
     path.write_text("not a socket")
-    assert S.remove_stale(str(path)) == []
+    assert P.remove_stale(str(path)) == []
     assert path.exists()
 
 
 def test_socket_path_precedence(monkeypatch, tmp_path):
-    monkeypatch.delenv(S.SOCKET_ENV, raising=False)
-    assert S.socket_path() == S.DEFAULT_SOCKET
-    monkeypatch.setenv(S.SOCKET_ENV, str(tmp_path / "env.sock"))
-    assert S.socket_path() == str(tmp_path / "env.sock")
-    assert S.socket_path(str(tmp_path / "opt.sock")) == str(tmp_path / "opt.sock")
-    assert S.pidfile_path("/x/s.sock") == "/x/s.sock.pid" and S.logfile_path("/x/s.sock") == "/x/s.sock.log"
+    monkeypatch.delenv(P.SOCKET_ENV, raising=False)
+    assert P.socket_path() == P.DEFAULT_SOCKET
+    monkeypatch.setenv(P.SOCKET_ENV, str(tmp_path / "env.sock"))
+    assert P.socket_path() == str(tmp_path / "env.sock")
+    assert P.socket_path(str(tmp_path / "opt.sock")) == str(tmp_path / "opt.sock")
+    assert P.pidfile_path("/x/s.sock") == "/x/s.sock.pid" and P.logfile_path("/x/s.sock") == "/x/s.sock.log"
 
 
 def test_server_verbs_parse():
-    from bench.cli import build_parser
+    from app.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["server", "start", "--socket", "/tmp/a.sock"])
-    assert args.func is S._start and args.socket == "/tmp/a.sock"
+    assert args.func is C._start and args.socket == "/tmp/a.sock"
     args = parser.parse_args(["server", "stop", "-t", "3"])
-    assert args.func is S._stop and args.time == 3.0 and args.socket is None
-    assert parser.parse_args(["server", "status"]).func is S._status
+    assert args.func is C._stop and args.time == 3.0 and args.socket is None
+    assert parser.parse_args(["server", "status"]).func is C._status
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(["server"])
     assert exc.value.code == 2
@@ -163,7 +166,7 @@ def test_server_verbs_parse():
 
 def test_cli_main_accepts_a_prebuilt_parser(capsys):
     """The server builds the argparse tree once and hands it to every worker's ``main``."""
-    from bench import cli
+    from app import cli
 
     parser = cli.build_parser()
     with pytest.raises(SystemExit) as exc:
@@ -178,8 +181,8 @@ def test_parser_module_imports_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys; before=set(sys.modules); import runtime.cli.server; "
-            "print(sorted(m for m in set(sys.modules)-before if not m.startswith('runtime')))")
+    code = ("import sys; before=set(sys.modules); import app.commands.server; "
+            "print(sorted(m for m in set(sys.modules)-before if not m.startswith(('runtime', 'app', 'core'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert set(eval(out)) <= {"struct", "_struct", "__future__"}, out
 
@@ -187,11 +190,11 @@ def test_parser_module_imports_nothing_heavy():
 def test_is_client_binary(tmp_path):
     script = tmp_path / "isobench"
     script.write_text("#!/usr/bin/python3\nimport sys\n")
-    assert not S.is_client_binary(str(script))
-    assert not S.is_client_binary(str(tmp_path / "missing"))
+    assert not D.is_client_binary(str(script))
+    assert not D.is_client_binary(str(tmp_path / "missing"))
     elf = tmp_path / "elf"
     elf.write_bytes(b"\x7fELF\x02\x01\x01")
-    assert S.is_client_binary(str(elf))
+    assert D.is_client_binary(str(elf))
 
 
 def test_private_writable_ranges_skip_stack_shared_and_readonly():
@@ -201,15 +204,15 @@ def test_private_writable_ranges_skip_stack_shared_and_readonly():
             b"7f10000000-7f10001000 rw-s 00000000 00:05 9                     /dev/zero (deleted)",
             b"7ffc0000-7ffc2000 rw-p 00000000 00:00 0                          [stack]",
             b"7f20000000-7f20004000 rw-p 00000000 00:00 0"]
-    assert S.private_writable_ranges(maps) == [(0x55D0A000, 0x55D0C000), (0x7F00002000, 0x7F00003000),
+    assert W.private_writable_ranges(maps) == [(0x55D0A000, 0x55D0C000), (0x7F00002000, 0x7F00003000),
                                                  (0x7F20000000, 0x7F20004000)]
 
 
 def test_shared_page_runs_are_present_and_not_exclusive():
     present, exclusive = 1 << 63, 1 << 56
     entries = (present, present, present | exclusive, 0, present, present | exclusive, present)
-    assert S.shared_page_runs(entries) == [(0, 2), (4, 1), (6, 1)]
-    assert S.shared_page_runs(()) == [] and S.shared_page_runs((present | exclusive, 0)) == []
+    assert W.shared_page_runs(entries) == [(0, 2), (4, 1), (6, 1)]
+    assert W.shared_page_runs(()) == [] and W.shared_page_runs((present | exclusive, 0)) == []
 
 
 def test_is_monitor_by_name(monkeypatch):
@@ -230,4 +233,4 @@ def test_is_monitor_by_name(monkeypatch):
         return real_open(path, mode, *a, **k)
 
     monkeypatch.setattr(builtins, "open", fake_open)
-    assert [S._is_monitor(p) for p in (1, 2, 3, 4, 5)] == [True, False, False, False, False]
+    assert [W.is_monitor(p) for p in (1, 2, 3, 4, 5)] == [True, False, False, False, False]

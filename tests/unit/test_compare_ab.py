@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from bench.cli import main
+from app.cli import main
 from bench.compare import CompareConfig, compare_samples, parse_threshold
 from bench.results import Sample, append_samples, load_run
-from runtime.errors import UsageError
+from core.errors import UsageError
 
 
 def write_run(path, series, meta=None):

@@ -1,4 +1,4 @@
-"""Property test of ``isobench run`` option handling through the real entry point ``bench.cli.main``:
+"""Property test of ``isobench run`` option handling through the real entry point ``app.cli.main``:
 any mix of option values ends in argparse's exit 2, an IsobenchError's exit 1/2 with one line on
 stderr, or a valid config handed to the launcher -- never another exception (a traceback).
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench import cli
+from app import cli
 
 
 class Launched(Exception):
@@ -63,7 +63,7 @@ def run_argv(draw) -> list[str]:
 
 @pytest.fixture
 def fake_launcher(monkeypatch, tmp_path):
-    from runtime.lifecycle import monitor
+    from runtime import monitor
 
     def launch(config, paths, **_kw):
         from runtime import security

@@ -1,7 +1,7 @@
 """Property tests: every parser of user input either returns a value or raises the project's one-line
 error (exit 1 or 2), never another exception (which would surface as a traceback).
 
-Targets: the Dockerfile parser and word processing, size/CPU options (runtime.units), ``-p`` specs
+Targets: the Dockerfile parser and word processing, size/CPU options (core.units), ``-p`` specs
 (runtime.network.portspec) and OCI image JSON read back from the store (runtime.image.store)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import BuildError, ImageError, IsobenchError, UsageError
+from core.errors import BuildError, ImageError, IsobenchError, UsageError
 from runtime.image import dockerfile
 from runtime.network.portspec import parse_port_spec
-from runtime.units import parse_cpus, parse_size_bytes
+from core.units import parse_cpus, parse_size_bytes
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -168,7 +168,7 @@ def oci_documents(draw):
 @given(oci_documents(), json_values, st.booleans())
 def test_store_reads_malformed_oci_json_with_one_line_errors(tmp_path_factory, config, manifest_extra, break_index):
     from runtime.image.store import REF_ANNOTATION, ImageStore, canonical_json
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     root = tmp_path_factory.mktemp("fuzz-store")
     store = ImageStore(HostPaths(root=root).ensure())
@@ -209,7 +209,7 @@ def test_huge_size_is_an_error():
 
 def test_store_index_with_non_object_entry(tmp_path):
     from runtime.image.store import ImageStore
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     store = ImageStore(HostPaths(root=tmp_path).ensure())
     (tmp_path / "images" / "index.json").write_text('{"manifests": [null]}')
@@ -293,7 +293,7 @@ def _write_archive(path, index, blobs) -> None:
 def test_image_load_of_malformed_oci_archives(tmp_path_factory, doc):
     from runtime.image import transfer
     from runtime.image.store import ImageStore
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     root = tmp_path_factory.mktemp("fuzz-load")
     archive = root / "a.tar"
@@ -308,7 +308,7 @@ def test_image_load_of_malformed_oci_archives(tmp_path_factory, doc):
 def test_image_load_index_is_a_list(tmp_path):
     from runtime.image import transfer
     from runtime.image.store import ImageStore
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     _write_archive(tmp_path / "a.tar", [], {})
     with pytest.raises(ImageError):

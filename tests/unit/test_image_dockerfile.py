@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.errors import BuildError
+from core.errors import BuildError
 from runtime.image import dockerfile as D
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import ImageError
+from core.errors import ImageError
 from runtime.image import layers as L
 
 

@@ -8,11 +8,11 @@ import tarfile
 
 import pytest
 
-from runtime.errors import ImageError
+from core.errors import ImageError
 from runtime.image import bases, builder
 from runtime.image import layers as L
 from runtime.image.store import ImageStore, canonical_json, check_name, digest_bytes, normalize_ref
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import os
 import subprocess
 
-from runtime import leases
+from core import leases
 
 
 def test_lease_lifecycle(monkeypatch, tmp_path):

@@ -4,10 +4,10 @@ import ipaddress
 
 import pytest
 
-from runtime.errors import NetworkError, UsageError
+from core.errors import NetworkError, UsageError
 from runtime.network.bridge import NetworkConfig, check_overlap, load_config, parse_subnet
 from runtime.network.veth import veth_name
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 
 ROUTES = [("0.0.0.0/0", "eth0"), ("192.0.2.0/24", "eth0"), ("10.88.0.0/16", "isobench0"),
           ("172.17.0.0/16", "docker0")]

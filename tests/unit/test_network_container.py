@@ -2,10 +2,10 @@
 
 import pytest
 
-from runtime.errors import UsageError
+from core.errors import UsageError
 from runtime.network.container import (LOCALHOST_ENTRIES, NetworkAttachment, hosts_file, parse_nameservers,
                                        prepare, resolv_conf, wanted_ports)
-from runtime.paths import HostPaths
+from core.paths import HostPaths
 from runtime.spec import NetworkSpec, PortMapping
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from runtime.errors import NetworkError
+from core.errors import NetworkError
 from runtime.network import firewall
 from runtime.spec import PortMapping
 

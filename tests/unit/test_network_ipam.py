@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import NetworkError
+from core.errors import NetworkError
 from runtime.network import ipam
 from runtime.network.bridge import config_path
-from runtime.fsutil import atomic_write_json
-from runtime.paths import HostPaths
+from core.fsutil import atomic_write_json
+from core.paths import HostPaths
 
 NET = ipaddress.IPv4Network("10.88.0.0/29")  # .2 .. .6 usable
 

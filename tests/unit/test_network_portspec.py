@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime.errors import UsageError
+from core.errors import UsageError
 from runtime.network.portspec import format_mapping, parse_exposed, parse_port_spec, short_mapping
 from runtime.spec import PortMapping
 

@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from bench.cli import main
+from app.cli import main
 
 FIXTURE = Path(__file__).resolve().parents[2] / "results" / "fixtures" / "quick-tcg"
 

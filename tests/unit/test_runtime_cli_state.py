@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from runtime.cli.container import inspect_doc, status_text
-from runtime.errors import ContainerError, IsobenchError, UsageError
+from app.commands.container import inspect_doc, status_text
+from core.errors import ContainerError, IsobenchError, UsageError
 from runtime.lifecycle import state as S
-from runtime.lifecycle.monitor import Launch
-from runtime.paths import HostPaths
+from runtime.monitor import Launch
+from core.paths import HostPaths
 
 
 def _launch(text: bytes) -> Launch:
@@ -86,8 +86,8 @@ def test_dead_process_is_not_alive():
 
 def test_ps_shows_published_ports(tmp_path, monkeypatch, capsys):
     """Issue 4: ``ps`` shows a container's port mappings in a docker-style PORTS column."""
-    from bench import cli
-    from runtime.cli.container import ports_text
+    from app import cli
+    from app.commands.container import ports_text
 
     paths = HostPaths(root=tmp_path)
     d = S.container_dir(paths, "abc123def456")

@@ -8,11 +8,12 @@ import signal
 
 import pytest
 
-from bench.cli import build_parser
-from runtime import namespaces, syscalls
-from runtime.cli.container import config_from_args, parse_signal, parse_volume
+from app.cli import build_parser
+from runtime import namespaces
+from core import syscalls
+from app.commands.container import config_from_args, parse_signal, parse_volume
 from runtime.config_image import command_of, merge_env, process_spec
-from runtime.errors import ContainerError, UsageError
+from core.errors import ContainerError, UsageError
 from runtime.lifecycle.process import exit_code_of
 from runtime.rootfs.mounts import overlay_options, secure_join
 from runtime.spec import ContainerConfig, MountSpec, NetworkSpec, Resources
@@ -162,7 +163,7 @@ def test_run_bad_options(argv, match):
     ({"config": []}, "config"),
 ])
 def test_image_config_with_wrong_json_type_is_one_image_error(bad, field):
-    from runtime.errors import ImageError
+    from core.errors import ImageError
 
     with pytest.raises(ImageError) as exc:
         process_spec(cfg(), bad, "h")
@@ -172,7 +173,7 @@ def test_image_config_with_wrong_json_type_is_one_image_error(bad, field):
 
 def test_exposed_ports_wrong_type_is_an_image_error():
     from runtime.config_image import exposed_ports
-    from runtime.errors import ImageError
+    from core.errors import ImageError
 
     assert exposed_ports({"config": {"ExposedPorts": {"80/tcp": {}}}}) == ("80/tcp",)
     assert exposed_ports({"config": None}) == ()

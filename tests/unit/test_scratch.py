@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from runtime import leases, scratch
-from runtime.paths import HostPaths
+from core import leases
+from core import scratch
+from core.paths import HostPaths
 
 
 @pytest.fixture

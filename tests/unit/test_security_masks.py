@@ -4,7 +4,7 @@ read-only, absent paths are skipped (as runc does)."""
 
 from __future__ import annotations
 
-from runtime import syscalls as S
+from core import syscalls as S
 from runtime.security import masks
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from runtime.errors import SecurityError
+from core.errors import SecurityError
 from runtime.security import PreparedSecurity, caps, masks, prepare, seccomp
 from runtime.spec import SecuritySpec
 

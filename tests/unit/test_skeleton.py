@@ -2,10 +2,10 @@
 
 import pytest
 
-from bench.cli import build_parser, main
-from runtime.errors import UsageError
-from runtime.paths import HostPaths, host_name
-from runtime.units import parse_cpus, parse_size_bytes
+from app.cli import build_parser, main
+from core.errors import UsageError
+from core.paths import HostPaths, host_name
+from core.units import parse_cpus, parse_size_bytes
 
 
 @pytest.mark.parametrize("text,expected", [("512", 512), ("64k", 65536), ("256m", 256 << 20),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime.errors import VMError
+from core.errors import VMError
 from vmharness import accel
 from vmharness.accel import BootOutcome, ProbeResult
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from runtime.errors import VMError
+from core.errors import VMError
 from vmharness import artifacts as art
 from vmharness.vm import kernel_cmdline, plan_command, host_tsc_khz
 

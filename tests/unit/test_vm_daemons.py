@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from runtime.errors import VMError
+from core.errors import VMError
 from vmharness import daemons
 
 

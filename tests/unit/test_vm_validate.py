@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime.errors import UsageError
+from core.errors import UsageError
 from runtime.spec import PortMapping
 from vmharness import api
 from vmharness.api import VMRunConfig
@@ -48,7 +48,7 @@ def test_accel_values():
 
 
 def test_cli_parses_publish_and_memory():
-    from vmharness import cli
+    from app.commands import vm as cli
 
     m = cli.parse_publish("127.0.0.1:18080:80")
     assert (m.host_ip, m.host_port, m.container_port) == ("127.0.0.1", 18080, 80)
@@ -56,7 +56,7 @@ def test_cli_parses_publish_and_memory():
 
 
 def test_cgroup_layout_detects_hybrid(tmp_path):
-    from vmharness.cli import cgroup_layout
+    from app.commands.vm import cgroup_layout
 
     for d in ("cpu", "memory", "unified"):
         (tmp_path / d).mkdir()

@@ -3,7 +3,7 @@
 Mount, unshare, setns, pivot_root, sethostname and friends go through here so that pure logic elsewhere
 (spec conversion, validation, cgroup value rules, IPAM, domain XML) can be unit tested without root,
 and so every host effect is easy to find. Thin wrappers: they raise ``OSError`` with the errno and the
-argument that failed; callers turn that into an :class:`~runtime.errors.IsobenchError` with context.
+argument that failed; callers turn that into an :class:`~core.errors.IsobenchError` with context.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def _load_libc() -> ctypes.CDLL:
 _libc = _load_libc()
 # Resolve now, in the parent: ctypes looks a symbol up (dlsym, a new function object) on its first
 # attribute access, and a forked child would repeat that for each call on the start path (~60 us each).
-for _name in ("mount", "umount2", "unshare", "setns", "syscall", "sethostname", "prctl"):
+for _name in ("mount", "umount2", "unshare", "setns", "syscall", "sethostname", "prctl", "capset", "capget",
+              "madvise"):
     getattr(_libc, _name)
 del _name
 
@@ -156,6 +157,63 @@ def sethostname(name: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4),
                               ctypes.c_ulong(arg5)), f"prctl({option})")
+
+
+def prctl_ptr(option: int, arg2: int, ptr: object) -> int:
+    """prctl with a pointer third argument (``PR_SET_SECCOMP`` takes a ``struct sock_fprog *``);
+    ``ptr`` is a ``ctypes.byref``/``pointer`` the caller built before fork."""
+    return _check(_libc.prctl(option, ctypes.c_ulong(arg2), ptr, ctypes.c_ulong(0), ctypes.c_ulong(0)),
+                  f"prctl({option})")
+
+
+# <linux/capability.h>: capset/capget with version 3 headers (two 32-bit data words per set)
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_CapData2 = _CapData * 2  # ctypes makes a new array type on every ``_CapData * 2``: once, here
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) on the calling thread with 64-bit masks (two 32-bit data words, version 3)."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = _CapData2()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    if _libc.capset(ctypes.byref(hdr), data) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset(eff=0x{effective:x}, prm=0x{permitted:x}): {os.strerror(err)}")
+
+
+def capget(pid: int = 0) -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) masks of ``pid`` (0 = the calling thread)."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
+    data = _CapData2()
+    if _libc.capget(ctypes.byref(hdr), data) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capget({pid}): {os.strerror(err)}")
+    lo, hi = data[0], data[1]
+    return (lo.effective | hi.effective << 32, lo.permitted | hi.permitted << 32,
+            lo.inheritable | hi.inheritable << 32)
+
+
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def madvise(addr: int, length: int, advice: int) -> bool:
+    """madvise(2) on this process's own mapping; False (errno kept) where the kernel refuses it."""
+    return _libc.madvise(addr, length, advice) == 0
 
 
 def mknod(path: str, mode: int, device: int) -> None:

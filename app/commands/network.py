@@ -26,13 +26,13 @@ def register(sub) -> None:
 
 
 def _paths():
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     return HostPaths.from_env()
 
 
 def _ls(args) -> int:
-    from runtime import leases
+    from core import leases
     from runtime.network import bridge, ipam
     from runtime.network.portmap import list_mappings
     from runtime.network.portspec import short_mapping
@@ -92,7 +92,7 @@ def resolve_owner(name: str, paths) -> str:
     """A container name, id or unique id prefix -> the owner id the network records are keyed by.
     Containers are looked up in the runtime's state; owners the runtime does not know (a VM harness
     tap, a test's fake container) by their network records."""
-    from runtime.errors import ContainerError, UsageError
+    from core.errors import ContainerError, UsageError
     from runtime.lifecycle import state
     from runtime.network import ipam, portmap
 

@@ -108,7 +108,7 @@ def _int(option: str):
 # ----------------------------------------------------------------------------- run
 
 def _read_env_file(path: str) -> list[str]:
-    from runtime.errors import UsageError
+    from core.errors import UsageError
 
     try:
         with open(path, encoding="utf-8") as f:
@@ -120,7 +120,7 @@ def _read_env_file(path: str) -> list[str]:
 
 def parse_volume(text: str):
     """``SRC:DST[:ro|rw]`` -> MountSpec (bind when SRC is absolute, else a named volume)."""
-    from runtime.errors import UsageError
+    from core.errors import UsageError
     from runtime.spec import MountSpec
 
     parts = text.split(":")
@@ -140,9 +140,9 @@ def parse_volume(text: str):
 
 
 def _throttles(items: list[str], option: str):
-    from runtime.errors import UsageError
+    from core.errors import UsageError
     from runtime.spec import ThrottleDevice
-    from runtime.units import parse_size_bytes
+    from core.units import parse_size_bytes
 
     out = []
     for item in items:
@@ -155,9 +155,9 @@ def _throttles(items: list[str], option: str):
 
 def config_from_args(args) -> "object":
     """The ContainerConfig for ``isobench run`` options (pure: raises UsageError on bad values)."""
-    from runtime.errors import UsageError
+    from core.errors import UsageError
     from runtime.spec import ContainerConfig, MountSpec, NetworkSpec, Resources, SecuritySpec
-    from runtime.units import parse_cpus, parse_size_bytes
+    from core.units import parse_cpus, parse_size_bytes
 
     env: list[str] = []
     for path in args.env_file:
@@ -219,9 +219,9 @@ def _as_tuple(x) -> tuple:
 def _run(args) -> int:
     import signal
 
-    from runtime.lifecycle import monitor
-    from runtime.lifecycle.monitor import launch
-    from runtime.paths import HostPaths
+    from runtime import monitor
+    from runtime.monitor import launch
+    from core.paths import HostPaths
 
     if args.detach and args.rm:
         pass  # allowed, as in Docker: removed when it exits
@@ -260,7 +260,7 @@ def _exit_now(code: int) -> None:
 # ----------------------------------------------------------------------------- other verbs
 
 def _paths():
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     return HostPaths.from_env()
 
@@ -342,7 +342,7 @@ def _each(refs: list[str], action) -> int:
     """Apply ``action`` to each container; report failures one line each, exit 1 if any failed."""
     import sys
 
-    from runtime.errors import IsobenchError
+    from core.errors import IsobenchError
 
     rc = 0
     for ref in refs:
@@ -370,7 +370,7 @@ def _stop(args) -> int:
 def parse_signal(text: str) -> int:
     import signal
 
-    from runtime.errors import UsageError
+    from core.errors import UsageError
 
     t = text.upper().removeprefix("SIG")
     if t.isdigit():
@@ -432,8 +432,8 @@ def _logs(args) -> int:
 
 
 def _exec(args) -> int:
-    from runtime.errors import UsageError
-    from runtime.lifecycle.exec import exec_in
+    from core.errors import UsageError
+    from runtime.exec import exec_in
 
     if not args.command:
         raise UsageError("exec: give a command to run in the container")
@@ -466,7 +466,7 @@ def inspect_doc(st: dict) -> dict:
 def _inspect(args) -> int:
     import json
 
-    from runtime.errors import IsobenchError
+    from core.errors import IsobenchError
     from runtime.lifecycle.state import lookup
 
     docs, rc = [], 0
@@ -486,9 +486,9 @@ def _stats(args) -> int:
     import time
 
     from runtime import api
-    from runtime.errors import IsobenchError
+    from core.errors import IsobenchError
     from runtime.lifecycle.state import iter_states
-    from runtime.units import format_bytes
+    from core.units import format_bytes
 
     paths = _paths()
     refs = args.containers or [st["id"] for st in iter_states(paths) if st.get("status") == "running"]

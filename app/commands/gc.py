@@ -10,13 +10,13 @@ import importlib
 
 GC_AREAS: tuple[str, ...] = (
     "runtime.lifecycle.gc",  # monitors, mounts, container dirs (first: they hold the rest)
-    "runtime.scratch",       # leased scratch dirs (build/RUN/load) and pid-tagged temp files of killed commands
+    "core.scratch",       # leased scratch dirs (build/RUN/load) and pid-tagged temp files of killed commands
     "bench.gc",              # runc containers and overlay mounts of a killed `isobench bench`
     "runtime.cgroups.gc",
     "runtime.network.gc",
     "vmharness.gc",
     "runtime.image.gc",      # temp dirs of crashed unpacks and builds
-    "runtime.cli.server",    # socket and pidfile of a dead `isobench server` (never a live one's)
+    "app.server.protocol",  # socket and pidfile of a dead `isobench server` (never a live one's)
 )
 
 
@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def _gc(args) -> int:
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     paths = HostPaths.from_env()
     removed: list[str] = []

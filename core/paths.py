@@ -14,6 +14,29 @@ from pathlib import Path
 
 PREFIX = "isobench-"
 DEFAULT_ROOT = Path("/var/lib/isobench")
+DEFAULT_RUN_DIR = Path("/run/isobench")
+
+
+SERVER_SOCKET_ENV = "ISOBENCH_SERVER_SOCKET"
+
+
+def server_socket(option: str | None = None) -> Path:
+    """The isobench server's socket: ``--socket`` wins, then ``$ISOBENCH_SERVER_SOCKET``, then
+    ``run_dir()/server.sock`` (the C client, csrc/client.c, follows the same rule)."""
+    return Path(os.path.abspath(option or os.environ.get(SERVER_SOCKET_ENV) or str(run_dir() / "server.sock")))
+
+
+def cli_client() -> Path:
+    """The ``isobench`` command ``make setup`` installed beside this interpreter (the C client)."""
+    import sys
+
+    return Path(sys.executable).parent / "isobench"
+
+
+def run_dir() -> Path:
+    """Host-wide runtime state shared by every state root (leases, IPAM and port claims, locks, the
+    server socket): ``/run/isobench``, or ``ISOBENCH_RUN_DIR``. Cleared at reboot, as its owners are."""
+    return Path(os.environ.get("ISOBENCH_RUN_DIR", str(DEFAULT_RUN_DIR)))
 
 
 def new_id(nbytes: int = 6) -> str:
@@ -90,6 +113,11 @@ class HostPaths:
     @property
     def locks(self) -> Path:
         return self.root / "locks"
+
+    @property
+    def run(self) -> Path:
+        """Host-wide runtime dir (:func:`run_dir`): one for every state root on the host."""
+        return run_dir()
 
     def ensure(self) -> "HostPaths":
         for p in (self.root, self.tmp, self.locks):

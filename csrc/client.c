@@ -2,7 +2,7 @@
  *
  * Why C: a Python interpreter needs 12-17 ms to start and the CLI's imports ~60 ms more, so a Python
  * `isobench run --rm busybox true` cannot match `runc run` (~26 ms). The server
- * (runtime/cli/server.py, which documents the protocol) has paid both once and forks a worker per
+ * (app/server/daemon.py, which documents the protocol) has paid both once and forks a worker per
  * command; this client hands it argv, the working directory, the environment, the umask and its fds
  * 0, 1, 2 (SCM_RIGHTS), forwards its signals to the worker and exits with the worker's exit code.
  *
@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 #define MAGIC "ISB1"
-#define DEFAULT_SOCKET "/run/isobench/server.sock"
+#define DEFAULT_SOCKET "/run/isobench/server.sock" /* core.paths.run_dir(); ISOBENCH_RUN_DIR moves it */
 #define SOCKET_ENV "ISOBENCH_SERVER_SOCKET"
 #define MAX_REQUEST_BYTES (4u << 20)
 #define EXIT_LOST 125
@@ -180,6 +180,11 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "server") == 0)
         run_python(argv);
     const char *path = getenv(SOCKET_ENV);
+    static char run_sock[4096];
+    const char *run_dir = getenv("ISOBENCH_RUN_DIR"); /* as core.paths.run_dir() */
+    if ((!path || !*path) && run_dir && *run_dir &&
+        snprintf(run_sock, sizeof run_sock, "%s/server.sock", run_dir) < (int)sizeof run_sock)
+        path = run_sock;
     if (!path || !*path)
         path = DEFAULT_SOCKET;
     for (int i = 0; i < 3; i++)

@@ -73,14 +73,14 @@ def register(sub) -> None:
 # ---------------------------------------------------------------------------- helpers
 
 def _paths():
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     return HostPaths.from_env().ensure()
 
 
 def parse_publish(spec: str):
     """``[IP:]HOSTPORT:GUESTPORT[/PROTO]`` -> PortMapping (the networking area's parser when present)."""
-    from runtime.errors import UsageError
+    from core.errors import UsageError
     from runtime.spec import PortMapping
 
     try:
@@ -104,13 +104,13 @@ def parse_publish(spec: str):
 
 
 def _memory_mib(text: str) -> int:
-    from runtime.units import parse_size_bytes
+    from core.units import parse_size_bytes
 
     return parse_size_bytes(text if text[-1:].isalpha() else text + "m", "--memory") // 2**20
 
 
 def _config(args):
-    from runtime.units import parse_cpus
+    from core.units import parse_cpus
     from vmharness.api import VMRunConfig
 
     return VMRunConfig(
@@ -132,7 +132,7 @@ def _sigterm_as_interrupt() -> None:
 
 
 def _check_name_free(paths, name: str) -> None:
-    from runtime.errors import UsageError
+    from core.errors import UsageError
     from vmharness.vm import list_records
 
     if name and any(r.get("user_name") == name for r in list_records(paths)):
@@ -245,7 +245,7 @@ def _stop(args) -> int:
 def _rm(args) -> int:
     import shutil
 
-    from runtime.errors import VMError
+    from core.errors import VMError
     from vmharness.vm import load_record, release_record, status_of
 
     paths = _paths()
@@ -263,7 +263,7 @@ def _rm(args) -> int:
 def _logs(args) -> int:
     from pathlib import Path
 
-    from runtime.errors import VMError
+    from core.errors import VMError
     from vmharness import console as con
     from vmharness.vm import load_record
 
@@ -279,7 +279,7 @@ def _logs(args) -> int:
 def _inspect(args) -> int:
     from dataclasses import asdict
 
-    from runtime.errors import VMError
+    from core.errors import VMError
     from vmharness.usage import read_usage
     from vmharness.vm import load_record, qemu_pid, status_of
 
@@ -346,20 +346,18 @@ def _doctor(args) -> int:
     import os
     import platform
 
-    from runtime.errors import IsobenchError
+    from core.errors import IsobenchError
 
     rows: list[tuple[str, str]] = []
     rows.append(("host kernel", f"{platform.release()} ({platform.machine()})"))
     rows.append(("cgroups", cgroup_layout()))
     rows.append(("/dev/kvm", "present" if os.path.exists("/dev/kvm") else "missing"))
     try:
-        from vmharness import daemons
+        from vmharness import hypervisor
 
-        daemons.connect()
-        conn = daemons.connect()
-        hv = conn.getVersion()
-        rows.append(("libvirt", f"{daemons.libvirt_version()} reachable at {daemons.URI} "
-                               f"(hypervisor QEMU {hv // 1_000_000}.{hv // 1000 % 1000}.{hv % 1000})"))
+        qemu = hypervisor.hypervisor_version()
+        rows.append(("libvirt", f"{hypervisor.libvirt_version()} reachable at {hypervisor.URI} "
+                               f"(hypervisor QEMU {qemu})"))
     except IsobenchError as exc:
         rows.append(("libvirt", f"NOT reachable: {exc}"))
     try:

@@ -14,7 +14,7 @@ DEFAULT_RUN = "results/latest"
 
 
 def _run_dir(text: str) -> Path:
-    from runtime.errors import UsageError
+    from core.errors import UsageError
 
     p = Path(text)
     if not p.exists():
@@ -36,7 +36,7 @@ def _report(args) -> int:
 def _compare(args) -> int:
     from bench.compare import (CompareConfig, compare_runs, condition_warnings, parse_alpha,
                                parse_threshold, render_compare_html, text_table)
-    from runtime.errors import UsageError
+    from core.errors import UsageError
 
     if args.resamples < 100:
         raise UsageError(f"--resamples {args.resamples} is too few (at least 100)")

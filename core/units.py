@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from runtime.errors import UsageError
+from core.errors import UsageError
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _MULT = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}

@@ -13,10 +13,10 @@ create/start in-process and reports back on a pipe::
 A detached container's monitor then ``execve``s a tiny static C program (``monitor_shim.c``): children
 survive execve, so it is still the parent, but idles at a few hundred KiB instead of a Python
 interpreter's tens of MiB. When the container exits the shim records the wait status and execs the
-Python finisher (``python -m runtime.lifecycle.monitor finish ...``). Foreground runs stay in Python
+Python finisher (``python -m runtime.monitor finish ...``). Foreground runs stay in Python
 (the CLI waits for them anyway, and re-exec'ing Python would only add latency to ``run --rm``).
 
-Under the isobench server (``runtime.cli.server``) a foreground run needs no separate monitor: the
+Under the isobench server (``app.server.daemon``) a foreground run needs no separate monitor: the
 worker the server forked is already a process of its own, not the user's shell's child, so killing the
 ``isobench`` client leaves it running exactly as it leaves a monitor running. :func:`run_here` makes
 the worker the monitor, which saves the double fork and the pipe round trips (milliseconds of
@@ -32,9 +32,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from runtime import syscalls
-from runtime.errors import IsobenchError
-from runtime.paths import HostPaths, host_name
+from core import syscalls
+from core.errors import IsobenchError
+from core.paths import HostPaths, host_name
 from runtime.spec import ContainerConfig
 
 STATUS_FILE = "exit-status"
@@ -210,20 +210,18 @@ def _crash_log(paths: HostPaths, c: object, text: str) -> None:
             f.write(text)
 
 
-def shim_path(paths: HostPaths) -> Path | None:
-    """The compiled shim (built once per source version with ``gcc -static``); None without gcc."""
-    from runtime.lifecycle.cbin import MONITOR_SOURCE, static_binary
+def shim_path(paths: HostPaths) -> Path:
+    """The static shim ``make setup`` compiled (csrc/monitor_shim.c); raises when it is missing."""
+    from core.cbin import helper
 
-    return static_binary(paths, MONITOR_SOURCE, "isobench-monitor")
+    return helper("isobench-monitor")
 
 
 def _exec_shim(c, paths: HostPaths, w: int) -> None:
     shim = shim_path(paths)
-    if shim is None:
-        return
     os.set_inheritable(w, True)
     status_file = c.dir / STATUS_FILE
-    argv = [host_name(c.id), str(c.pid), str(status_file), sys.executable, "-m", "runtime.lifecycle.monitor",
+    argv = [host_name(c.id), str(c.pid), str(status_file), sys.executable, "-m", "runtime.monitor",
             "finish", str(paths.root), c.id, str(w)]
     os.execv(str(shim), argv)
 
@@ -264,7 +262,7 @@ def finish(paths: HostPaths, cid: str, report_fd: int) -> int:
 def main(argv: list[str]) -> int:
     if len(argv) == 4 and argv[0] == "finish":
         return finish(HostPaths(root=Path(argv[1])), argv[2], int(argv[3]))
-    print("usage: python -m runtime.lifecycle.monitor finish ROOT ID FD", file=sys.stderr)
+    print("usage: python -m runtime.monitor finish ROOT ID FD", file=sys.stderr)
     return 2
 
 

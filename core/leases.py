@@ -15,10 +15,12 @@ import json
 import os
 from pathlib import Path
 
+from core.paths import run_dir
+
 
 
 def lease_dir() -> Path:
-    return Path(os.environ.get("ISOBENCH_RUN_DIR", "/run/isobench")) / "leases"
+    return run_dir() / "leases"
 
 
 def _start_time(pid: int) -> int | None:

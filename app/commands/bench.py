@@ -31,8 +31,8 @@ def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bench import profiles, runner
-    from runtime.errors import UsageError
-    from runtime.paths import HostPaths
+    from core.errors import UsageError
+    from core.paths import HostPaths
 
     if os.geteuid() != 0:
         raise UsageError("isobench bench needs root (namespaces, cgroups, mounts, libvirt)")

@@ -55,7 +55,7 @@ def register(sub) -> None:
 
 def _store():
     from runtime.image.store import ImageStore
-    from runtime.paths import HostPaths
+    from core.paths import HostPaths
 
     return ImageStore(HostPaths.from_env().ensure())
 
@@ -64,7 +64,7 @@ def _build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from runtime.image.builder import BuildOptions, build
-    from runtime.errors import UsageError
+    from core.errors import UsageError
 
     build_args: dict[str, str] = {}
     for kv in args.build_arg:
@@ -83,7 +83,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from runtime.units import format_bytes
+    from core.units import format_bytes
 
     images = _store().list()
     if args.quiet:

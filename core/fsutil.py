@@ -20,7 +20,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, prefix: str |
     """``fsync=False`` for state that describes kernel objects which do not survive a reboot anyway
     (IPAM, port records): rename alone still gives old-or-new after a ``kill -9``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the writer's pid in the name lets `isobench gc` (runtime.scratch) delete it after a kill -9
+    # the writer's pid in the name lets `isobench gc` (core.scratch) delete it after a kill -9
     fd, tmp = tempfile.mkstemp(prefix=prefix or f".tmp-pid{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

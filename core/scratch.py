@@ -4,7 +4,7 @@ A build, a RUN step or an image load needs a private temp dir; ``kill -9`` skips
 so the dir (and overlay mounts a RUN step made below it) would stay forever unless gc can tell an
 orphan from a dir a live command is using -- possibly under another state root's command on the same
 host. Each scratch dir is therefore named ``isobench-<kind>-<id>`` and leased to its creator's pid
-(:mod:`runtime.leases`); :func:`gc` removes exactly the dirs whose lease owner is dead.
+(:mod:`core.leases`); :func:`gc` removes exactly the dirs whose lease owner is dead.
 
 Half-written files of atomic writes get the same treatment without a lease: :func:`temp_prefix` puts
 the writer's pid in the name (``.tmp-<tag>-pid<pid>-*``), and :func:`gc` deletes such files of dead
@@ -26,9 +26,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from runtime import leases, syscalls
-from runtime.fsutil import atomic_write_bytes
-from runtime.paths import PREFIX, HostPaths, new_id
+from core import leases
+from core import syscalls
+from core.fsutil import atomic_write_bytes
+from core.paths import PREFIX, HostPaths, new_id
 
 UNLEASED_MAX_AGE_S = 10 * 60  # no build step of a killed command is still running after this
 _KIND = re.compile(r"^[a-z][a-z0-9]{0,15}$")
@@ -47,7 +48,7 @@ def temp_prefix(tag: str) -> str:
 
 
 def atomic_write_owned(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """:func:`runtime.fsutil.atomic_write_bytes` with a pid-tagged temp name (collectable by :func:`gc`)."""
+    """:func:`core.fsutil.atomic_write_bytes` with a pid-tagged temp name (collectable by :func:`gc`)."""
     atomic_write_bytes(path, data, mode, prefix=temp_prefix("w"))
 
 

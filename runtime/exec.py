@@ -13,9 +13,10 @@ import contextlib
 import os
 import signal
 
-from runtime import namespaces, syscalls
-from runtime.errors import ContainerError, IsobenchError
-from runtime.paths import HostPaths
+from runtime import namespaces
+from core import syscalls
+from core.errors import ContainerError, IsobenchError
+from core.paths import HostPaths
 
 
 def exec_in(paths: HostPaths, ref: str, argv: list[str], *, env: tuple[str, ...] = (),

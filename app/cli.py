@@ -1,0 +1,108 @@
+"""The `isobench` console script: one argparse tree, subcommands registered by each area's CLI module.
+
+Each area owns a module with ``register(subparsers)``; handlers set ``func``. Parser modules import
+nothing heavy at module level (start-up of ``isobench run`` is measured against ``runc run``): heavy
+imports live inside the handlers. Errors derived from :class:`IsobenchError` print one line and exit
+with their ``exit_code``; nothing else is caught here, so bugs still show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from core.errors import IsobenchError
+
+# Modules that contribute subcommands, in help order.
+COMMAND_MODULES = (
+    "app.commands.image",       # image build/ls/inspect/rm/save/load/import
+    "app.commands.container",   # run/ps/stop/kill/rm/logs/exec/inspect/stats/wait
+    "app.commands.network",     # network ls/prune, port
+    "app.commands.vm",           # vm run/ps/stop/rm/logs/inspect, doctor
+    "app.commands.bench",         # bench
+    "app.commands.report",        # report, compare, check
+    "app.commands.gc",            # gc (every area)
+    "app.commands.server",    # server start/stop/status (the fork server behind the C client)
+)
+
+
+# Preloaded by the isobench server (app.server): everything `run` and the other verbs import, so a
+# worker imports nothing.
+PRELOAD = (
+    "app.cli", "runtime.api", "core.paths", "runtime.spec", "core.units", "core.errors",
+    "runtime.monitor", "runtime.lifecycle.state", "runtime.lifecycle.process", "runtime.lifecycle.gc",
+    "runtime.exec", "core.cbin", "runtime.image.store", "runtime.security",
+    "runtime.cgroups", "runtime.namespaces", "core.leases", "core.fsutil", "app.commands.container",
+    "app.commands.image", "runtime.network", "runtime.network.container", "runtime.network.bridge",
+    "runtime.network.veth", "runtime.network.portmap", "runtime.network.portspec",
+    "runtime.network.firewall", "runtime.network.ipam", "runtime.network.nftlib", "app.commands.network",
+    "app.commands.gc", "traceback", "selectors", "socket", "resource", "signal", "io", "atexit", "time",
+    "calendar", "json", "shlex",
+)
+
+
+def preload() -> argparse.ArgumentParser:
+    """For the isobench server: import every verb's modules, build the parser, warm pure caches.
+
+    Only caches that depend on nothing but their arguments are warmed (the default security profile):
+    anything derived from a state root, the cgroup mounts or the environment is computed per worker,
+    exactly as a fresh CLI would."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from app.commands.container import config_from_args
+    from runtime import api
+    from runtime.spec import SecuritySpec
+
+    parser = build_parser()
+    api._prepared_security(SecuritySpec())  # caps + the compiled default seccomp program
+    # one sample parse: argparse and the re module compile and cache their patterns on first use
+    # (~1 ms a worker would otherwise pay); config_from_args is pure (no env, no paths)
+    config_from_args(parser.parse_args(["run", "--rm", "--network", "none", "busybox", "true"]))
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like docker
+        self.exit(2, f"isobench: {self.prog}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="isobench", description="Containers vs VMs, measured.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    # the `server start` verb hands this module to the server it starts (app.server sits below the CLI)
+    parser.set_defaults(cli_app=sys.modules[__name__])
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command. ``parser``: a tree built earlier by :func:`build_parser` (the isobench server
+    builds it once and reuses it in every worker it forks)."""
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except IsobenchError as exc:
+        print(f"isobench: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("isobench: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `isobench ... | head`: the reader left; quietly stop writing, as coreutils do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return int(rc or 0)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
