@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -30,14 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from runtime import namespaces
-from core import leases
-from runtime.config_image import exposed_ports, process_spec
+from core import leases, syscalls
+from runtime.oci import bundle, specconv
+from runtime.oci.specconv import exposed_ports
 from core.errors import ContainerError, IsobenchError
 from runtime.lifecycle import state as S
 from runtime.lifecycle.state import wait_pid_exit
 from runtime.lifecycle.process import LaunchPlan, exit_code_of, spawn
 from core.paths import HostPaths, host_name, new_id
-from runtime.rootfs.mounts import MountPlan, RootfsPlan
+from runtime.rootfs.mounts import RootfsPlan
 from runtime.spec import ContainerConfig
 from runtime.validate import validate
 
@@ -95,38 +97,6 @@ class Container:
 
 # ----------------------------------------------------------------------------- create
 
-def _resolve_user(user: str, lowerdirs: list[Path]) -> tuple[int, int, str]:
-    """``-u``/image User to (uid, gid, home) using the image's /etc/passwd and /etc/group."""
-    if user in ("", "0", "root", "0:0", "root:root"):
-        return 0, 0, "/root"
-    from runtime.image.runstep import resolve_user_in
-
-    def top(rel: str) -> Path | None:
-        for d in reversed(lowerdirs):
-            if os.path.lexists(d / rel):
-                return d / rel
-        return None
-
-    try:
-        return resolve_user_in(user, top("etc/passwd"), top("etc/group"))
-    except IsobenchError as exc:
-        raise ContainerError(f"--user {user!r}: {exc}") from exc
-
-
-def _mount_plans(config: ContainerConfig, paths: HostPaths) -> tuple[MountPlan, ...]:
-    out = []
-    for m in config.mounts:
-        if m.type == "volume":
-            data = paths.volumes / m.source / "_data"
-            data.mkdir(parents=True, exist_ok=True)  # named volumes persist: never undone
-            out.append(MountPlan("bind", str(data), m.destination, m.read_only))
-        elif m.type == "tmpfs":
-            out.append(MountPlan("tmpfs", "", m.destination, m.read_only))
-        else:
-            out.append(MountPlan("bind", m.source, m.destination, m.read_only))
-    return tuple(out)
-
-
 def _write_etc(cdir: Path, hostname: str, mode: str) -> tuple[tuple[str, str], ...]:
     files = {"hostname": hostname + "\n", "hosts": LOCALHOST + f"127.0.1.1\t{hostname}\n", "resolv.conf": ""}
     if mode == "host":
@@ -150,93 +120,226 @@ def _open_logs(cdir: Path) -> tuple[tuple[int, int, int], tuple[int, ...]]:
 
 def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, int] | None = None,
            owner_pid: int | None = None, auto_remove: bool = False, detached: bool = True,
-           extra_state: dict[str, Any] | None = None) -> Container:
-    """Everything but the process. ``stdio`` (stdin, stdout, stderr fds, kept open by the caller) or
-    None: stdin /dev/null, output to ``stdout.log``/``stderr.log`` in the container dir."""
+           extra_state: dict[str, Any] | None = None, console_fd: int = -1,
+           console_size: tuple[int, int] | None = None) -> Container:
+    """Everything but the process: the image and the options become an OCI bundle in the container's
+    dir (``config.json`` by :mod:`runtime.oci.specconv`, the image layers as the rootfs), created
+    through the same path as :func:`create_from_bundle`. ``stdio`` (stdin, stdout, stderr fds, kept
+    open by the caller) or None: stdin /dev/null, output to ``stdout.log``/``stderr.log``.
+    ``console_fd``: a terminal (``-it``), its master sent over this socket (:mod:`runtime.console`)."""
     t_call = time.perf_counter_ns()
     validate(config)
-    from runtime.image.store import ImageStore
-
-    prepared = _prepared_security(config.security)
-    store = ImageStore(paths)
-    img = store.resolve(config.image)
-    lowers = store.layer_dirs(img)
     cid = new_id()
     hostname = config.hostname or cid[:12]
-    proc = process_spec(config, img.config, hostname)
-    uid, gid, home = _resolve_user(proc.user, lowers)
-    env = proc.env if any(e.startswith("HOME=") for e in proc.env) else proc.env + (f"HOME={home}",)
     cdir = S.container_dir(paths, cid)
-    c = Container(id=cid, paths=paths, config=config, name=config.name)
+    made = bundle.image_spec(paths, config, hostname=hostname, rootfs=_shared_mountpoint(paths),
+                             overlay_dirs=(f"{cdir}/upper", f"{cdir}/work"),
+                             etc_files=tuple((f"/etc/{f}", f"{cdir}/{f}") for f in ETC_FILES))
+    img, proc = made.image, made.process
+    if console_fd >= 0:
+        made.spec["process"]["terminal"] = True
+        if console_size:
+            made.spec["process"]["consoleSize"] = {"height": console_size[0], "width": console_size[1]}
+    b = bundle.parse(made.spec, cdir)
+    net = _NetworkSetup(config.network, exposed_ports(img.config, config.image)) if config.network.mode == "bridge" else None
+    state = {"image": img.name, "image_digest": img.manifest_digest, "user": proc.user, "network_mode": config.network.mode,
+             "userns_remap": config.userns == "remap", "config": _config_dict(config), **(extra_state or {})}
+    c = _instantiate(b, paths, cid, name=config.name, stdio=stdio, owner_pid=owner_pid, auto_remove=auto_remove,
+                     detached=detached, state=state, network=net, write_bundle=True, etc=(hostname, config.network.mode),
+                     console_fd=console_fd)
+    c.config = config
+    c.timings_ns["call"] = t_call
+    return c
+
+
+@dataclass(frozen=True)
+class _NetworkSetup:
+    """isobench's own networking for a bridge container (OCI bundles from other tools bring theirs)."""
+
+    spec: Any
+    exposed: tuple[str, ...]
+
+
+ETC_FILES = ("hostname", "hosts", "resolv.conf")
+EXEC_FIFO = "exec.fifo"
+RESUME_TIMEOUT_S = 10.0
+
+
+def create_from_bundle(bundle_dir: Path | str, paths: HostPaths, container_id: str | None = None, *,
+                       stdio: tuple[int, int, int] | None = None, owner_pid: int | None = None,
+                       console_fd: int = -1, hold: bool = False, extra_state: dict[str, Any] | None = None
+                       ) -> Container:
+    """A container from an OCI bundle (``config.json`` + its rootfs), as ``isobench-runtime create``
+    and the harness use it. ``container_id`` defaults to a new id; ``console_fd`` a unix socket to send
+    the terminal's master over (``process.terminal``). No process yet: :func:`start` makes it; with
+    ``hold`` (OCI's create/start split) the started process then waits before exec until another
+    process calls :func:`resume` (runc's exec.fifo)."""
+    t_call = time.perf_counter_ns()
+    b = bundle.load(bundle_dir)
+    if b.process.terminal and console_fd < 0:
+        raise ContainerError(f"{b.dir}/config.json: process.terminal is true but no console socket was given")
+    cid = container_id or new_id()
+    state = {"image": dict(b.annotations).get(specconv.ANN_IMAGE, ""), "user": f"{b.process.uid}:{b.process.gid}",
+             "network_mode": "host" if b.namespace("network") is None else "none",
+             "userns_remap": b.namespace("user") is not None, **(extra_state or {})}
+    c = _instantiate(b, paths, cid, name=None, stdio=stdio, owner_pid=owner_pid, auto_remove=False, detached=True,
+                     state=state, network=None, write_bundle=False, etc=None, console_fd=console_fd,
+                     hold=hold)
+    c.timings_ns["call"] = t_call
+    return c
+
+
+def _launch_plan(b: bundle.Bundle, cid: str, paths: HostPaths, cgroup_plan: Any, *, bridge: bool,
+                 console_fd: int, exec_fifo: str) -> LaunchPlan:
+    """The bundle as the child's launch plan: namespaces, root, mounts, process settings."""
+    from runtime.rootfs import ocimounts
+
+    if console_fd >= 0:
+        from runtime import console  # noqa: F401 - the child uses it after pivot_root, unable to import
+
+    flags, join, pid_ns = 0, [], ""
+    for kind, path in b.namespaces:
+        if kind == "pid":
+            pid_ns = path
+        elif kind == "user":
+            if path:
+                raise ContainerError(f"{b.dir}/config.json: joining a user namespace by path is not supported")
+        elif path:
+            if kind in ("mount", "cgroup"):
+                raise ContainerError(f"{b.dir}/config.json: joining a {kind} namespace by path is not supported")
+            join.append(path)
+        else:
+            flags |= NAMESPACE_FLAGS[kind]
+    if b.namespace("pid") is None:
+        pid_ns = "host"
+    if b.namespace("mount") is None:
+        raise ContainerError(f"{b.dir}/config.json: a container without its own mount namespace is not supported")
+    userns = b.namespace("user") is not None
+    id_maps = None
+    if userns:
+        if not b.uid_mappings or not b.gid_mappings:
+            raise ContainerError(f"{b.dir}/config.json: a user namespace needs linux.uidMappings and gidMappings")
+        id_maps = ("".join(f"{c} {h} {n}\n" for c, h, n in b.uid_mappings),
+                   "".join(f"{c} {h} {n}\n" for c, h, n in b.gid_mappings))
+    cgroupns = bool(flags & NAMESPACE_FLAGS["cgroup"])
+    mounts, devices = ocimounts.plan(b.mounts, b.devices)
+    overlay = b.overlay
+    p = b.process
+    rlimits = tuple((getattr(resource, kind), soft, hard) for kind, soft, hard in p.rlimits)
+    cg_dirs = tuple((name, str(d)) for name, d in _cgroup_mount_dirs(cgroup_plan, cgroupns))
+    return LaunchPlan(
+        container_id=cid, hostname=b.hostname if b.namespace("uts") == "" else "", argv=p.args, env=p.env,
+        workdir=p.cwd, uid=p.uid, gid=p.gid, groups=p.additional_gids, unshare_flags=flags, cgroupns=cgroupns,
+        userns_remap=userns, loopback_up=not bridge and bool(flags & NAMESPACE_FLAGS["network"]),
+        cgroup_join=cgroup_plan.self_join_files(), pid_ns=pid_ns, join_ns=tuple(join), id_maps=id_maps,
+        rlimits=rlimits, oom_score_adj=p.oom_score_adj, sysctl=b.sysctl, umask=p.umask, exec_fifo=exec_fifo,
+        console_fd=console_fd, console_size=p.console_size,
+        rootfs=RootfsPlan(lowerdirs=overlay[0] if overlay else (), upper=overlay[1] if overlay else "",
+                          work=overlay[2] if overlay else "", merged=_shared_mountpoint(paths),
+                          read_only=b.root_readonly, oci_mounts=mounts, oci_devices=devices, cgroup_dirs=cg_dirs,
+                          rootfs_dir=b.root_path))
+
+
+def _cgroup_mount_dirs(plan: Any, cgroupns: bool) -> list[tuple[str, Path]]:
+    """What a ``cgroup`` mount shows: the container's own directory per hierarchy (named like the
+    host's mount dir), or with a cgroup namespace on v2 the namespace's root."""
+    if cgroupns:
+        return [("unified", Path("/"))]
+    return [(d.parent.name, d) for d in dict.fromkeys(plan.paths.values())]
+
+
+def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | None,
+                 stdio: tuple[int, int, int] | None, owner_pid: int | None, auto_remove: bool, detached: bool,
+                 state: dict[str, Any], network: _NetworkSetup | None, write_bundle: bool,
+                 etc: tuple[str, str] | None, console_fd: int = -1, hold: bool = False) -> Container:
+    """The host side of create, for every container: dirs, lease, cgroup plan, network plan, state."""
+    cdir = S.container_dir(paths, cid)
+    c = Container(id=cid, paths=paths, config=None, name=name)
+    prepared = _security_of(b)
     with contextlib.ExitStack() as undo:
-        if config.name:
-            S.reserve_name(paths, config.name, cid)
-            undo.callback(S.release_name, paths, config.name, cid)
-        cdir.mkdir(parents=True)
+        if name:
+            S.reserve_name(paths, name, cid)
+            undo.callback(S.release_name, paths, name, cid)
+        try:
+            cdir.mkdir(parents=True)
+        except FileExistsError:
+            raise ContainerError(f"container {cid} already exists") from None
         undo.callback(S.remove_dir, paths, cid)
-        os.mkdir(f"{cdir}/upper")
-        os.mkdir(f"{cdir}/work")
+        exec_fifo = ""
+        if hold:
+            exec_fifo = f"{cdir}/{EXEC_FIFO}"
+            os.mkfifo(exec_fifo, 0o600)
+        overlay = b.overlay
+        if overlay is not None:
+            for d in overlay[1:]:
+                os.makedirs(d, exist_ok=True)
         leases.take(cid, pid=owner_pid, kind="container", root=str(paths.root))
         undo.callback(leases.release, cid)
-        mounts = _mount_plans(config, paths)
-        etc = _write_etc(cdir, hostname, config.network.mode)
+        if etc is not None:
+            _write_etc(cdir, etc[0], etc[1])
+        if write_bundle:  # `isobench run` makes a bundle: the container's dir is it
+            bundle.write(cdir, b.spec)
         if stdio is None:
             stdio, owned = _open_logs(cdir)
             c._own_fds = owned
             undo.callback(_close_all, owned)
-        from runtime.cgroups import cgroup_namespace_supported, plan_cgroup
+        from runtime.cgroups import plan_cgroup
 
         # validated now (bad values fail here), made by start() while the child builds its root
-        c._cgroup_plan = plan_cgroup(c.host_name, config.resources)
-        if config.network.mode == "bridge":
-            from runtime import network
+        c._cgroup_plan = plan_cgroup(c.host_name, b.resources, path=b.cgroups_path or None)
+        if network is not None:
+            from runtime import network as net
 
-            c._netplan = network.prepare(cid, config.network, paths, exposed_ports(img.config, config.image))
-            undo.callback(network.detach, cid, paths)
-        cgroupns = cgroup_namespace_supported()
-        remap = config.userns == "remap"
-        if remap:  # the container's root must own its writable layer's top
-            for sub in ("upper", "work"):
-                os.chown(cdir / sub, namespaces.REMAP_HOST_BASE, namespaces.REMAP_HOST_BASE)
-        argv, init_bin = proc.argv, ""
-        if config.init:
-            from core.cbin import helper
-
-            argv, init_bin = ("/dev/init", "--") + proc.argv, str(helper("isobench-init"))
-        c._plan = LaunchPlan(
-            container_id=cid, hostname=hostname, argv=argv, env=env, workdir=proc.workdir,
-            uid=uid, gid=gid, groups=(gid,) if uid else (), unshare_flags=namespaces.child_flags(config, cgroupns),
-            cgroupns=cgroupns, userns_remap=remap, loopback_up=config.network.mode == "none",
-            cgroup_join=c._cgroup_plan.self_join_files(),
-            rootfs=RootfsPlan(lowerdirs=tuple(str(d) for d in lowers), upper=str(cdir / "upper"),
-                              work=str(cdir / "work"), merged=_shared_mountpoint(paths), mounts=mounts,
-                              etc_files=etc, read_only=config.read_only_rootfs, init_binary=init_bin))
+            c._netplan = net.prepare(cid, network.spec, paths, network.exposed)
+            undo.callback(net.detach, cid, paths)
+        remap = b.namespace("user") is not None
+        if remap and overlay is not None:  # the container's root must own its writable layer's top
+            host_root = b.uid_mappings[0][1] if b.uid_mappings else namespaces.REMAP_HOST_BASE
+            for d in overlay[1:]:
+                os.chown(d, host_root, host_root)
+        c._plan = _launch_plan(b, cid, paths, c._cgroup_plan, bridge=network is not None, console_fd=console_fd,
+                               exec_fifo=exec_fifo)
         c._security = prepared
         c._stdio = stdio
         c._is_parent = True
+        p = b.process
         c.state = {
-            "id": cid, "name": config.name, "image": img.name, "image_digest": img.manifest_digest,
-            "argv": list(proc.argv), "env": list(env), "workdir": proc.workdir, "user": proc.user, "uid": uid, "gid": gid,
-            "hostname": hostname, "network_mode": config.network.mode, "userns_remap": remap,
-            "cgroupns": cgroupns, "status": "created", "created_at": S.now_iso(), "pid": None,
+            "id": cid, "name": name, "image": "", "image_digest": "", "argv": list(p.args), "env": list(p.env),
+            "workdir": p.cwd, "user": "", "uid": p.uid, "gid": p.gid, "hostname": b.hostname,
+            "network_mode": "none", "userns_remap": remap, "cgroupns": c._plan.cgroupns,
+            "join_namespaces": _joined(b), "bundle": str(b.dir), "cgroup_path": b.cgroups_path,
+            "annotations": dict(b.annotations), "status": "created", "created_at": S.now_iso(), "pid": None,
             "pid_start": None, "monitor_pid": owner_pid or os.getpid(),
             "monitor_start": S.proc_start_time(owner_pid or os.getpid()), "exit_code": None,
-            "oom_killed": False, "auto_remove": auto_remove, "detached": detached, "ip": None,
-            "ports": [], "config": _config_dict(config), **(extra_state or {}),
+            "oom_killed": False, "auto_remove": auto_remove, "detached": detached, "ip": None, "ports": [],
+            **state,
         }
         S.write_state(cdir, c.state)
         undo.pop_all()
-    c.timings_ns["call"] = t_call
     c.timings_ns["created"] = time.perf_counter_ns()
     return c
 
 
-@functools.lru_cache(maxsize=64)
-def _prepared_security(spec: Any) -> Any:
-    """security.prepare is pure (caps, compiled seccomp program): compute once per distinct spec."""
+# runtime-spec namespace type -> unshare(2) flag (pid and user are made elsewhere: see LaunchPlan)
+NAMESPACE_FLAGS: dict[str, int] = {
+    "network": syscalls.CLONE_NEWNET, "mount": syscalls.CLONE_NEWNS, "ipc": syscalls.CLONE_NEWIPC,
+    "uts": syscalls.CLONE_NEWUTS, "cgroup": syscalls.CLONE_NEWCGROUP,
+}
+# runtime-spec type -> /proc/<pid>/ns name, in the order exec joins them (user last, mount before it)
+_PROC_NS = (("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("cgroup", "cgroup"), ("pid", "pid"),
+            ("mount", "mnt"), ("user", "user"))
+
+
+def _joined(b: bundle.Bundle) -> list[str]:
+    """The namespaces ``exec`` joins: those the container does not share with the host."""
+    return [proc for kind, proc in _PROC_NS if b.namespace(kind) is not None]
+
+
+def _security_of(b: bundle.Bundle) -> Any:
     from runtime import security
 
-    return security.prepare(spec)
+    return security.prepare_oci(b.process.bounding, b.process.no_new_privileges, b.seccomp,
+                                b.masked_paths, b.readonly_paths)
 
 
 @functools.lru_cache(maxsize=8)
@@ -307,8 +410,41 @@ def start(c: Container) -> None:
         c.ip_address = att.ip
         c.state["ip"] = att.ip
         c.state["ports"] = [[p.host_ip, p.host_port, p.container_port, p.protocol] for p in att.ports]
-    c.state.update(status="running", pid=c.pid, pid_start=c.pid_start, started_at=S.now_iso())
+    if c._plan.exec_fifo:  # waiting at the fifo: "created" until `start` (resume) reads it
+        c.state.update(pid=c.pid, pid_start=c.pid_start)
+    else:
+        c.state.update(status="running", pid=c.pid, pid_start=c.pid_start, started_at=S.now_iso())
     S.write_state(c.dir, c.state)
+
+
+def resume(c: Container) -> None:
+    """Let a held container (``create_from_bundle(hold=True)`` + :func:`start`) exec its process:
+    read its exec fifo, as ``runc start`` does. Any process may call this."""
+    fifo = c.dir / EXEC_FIFO
+    if c.state.get("status") != "created" or not fifo.exists():
+        raise ContainerError(f"container {c.id} is not in the created state (status {status_of(c)})")
+    if not is_running(c):
+        raise ContainerError(f"container {c.id}: its process exited before start")
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # the child is blocked opening it
+    try:
+        deadline = time.monotonic() + RESUME_TIMEOUT_S
+        while True:
+            if S._wait_readable(fd, 0.05) and os.read(fd, 16):
+                break
+            if not is_running(c) or time.monotonic() > deadline:
+                raise ContainerError(f"container {c.id}: its process did not take the start signal")
+    finally:
+        os.close(fd)
+    os.unlink(fifo)
+    c.state.update(status="running", started_at=S.now_iso())
+    S.write_state(c.dir, c.state)
+
+
+def status_of(c: Container) -> str:
+    """runtime-spec status: created (waiting to exec), running, stopped."""
+    if c.pid and S.alive(c.pid, c.pid_start):
+        return "created" if c.state.get("status") == "created" else "running"
+    return "stopped" if c.pid or c.state.get("status") == "exited" else "created"
 
 
 def _rewrite(path: Path, text: str) -> None:
@@ -441,10 +577,9 @@ def delete(c: Container, force: bool = False) -> None:
             wait_pid_exit(mon, mstart, 10.0)
     errors: list[str] = []
     if c._cgroup is not None or not c._is_parent:
-        from runtime.cgroups import open_cgroup
-
         try:
-            cg = c._cgroup or open_cgroup(c.host_name)
+            cg = c._cgroup or open_cgroup_of(c)
+            cg.kill_all()  # an OCI container's other processes (exec'd, or left when PID 1 was not in a pidns)
             cg.destroy()
         except IsobenchError:
             pass  # already gone: destroyed at exit
@@ -471,9 +606,14 @@ def usage(c: Container) -> Any:
 
             c.final_usage = CgroupUsage(**c.state["final_usage"])
         return c.final_usage
+    return (c._cgroup or open_cgroup_of(c)).usage()
+
+
+def open_cgroup_of(c: Container) -> Any:
+    """The container's cgroup (at its bundle's cgroupsPath when it had one)."""
     from runtime.cgroups import open_cgroup
 
-    return (c._cgroup or open_cgroup(c.host_name)).usage()
+    return open_cgroup(c.host_name, path=c.state.get("cgroup_path") or None)
 
 
 def init_pid(c: Container) -> int | None:

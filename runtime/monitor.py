@@ -242,9 +242,7 @@ def finish(paths: HostPaths, cid: str, report_fd: int) -> int:
     if c.state.get("network_mode") == "bridge":
         c._netplan = True
     with contextlib.suppress(IsobenchError):
-        from runtime.cgroups import open_cgroup
-
-        c._cgroup = open_cgroup(c.host_name)
+        c._cgroup = api.open_cgroup_of(c)
     if status < 0:  # the shim lost its child: no status to report
         c.state.update(status="exited", exit_code=None, error="exit status lost", finished_at=S.now_iso())
         api._after_exit(c)

@@ -64,11 +64,13 @@ def id_map_line(host_base: int = REMAP_HOST_BASE, size: int = REMAP_SIZE) -> str
     return f"0 {host_base} {size}\n"
 
 
-def write_id_maps(pid: int, host_base: int = REMAP_HOST_BASE, size: int = REMAP_SIZE) -> None:
-    """Map root of ``pid``'s new user namespace to the unprivileged host range (parent side)."""
-    line = id_map_line(host_base, size)
-    syscalls.write_file(f"/proc/{pid}/uid_map", line)
-    syscalls.write_file(f"/proc/{pid}/gid_map", line)
+def write_id_maps(pid: int, host_base: int = REMAP_HOST_BASE, size: int = REMAP_SIZE,
+                  maps: tuple[str, str] | None = None) -> None:
+    """Map root of ``pid``'s new user namespace to the unprivileged host range (parent side), or write
+    ``maps`` (uid_map, gid_map text of an OCI bundle's linux.uidMappings/gidMappings)."""
+    uid_map, gid_map = maps or (id_map_line(host_base, size),) * 2
+    syscalls.write_file(f"/proc/{pid}/uid_map", uid_map)
+    syscalls.write_file(f"/proc/{pid}/gid_map", gid_map)
 
 
 def host_uid(container_uid: int, userns_remap: bool) -> int:

@@ -15,6 +15,7 @@ NetworkMode = Literal["bridge", "none", "host"]
 UsernsMode = Literal["host", "remap"]
 MountType = Literal["bind", "volume", "tmpfs"]
 Protocol = Literal["tcp", "udp"]
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # PATH when the image sets none
 
 
 @dataclass(frozen=True)

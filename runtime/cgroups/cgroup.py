@@ -247,6 +247,8 @@ def _missing(controller: str) -> CgroupError:
 
 def _plan_v1(name: str, resources: Resources, layout: CgroupLayout, facts: HostFacts
              ) -> tuple[dict[str, Path], list[tuple[str, Path, str]]]:
+    """``name`` is the cgroup's path below each hierarchy's root (``isobench-<id>``, or an OCI
+    bundle's ``linux.cgroupsPath``)."""
     wanted = v1.needed_controllers(resources)
     for ctl in wanted:
         if ctl not in layout.v1:
@@ -317,6 +319,7 @@ class CgroupPlan:
         cg = Cgroup(self.name, dict(self.paths), self.layout)
         with contextlib.ExitStack() as undo:
             for d in dict.fromkeys(self.paths.values()):
+                _make_parents(d, self.layout)
                 try:
                     fs.make_dir(d)
                 except FileExistsError as exc:
@@ -334,15 +337,47 @@ class CgroupPlan:
         return cg
 
 
-def plan_cgroup(name: str, resources: Resources, layout: CgroupLayout | None = None) -> CgroupPlan:
+def _make_parents(d: Path, layout: CgroupLayout) -> None:
+    """Missing parents of a nested cgroup (an OCI ``cgroupsPath`` such as ``/machine/ctr``); a new v1
+    cpuset parent gets its parent's cpus and mems, without which nothing can join below it."""
+    missing = []
+    p = d.parent
+    while not p.is_dir():
+        missing.append(p)
+        p = p.parent
+    for m in reversed(missing):
+        try:
+            fs.make_dir(m)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise CgroupError(f"cannot create cgroup {m}: {exc.strerror}") from exc
+        if (m / "cpuset.cpus").exists() and not _read(m / "cpuset.cpus").strip():
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                fs.write(m / f, _read(m.parent / f).strip())
+
+
+def _relative_path(path: str) -> str:
+    """``linux.cgroupsPath`` below the hierarchy roots: ``/a/b`` and ``a/b`` alike (runc resolves a
+    relative one against its own cgroup; the runtime's callers are root-level daemons, so the root)."""
+    rel = path.strip("/")
+    parts = rel.split("/")
+    if not rel or any(p in ("", ".", "..") for p in parts) or ":" in parts[0] and len(parts) == 1:
+        raise CgroupError(f"cgroupsPath {path!r} is not a path like /parent/name (systemd slices are not supported)")
+    return rel
+
+
+def plan_cgroup(name: str, resources: Resources, layout: CgroupLayout | None = None,
+                path: str | None = None) -> CgroupPlan:
     """Validate ``resources`` against the host (controllers present, CPUs and memory nodes that exist)
-    and compute what :meth:`CgroupPlan.make` will do. Reads a few files; makes nothing."""
+    and compute what :meth:`CgroupPlan.make` will do. Reads a few files; makes nothing. ``path``: an
+    OCI bundle's ``linux.cgroupsPath`` instead of ``name`` at the top of each hierarchy."""
     _check_name(name)
     layout = layout or detect()
     facts = _facts(resources, layout)
     rules.validate(resources, facts)
     plan = _plan_v2 if layout.driver == "v2" else _plan_v1
-    paths, writes = plan(name, resources, layout, facts)
+    paths, writes = plan(_relative_path(path) if path else name, resources, layout, facts)
     return CgroupPlan(name, paths, tuple(writes), layout, resources)
 
 
@@ -359,15 +394,17 @@ def _remove_quietly(d: Path) -> None:
         fs.remove_dir(d)
 
 
-def open_cgroup(name: str, layout: CgroupLayout | None = None) -> Cgroup:
-    """An existing cgroup (for ``stats``/``inspect``/``gc``): the hierarchies where it exists."""
+def open_cgroup(name: str, layout: CgroupLayout | None = None, path: str | None = None) -> Cgroup:
+    """An existing cgroup (for ``stats``/``inspect``/``gc``): the hierarchies where it exists.
+    ``path``: its OCI ``cgroupsPath`` when it has one."""
     _check_name(name)
     layout = layout or detect()
+    rel = _relative_path(path) if path else name
     if layout.driver == "v2":
         assert layout.unified is not None
-        paths = {UNIFIED: layout.unified / name} if (layout.unified / name).is_dir() else {}
+        paths = {UNIFIED: layout.unified / rel} if (layout.unified / rel).is_dir() else {}
     else:
-        paths = {ctl: mount / name for ctl, mount in layout.v1.items() if (mount / name).is_dir()}
+        paths = {ctl: mount / rel for ctl, mount in layout.v1.items() if (mount / rel).is_dir()}
     if not paths:
         raise CgroupError(f"cgroup {name} does not exist on this host")
     return Cgroup(name, paths, layout)

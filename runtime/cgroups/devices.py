@@ -29,7 +29,11 @@ def whole_disk(major: int, minor: int, sysfs: Path = Path("/sys")) -> tuple[int,
 
 
 def block_device_number(path: str, sysfs: Path = Path("/sys")) -> tuple[int, int]:
-    """``/dev/vda1`` -> ``(254, 0)`` (its whole disk). Raises CgroupError for a non-block path."""
+    """``/dev/vda1`` -> ``(254, 0)`` (its whole disk); ``"8:1"`` (an OCI bundle's major:minor) too.
+    Raises CgroupError for a non-block path."""
+    maj, sep, mnr = path.partition(":")
+    if sep and maj.isdigit() and mnr.isdigit():
+        return whole_disk(int(maj), int(mnr), sysfs)
     try:
         st = os.stat(path)
     except OSError as exc:

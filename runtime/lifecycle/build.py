@@ -18,7 +18,7 @@ from typing import Callable
 
 from runtime import namespaces
 from core import leases
-from runtime.config_image import DEFAULT_PATH
+from runtime.spec import DEFAULT_PATH
 from runtime.lifecycle.process import LaunchPlan, exit_code_of, spawn
 from core.paths import HostPaths, host_name, new_id
 from runtime.rootfs.mounts import RootfsPlan

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import os
+import resource  # noqa: F401 - used by the child (rlimits) after pivot_root, when nothing can be imported
 import signal
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,18 @@ class LaunchPlan:
     # parent's ``on_forked`` moves it. The child's own v1 ``tasks`` write skips the kernel's global
     # threadgroup lock, whose first use after an idle spell waits an RCU grace period (~8 ms here).
     cgroup_join: tuple[str, ...] = ()
+    # OCI bundles (runtime.api.create_from_bundle): namespaces shared with the host or joined by path,
+    # the spec's id maps, rlimits, oom_score_adj, sysctls, umask, and the create/start split
+    pid_ns: str = ""                          # "": a new one; "host": none; else a path to join
+    join_ns: tuple[str, ...] = ()             # namespace paths the child setns()es before unsharing
+    id_maps: tuple[str, str] | None = None    # (uid_map, gid_map) text; None with userns_remap: the fixed range
+    rlimits: tuple[tuple[int, int, int], ...] = ()   # (RLIMIT_*, soft, hard)
+    oom_score_adj: int | None = None
+    sysctl: tuple[tuple[str, str], ...] = ()
+    umask: int | None = None
+    exec_fifo: str = ""    # the child waits here after set-up until `start` reads it (runc's exec.fifo)
+    console_fd: int = -1   # a unix socket: the child sends its pty master over it (process.terminal)
+    console_size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -91,7 +104,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
     r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
     r_go, w_go = os.pipe2(os.O_CLOEXEC)
     pidns = namespaces.own_pidns_fd()
-    syscalls.unshare(syscalls.CLONE_NEWPID)
+    _enter_pidns_for_child(plan)
     try:
         pid = os.fork()
     except BaseException:
@@ -137,7 +150,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         timings["namespaces"], timings["rootfs"], timings["child"] = int(stamps[1]), int(stamps[2]), int(stamps[3])
         timings["cgroup_joined"] = int(stamps[4])
         if plan.userns_remap:
-            namespaces.write_id_maps(pid)
+            namespaces.write_id_maps(pid, maps=plan.id_maps)
         if on_ready is not None:
             on_ready(pid)
         timings["network"] = time.perf_counter_ns()
@@ -145,10 +158,11 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
             os.write(w_go, b"G")
         os.close(w_go)
         w_go = -1
-        rest = lines.rest()  # EOF: the exec happened (or the child exited)
-        if rest.startswith("E "):
-            raise ContainerError(_failure(plan, rest, pid))
-        timings["exec"] = time.perf_counter_ns()
+        if not plan.exec_fifo:  # with an exec fifo the exec waits for `start`: done here
+            rest = lines.rest()  # EOF: the exec happened (or the child exited)
+            if rest.startswith("E "):
+                raise ContainerError(_failure(plan, rest, pid))
+            timings["exec"] = time.perf_counter_ns()
     except BaseException:
         _kill_and_reap(pid)
         raise
@@ -157,6 +171,23 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         if w_go >= 0:
             os.close(w_go)
     return Spawned(pid=pid, timings_ns=timings)
+
+
+def _enter_pidns_for_child(plan: LaunchPlan) -> None:
+    """Where the next fork's child lives: a new PID namespace (it is PID 1), the host's, or one joined."""
+    if plan.pid_ns == "host":
+        return
+    if not plan.pid_ns:
+        syscalls.unshare(syscalls.CLONE_NEWPID)
+        return
+    try:
+        fd = os.open(plan.pid_ns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ContainerError(f"container {plan.container_id}: pid namespace {plan.pid_ns}: {exc.strerror}") from exc
+    try:
+        syscalls.setns(fd, syscalls.CLONE_NEWPID)
+    finally:
+        os.close(fd)
 
 
 def _failure(plan: LaunchPlan, msg: str, pid: int) -> str:
@@ -225,6 +256,11 @@ def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
     got = b""
+    for path in plan.join_ns:  # namespaces the spec names by path (podman's network namespace)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        syscalls.setns(fd, 0)
+        os.close(fd)
+    fifo = os.open(plan.exec_fifo, os.O_PATH | os.O_CLOEXEC) if plan.exec_fifo else -1
     if plan.cgroupns:  # the namespace's root is the cgroup we are in at unshare: join before it
         got = _join_cgroup(plan, r_go, got)
         t_joined = time.perf_counter_ns()
@@ -238,8 +274,16 @@ def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go
     setup_rootfs(plan.rootfs)
     from runtime import security as sec_mod  # already imported by the parent (prepare); no cost
 
+    for key, value in plan.sysctl:  # before the masks make /proc/sys read-only
+        syscalls.write_file("/proc/sys/" + key.replace(".", "/"), value)
     sec_mod.prepare_mounts_in_child(security)
-    syscalls.sethostname(plan.hostname)
+    if plan.hostname:
+        syscalls.sethostname(plan.hostname)
+    slave = -1
+    if plan.console_fd >= 0:  # before R: the master has been sent when `create` returns, as with runc
+        from runtime import console  # imported by the parent already (api): no file access
+
+        slave = console.open_in_container(plan.console_fd, plan.console_size)
     t_rootfs = time.perf_counter_ns()
     if plan.userns_remap:  # last: mounts above were made by real root, owned by the host's userns
         syscalls.unshare(syscalls.CLONE_NEWUSER)
@@ -250,15 +294,33 @@ def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go
             raise ContainerError("the runtime went away before the container started")
         got += chunk
     os.close(r_go)
+    if slave >= 0:
+        stdio = (slave, slave, slave)
     stdin, stdout, stderr = stdio
     os.dup2(stdin, 0)
     os.dup2(stdout, 1)
     os.dup2(stderr, 2)
     os.makedirs(plan.workdir, exist_ok=True)
     os.chdir(plan.workdir)
+    _process_settings(plan)
+    if fifo >= 0:  # created, not started: block until `start` opens the fifo for reading
+        wfd = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(wfd, b"0")
+        os.close(wfd)
+        os.close(fifo)
     syscalls.close_range_cloexec(3)  # only 0-2 (and the sync pipe until exec) reach the workload
     env = dict(e.partition("=")[::2] for e in plan.env)
     _exec_workload(plan, security, env)
+
+
+def _process_settings(plan: LaunchPlan) -> None:
+    """process.rlimits, oomScoreAdj and user.umask (runtime-spec), in the container before exec."""
+    for kind, soft, hard in plan.rlimits:
+        resource.setrlimit(kind, (soft, hard))
+    if plan.oom_score_adj is not None:
+        syscalls.write_file("/proc/self/oom_score_adj", str(plan.oom_score_adj))
+    if plan.umask is not None:
+        os.umask(plan.umask)
 
 
 def _join_cgroup(plan: LaunchPlan, r_go: int, got: bytes) -> bytes:

@@ -14,14 +14,6 @@ from dataclasses import dataclass
 
 from core import syscalls as S
 
-# name: (major, minor) -- the set runc gives every container
-DEVICES: dict[str, tuple[int, int]] = {
-    "null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0),
-}
-DEV_LINKS: dict[str, str] = {
-    "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
-    "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx",
-}
 _NOSUID_NODEV_NOEXEC = S.MS_NOSUID | S.MS_NODEV | S.MS_NOEXEC
 
 
@@ -46,6 +38,12 @@ class RootfsPlan:
     read_only: bool = False
     overlay_extra: str = ""          # e.g. build steps: "index=off,redirect_dir=off,metacopy=off"
     init_binary: str = ""            # --init: host path of the static init, bound read-only at /dev/init
+    # An OCI bundle's root: its mounts and devices (runtime.rootfs.ocimounts) replace the fixed set
+    # above; without lowerdirs, ``rootfs_dir`` (root.path) is bound at ``merged`` instead of an overlay.
+    oci_mounts: tuple | None = None
+    oci_devices: tuple = ()
+    cgroup_dirs: tuple[tuple[str, str], ...] = ()  # (hierarchy name, host dir) for a "cgroup" mount
+    rootfs_dir: str = ""
 
 
 def overlay_options(lowerdirs: tuple[str, ...], upper: str, work: str, extra: str = "") -> str:
@@ -102,17 +100,11 @@ def _bind(source: str, target: str, read_only: bool, recursive: bool = True) -> 
 
 def mount_dev(root: str) -> None:
     """A tmpfs /dev with the standard nodes, a private devpts, /dev/shm, /dev/mqueue and fd links."""
+    from runtime.rootfs.ocimounts import populate_dev
+
     dev = f"{root}/dev"
     _ensure(dev, True)
     S.mount("tmpfs", dev, "tmpfs", S.MS_NOSUID, "mode=755,size=65536k")
-    old_umask = os.umask(0)  # nodes get exactly 0666, without a chmod each
-    try:
-        for name, (major, minor) in DEVICES.items():
-            S.mknod(f"{dev}/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
-    finally:
-        os.umask(old_umask)
-    for name, target in DEV_LINKS.items():
-        os.symlink(target, f"{dev}/{name}")
     os.mkdir(f"{dev}/pts")
     S.mount("devpts", f"{dev}/pts", "devpts", S.MS_NOSUID | S.MS_NOEXEC,
             "newinstance,ptmxmode=0666,mode=0620")
@@ -120,10 +112,7 @@ def mount_dev(root: str) -> None:
     S.mount("shm", f"{dev}/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
     os.mkdir(f"{dev}/mqueue")
     S.mount("mqueue", f"{dev}/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
-    # /dev/console: without a terminal there is none to give; /dev/null keeps programs that open it
-    # working without handing the host console to the container.
-    os.close(os.open(f"{dev}/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-    S.mount(f"{dev}/null", f"{dev}/console", None, S.MS_BIND)
+    populate_dev(dev)
 
 
 def mount_sys(root: str) -> None:
@@ -139,8 +128,17 @@ def setup(plan: RootfsPlan) -> None:
     """Build the root at ``plan.merged`` and pivot into it. Caller: the child, in its own mount ns."""
     S.mount(None, "/", None, S.MS_REC | S.MS_PRIVATE)  # nothing propagates back to the host
     root = plan.merged
-    S.mount("overlay", root, "overlay", 0, overlay_options(plan.lowerdirs, plan.upper, plan.work,
-                                                                  plan.overlay_extra))
+    if plan.lowerdirs:
+        S.mount("overlay", root, "overlay", 0, overlay_options(plan.lowerdirs, plan.upper, plan.work,
+                                                                      plan.overlay_extra))
+    else:
+        S.mount(plan.rootfs_dir, root, None, S.MS_BIND | S.MS_REC)
+    if plan.oci_mounts is not None:
+        from runtime.rootfs import ocimounts
+
+        ocimounts.apply(root, plan.oci_mounts, plan.oci_devices, plan.cgroup_dirs, secure_join)
+        _pivot(root, plan.read_only)
+        return
     for m in plan.mounts:
         target = secure_join(root, m.destination)
         if m.kind == "tmpfs":
@@ -164,9 +162,13 @@ def setup(plan: RootfsPlan) -> None:
             continue  # dangling symlink (e.g. systemd-resolved style): leave the image's choice alone
         _ensure(target, False)
         S.mount(host_file, target, None, S.MS_BIND)
+    _pivot(root, plan.read_only)
+
+
+def _pivot(root: str, read_only: bool) -> None:
     os.chdir(root)
     S.pivot_root(".", ".")            # old root stacked under the new one ...
     S.umount(".", S.MNT_DETACH)       # ... and detached: the host's tree is gone from this namespace
     os.chdir("/")
-    if plan.read_only:
+    if read_only:
         S.mount(None, "/", None, S.MS_BIND | S.MS_REMOUNT | S.MS_RDONLY)

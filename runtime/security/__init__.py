@@ -69,6 +69,45 @@ def prepare(spec: SecuritySpec) -> PreparedSecurity:
     )
 
 
+# id(doc) -> (doc, caps, program) for the last few docs: specconv hands every container of one config
+# the same (cached) doc, so a harness loop compiles once without even hashing ~20 KB of JSON per start;
+# other docs (bundles read from disk) are found by content
+_by_id: dict[int, tuple[dict, frozenset[str], bytes]] = {}
+_by_content: dict[str, bytes] = {}
+
+
+def _oci_program(doc: dict, caps: frozenset[str]) -> bytes:
+    hit = _by_id.get(id(doc))
+    if hit is not None and hit[0] is doc and hit[1] == caps:
+        return hit[2]
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([doc, sorted(caps)], sort_keys=True).encode()).hexdigest()
+    program = _by_content.get(key)
+    if program is None:
+        program = _by_content[key] = _seccomp.compile_bpf(_seccomp.resolve(doc, caps, source="linux.seccomp"))
+    if len(_by_id) >= 16:
+        _by_id.pop(next(iter(_by_id)))
+    _by_id[id(doc)] = (doc, caps, program)
+    return program
+
+
+def prepare_oci(caps: frozenset[str], no_new_privileges: bool, seccomp_doc: dict | None,
+                masked: tuple[str, ...], readonly: tuple[str, ...]) -> PreparedSecurity:
+    """The same from an OCI bundle: its bounding set, noNewPrivileges, ``linux.seccomp`` (compiled
+    here) and masked/read-only paths."""
+    last = _caps.cap_last_cap()
+    names = frozenset(c for c in caps if _caps.CAPS.get(c, last + 1) <= last)
+    program = None
+    if seccomp_doc is not None:
+        program = _oci_program(seccomp_doc, names)
+        _seccomp.ready(program)
+    return PreparedSecurity(privileged=False, cap_names=names, keep_mask=_caps.mask_of(names), last_cap=last,
+                            no_new_privileges=no_new_privileges, seccomp_program=program,
+                            masked_paths=tuple(masked), readonly_paths=tuple(readonly))
+
+
 def _prepared(spec: SecuritySpec | PreparedSecurity) -> PreparedSecurity:
     return spec if isinstance(spec, PreparedSecurity) else prepare(spec)
 
@@ -134,5 +173,5 @@ def harden_joining_process() -> None:
         raise SecurityError(f"prctl(PR_SET_DUMPABLE, 0) failed: {exc}") from exc
 
 
-__all__ = ["PreparedSecurity", "prepare", "prepare_mounts_in_child", "enter", "harden_joining_process",
+__all__ = ["PreparedSecurity", "prepare", "prepare_oci", "prepare_mounts_in_child", "enter", "harden_joining_process",
            "SecuritySpec"]

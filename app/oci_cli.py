@@ -1,0 +1,144 @@
+"""``isobench-runtime``: the runtime behind runc's command line, so podman, conmon and other OCI tools
+can drive it (``podman --runtime .venv/bin/isobench-runtime run ...``).
+
+Verbs and options follow runc's (global ``--root --log --log-format --debug --systemd-cgroup``;
+``create --bundle --pid-file --console-socket ID``, ``start``, ``state``, ``kill ID [SIGNAL] [--all]``,
+``delete [--force]``, ``exec --process FILE [--detach --pid-file --console-socket --tty]``, ``run``,
+``list``, ``features``); options conmon passes that change nothing here (``--no-pivot``,
+``--no-new-keyring``, ``--systemd-cgroup``) are accepted. State lives under ``--root`` (default
+/run/isobench-runtime), one directory per container; the process of a created container waits on an
+exec fifo until ``start`` reads it, and belongs to whoever reaps orphans (conmon is a subreaper).
+A failure is one line on stderr (and in ``--log``, as runc writes it: text or JSON lines) and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_ROOT = "/run/isobench-runtime"
+VERSION = "0.1.0"
+OCI_VERSION = "1.0.2"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors: one line, exit 2 (as argparse, minus usage text)
+        sys.stderr.write(f"isobench-runtime: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="isobench-runtime", description="OCI runtime (runc-compatible command line) of isobench.")
+    p.add_argument("--root", default=DEFAULT_ROOT, help=f"state directory (default {DEFAULT_ROOT})")
+    p.add_argument("--log", default="", help="also write errors to this file")
+    p.add_argument("--log-format", default="text", choices=("text", "json"))
+    p.add_argument("--debug", action="store_true", help="accepted for runc compatibility")
+    p.add_argument("--systemd-cgroup", action="store_true",
+                   help="accepted; systemd cgroup paths (slice:prefix:name) are refused with a message")
+    p.add_argument("--rootless", default="false", help="accepted (root only)")
+    p.add_argument("-v", "--version", action="store_true", help="print the version")
+    sub = p.add_subparsers(dest="verb", parser_class=_Parser)
+
+    c = sub.add_parser("create", help="create a container from a bundle (its process waits for start)")
+    _bundle_opts(c)
+    c.add_argument("id")
+
+    r = sub.add_parser("run", help="create and start a container, wait for it, delete it")
+    _bundle_opts(r)
+    r.add_argument("-d", "--detach", action="store_true", help="create and start, then return")
+    r.add_argument("--keep", action="store_true", help="do not delete the container after it exits")
+    r.add_argument("id")
+
+    s = sub.add_parser("start", help="start a created container")
+    s.add_argument("id")
+    s = sub.add_parser("state", help="print a container's runtime-spec state as JSON")
+    s.add_argument("id")
+
+    k = sub.add_parser("kill", help="send a signal (default SIGTERM) to a container's init")
+    k.add_argument("-a", "--all", action="store_true", help="to every process of the container")
+    k.add_argument("id")
+    k.add_argument("signal", nargs="?", default="SIGTERM")
+
+    d = sub.add_parser("delete", help="delete a stopped (or, with --force, any) container")
+    d.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
+    d.add_argument("id")
+
+    e = sub.add_parser("exec", help="run a process in a running container")
+    e.add_argument("-p", "--process", help="runtime-spec process JSON file")
+    e.add_argument("-d", "--detach", action="store_true")
+    e.add_argument("--pid-file")
+    e.add_argument("--console-socket")
+    e.add_argument("-t", "--tty", action="store_true")
+    e.add_argument("--cwd")
+    e.add_argument("-e", "--env", action="append", default=[])
+    e.add_argument("-u", "--user")
+    e.add_argument("--preserve-fds", type=int, default=0)
+    e.add_argument("--no-new-privs", action="store_true")
+    e.add_argument("--cap", action="append", default=[])
+    e.add_argument("--process-label", default="")
+    e.add_argument("--apparmor", default="")
+    e.add_argument("--no-subreaper", action="store_true")
+    e.add_argument("id")
+    e.add_argument("command", nargs=argparse.REMAINDER)
+
+    ls = sub.add_parser("list", aliases=["ps"], help="list containers")
+    ls.add_argument("-f", "--format", default="table", choices=("table", "json"))
+    ls.add_argument("-q", "--quiet", action="store_true")
+
+    sub.add_parser("features", help="print the runtime-spec features JSON")
+    return p
+
+
+def _bundle_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-b", "--bundle", default=".", help="bundle directory (default: the current one)")
+    p.add_argument("--pid-file", help="write the container's pid here")
+    p.add_argument("--console-socket", help="unix socket to send the terminal's master to")
+    p.add_argument("--no-pivot", action="store_true", help="accepted (pivot_root is always used)")
+    p.add_argument("--no-new-keyring", action="store_true", help="accepted")
+    p.add_argument("--preserve-fds", type=int, default=0, help="accepted; extra fds are not passed")
+
+
+def entry() -> None:
+    sys.exit(main(sys.argv[1:]))
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"isobench-runtime version {VERSION}\nspec: {OCI_VERSION}")
+        return 0
+    if not args.verb:
+        build_parser().print_usage(sys.stderr)
+        return 2
+    from core.errors import IsobenchError
+
+    try:
+        from app import oci_verbs
+
+        return oci_verbs.VERBS[args.verb if args.verb != "ps" else "list"](args)
+    except IsobenchError as exc:
+        _log_error(args, str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _log_error(args: argparse.Namespace, msg: str) -> None:
+    sys.stderr.write(f"isobench-runtime: {msg}\n")
+    if not args.log:
+        return
+    import json
+    import time
+
+    t = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    line = json.dumps({"level": "error", "msg": msg, "time": t}) if args.log_format == "json" \
+        else f'time="{t}" level=error msg="{msg}"'
+    try:
+        with open(args.log, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    entry()
