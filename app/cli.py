@@ -52,10 +52,9 @@ def preload() -> argparse.ArgumentParser:
         importlib.import_module(name)
     from app.commands.container import config_from_args
     from runtime import api
-    from runtime.spec import SecuritySpec
 
     parser = build_parser()
-    api._prepared_security(SecuritySpec())  # caps + the compiled default seccomp program
+    api.warm_security()  # caps + the default seccomp profile resolved and compiled
     # one sample parse: argparse and the re module compile and cache their patterns on first use
     # (~1 ms a worker would otherwise pay); config_from_args is pure (no env, no paths)
     config_from_args(parser.parse_args(["run", "--rm", "--network", "none", "busybox", "true"]))

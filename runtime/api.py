@@ -245,7 +245,10 @@ def _cgroup_mount_dirs(plan: Any, cgroupns: bool) -> list[tuple[str, Path]]:
     host's mount dir), or with a cgroup namespace on v2 the namespace's root."""
     if cgroupns:
         return [("unified", Path("/"))]
-    return [(d.parent.name, d) for d in dict.fromkeys(plan.paths.values())]
+    seen: dict[Path, str] = {}
+    for ctl, d in plan.paths.items():  # co-mounted controllers share a dir: one entry, the mount's name
+        seen.setdefault(d, plan.layout.v1[ctl].name if ctl in plan.layout.v1 else ctl)
+    return [(name, d) for d, name in seen.items()]
 
 
 def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | None,
@@ -333,6 +336,18 @@ _PROC_NS = (("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("cgroup", "cgro
 def _joined(b: bundle.Bundle) -> list[str]:
     """The namespaces ``exec`` joins: those the container does not share with the host."""
     return [proc for kind, proc in _PROC_NS if b.namespace(kind) is not None]
+
+
+def warm_security() -> None:
+    """Resolve and compile the default seccomp profile for the default caps (a server warms its caches:
+    every container created later with default security finds them)."""
+    from runtime import security
+    from runtime.security import caps
+    from runtime.spec import SecuritySpec
+
+    names = caps.effective_set(last_cap=caps.cap_last_cap())
+    doc = specconv.seccomp_json(SecuritySpec(), names)
+    security.prepare_oci(names, True, doc, (), ())
 
 
 def _security_of(b: bundle.Bundle) -> Any:

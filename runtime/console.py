@@ -92,12 +92,13 @@ def terminal_size(fd: int) -> tuple[int, int] | None:
     return rows, cols
 
 
-def relay(master: int, in_fd: int = 0, out_fd: int = 1) -> None:
+def relay(master: int, in_fd: int | None = 0, out_fd: int = 1, size_fd: int = 0) -> None:
     """Copy ``in_fd`` -> master and master -> ``out_fd`` until the container side closes, with ``in_fd``
-    in raw mode (restored after) and its window size following SIGWINCH. Returns when the master
-    reports EOF/EIO (every slave closed: the container's process exited)."""
+    in raw mode (restored after) and the window size of ``size_fd`` following SIGWINCH. ``in_fd``
+    None: output only (``-t`` without ``-i``). Returns when the master reports EOF/EIO (every slave
+    closed: the container's process exited)."""
     saved = None
-    if os.isatty(in_fd):
+    if in_fd is not None and os.isatty(in_fd):
         saved = termios.tcgetattr(in_fd)
         tty.setraw(in_fd)
     r_wake, w_wake = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -107,10 +108,10 @@ def relay(master: int, in_fd: int = 0, out_fd: int = 1) -> None:
             os.write(w_wake, b"w")
 
     old = signal.signal(signal.SIGWINCH, on_winch)
-    size = terminal_size(in_fd)
+    size = terminal_size(size_fd)
     if size:
         set_size(master, *size)
-    in_open = True
+    in_open = in_fd is not None
     try:
         while True:
             fds = [master, r_wake] + ([in_fd] if in_open else [])
@@ -121,7 +122,7 @@ def relay(master: int, in_fd: int = 0, out_fd: int = 1) -> None:
             if r_wake in ready:
                 with contextlib.suppress(OSError):
                     os.read(r_wake, 64)
-                size = terminal_size(in_fd)
+                size = terminal_size(size_fd)
                 if size:
                     set_size(master, *size)
             if master in ready:

@@ -108,13 +108,15 @@ def launch(config: ContainerConfig, paths: HostPaths, *, detach: bool, auto_remo
     return handle
 
 
-def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool) -> int:
+def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool, interactive: bool = False,
+             tty: bool = False) -> int:
     """A foreground run with the calling process as the container's monitor; returns the exit code.
 
-    As :func:`_monitor` does for a foreground run: the container gets /dev/null as stdin and our
-    stdout/stderr; Ctrl-C and SIGTERM/SIGHUP/SIGQUIT are forwarded to it (those that arrive while it
-    is being created, once it runs); a failed start leaves nothing behind; ``--rm`` removes it after
-    the exit has been recorded."""
+    As :func:`_monitor` does for a foreground run: the container gets /dev/null as stdin (our stdin
+    with ``-i``) and our stdout/stderr; Ctrl-C and SIGTERM/SIGHUP/SIGQUIT are forwarded to it (those
+    that arrive while it is being created, once it runs); a failed start leaves nothing behind;
+    ``--rm`` removes it after the exit has been recorded. ``-t``: the container gets a pty
+    (runtime.console) that we relay to our terminal, in raw mode, so Ctrl-C reaches it as a byte."""
     from runtime import api
 
     target: list[int] = []  # the container's pid once it runs; signals before that wait in pending
@@ -129,14 +131,34 @@ def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool) ->
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)  # from the start: no window where Ctrl-C orphans a started container
-    stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # kept open until the child has it
+    stdin = os.dup(0) if interactive else os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # until the child has it
+    ours = theirs = -1
+    if tty:
+        import socket
+
+        from runtime import console
+
+        ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
     try:
-        c = _create_and_start(config, paths, (stdin, 1, 2), auto_remove=auto_remove, detach=False)
+        c = _create_and_start(config, paths, (stdin, 1, 2), auto_remove=auto_remove, detach=False,
+                              console_fd=theirs)
     finally:
         os.close(stdin)
+        if theirs >= 0:
+            os.close(theirs)
     target.append(c.pid)  # type: ignore[arg-type]
     for sig in pending:
         forward(sig, None)
+    if tty:
+        sock = socket.socket(fileno=ours)
+        try:
+            master = console.receive_master(sock)
+        finally:
+            sock.close()
+        try:
+            console.relay(master, 0 if interactive else None, 1)
+        finally:
+            os.close(master)
     code = api.wait(c)
     if auto_remove:
         api.delete(c)
@@ -144,12 +166,18 @@ def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool) ->
 
 
 def _create_and_start(config: ContainerConfig, paths: HostPaths, stdio: tuple[int, int, int] | None, *,
-                      auto_remove: bool, detach: bool):
+                      auto_remove: bool, detach: bool, console_fd: int = -1):
     """create + start as the container's monitor (named ``isobench-<id>``, as gc and ps expect); a
     failed start leaves nothing behind."""
     from runtime import api
 
-    c = api.create(config, paths, stdio=stdio, auto_remove=auto_remove, detached=detach)
+    size = None
+    if console_fd >= 0:
+        from runtime.console import terminal_size
+
+        size = terminal_size(0) or terminal_size(1)
+    c = api.create(config, paths, stdio=stdio, auto_remove=auto_remove, detached=detach, console_fd=console_fd,
+                   console_size=size)
     try:
         with contextlib.suppress(OSError):
             syscalls.set_process_name(host_name(c.id))

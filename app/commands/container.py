@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background, print the id")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached to the container")
+    p.add_argument("-t", "--tty", action="store_true", help="give the container a terminal (relayed to ours)")
     p.add_argument("--name", help="container name")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     p.add_argument("--env-file", action="append", default=[], metavar="FILE", help="read K=V lines from FILE")
@@ -75,6 +77,8 @@ def register(sub) -> None:
     p.set_defaults(func=_logs)
 
     p = sub.add_parser("exec", help="run a command in a running container")
+    p.add_argument("-i", "--interactive", action="store_true", help="stdin attached (always: accepted for docker)")
+    p.add_argument("-t", "--tty", action="store_true", help="give the process a terminal (relayed to ours)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
@@ -227,8 +231,14 @@ def _run(args) -> int:
         pass  # allowed, as in Docker: removed when it exits
     config = config_from_args(args)
     paths = HostPaths.from_env().ensure()
-    if monitor.WORKER_IS_MONITOR and not args.detach:  # an isobench server's worker: no fork needed
-        _exit_now(monitor.run_here(config, paths, auto_remove=args.rm))
+    if args.detach and (args.tty or args.interactive):
+        from core.errors import UsageError
+
+        raise UsageError("-d with -i/-t is not supported: nothing would stay attached to the terminal")
+    if (monitor.WORKER_IS_MONITOR or args.tty or args.interactive) and not args.detach:
+        # an isobench server's worker needs no fork; with -i/-t we relay our own terminal, as docker does
+        _exit_now(monitor.run_here(config, paths, auto_remove=args.rm, interactive=args.interactive,
+                                   tty=args.tty))
     handle = launch(config, paths, detach=args.detach, auto_remove=args.rm)
     if args.detach:
         print(handle.container_id)
@@ -438,7 +448,7 @@ def _exec(args) -> int:
     if not args.command:
         raise UsageError("exec: give a command to run in the container")
     return exec_in(_paths(), args.container, list(args.command), env=tuple(args.env), workdir=args.workdir,
-                   user=args.user)
+                   user=args.user, tty=args.tty)
 
 
 def inspect_doc(st: dict) -> dict:

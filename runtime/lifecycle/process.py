@@ -284,6 +284,7 @@ def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go
         from runtime import console  # imported by the parent already (api): no file access
 
         slave = console.open_in_container(plan.console_fd, plan.console_size)
+    _process_settings(plan)  # before R: a refused rlimit fails `create`, not a held process nobody hears
     t_rootfs = time.perf_counter_ns()
     if plan.userns_remap:  # last: mounts above were made by real root, owned by the host's userns
         syscalls.unshare(syscalls.CLONE_NEWUSER)
@@ -302,7 +303,6 @@ def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go
     os.dup2(stderr, 2)
     os.makedirs(plan.workdir, exist_ok=True)
     os.chdir(plan.workdir)
-    _process_settings(plan)
     if fifo >= 0:  # created, not started: block until `start` opens the fifo for reading
         wfd = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
         os.write(wfd, b"0")
@@ -313,10 +313,17 @@ def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go
     _exec_workload(plan, security, env)
 
 
+_RLIMIT_NAMES = {getattr(resource, n): n for n in sorted(dir(resource), reverse=True) if n.startswith("RLIMIT_")}
+
+
 def _process_settings(plan: LaunchPlan) -> None:
     """process.rlimits, oomScoreAdj and user.umask (runtime-spec), in the container before exec."""
     for kind, soft, hard in plan.rlimits:
-        resource.setrlimit(kind, (soft, hard))
+        try:
+            resource.setrlimit(kind, (soft, hard))
+        except (ValueError, OSError) as exc:  # Python says ValueError for EPERM (no CAP_SYS_RESOURCE)
+            raise ContainerError(f"process.rlimits: cannot set {_RLIMIT_NAMES.get(kind, kind)} to "
+                                 f"{soft}/{hard}: {exc}") from None
     if plan.oom_score_adj is not None:
         syscalls.write_file("/proc/self/oom_score_adj", str(plan.oom_score_adj))
     if plan.umask is not None:
