@@ -2,8 +2,9 @@
 storage, runs with ``--runtime .venv/bin/isobench-runtime`` for ``run --rm``, ``run -d``, ``exec``,
 ``stop``, ``rm`` and ``run -it`` (through a real pty).
 
-Conditions of this host, chosen and said plainly: ``--network none`` (no internet, and podman's
-netavark/slirp are not installed here), ``--cgroup-manager cgroupfs`` with ``--cgroup-parent
+Conditions of this host, chosen and said plainly: ``--network none`` (podman's default network here is
+a CNI bridge, cni-podman0, with its own firewall rules: host objects outside the project's
+``isobench-`` names; slirp4netns and netavark are not installed), ``--cgroup-manager cgroupfs`` with ``--cgroup-parent
 /isobench-podman-<id>`` (no systemd; the cgroups podman and the runtime make carry the project's
 name, and the test removes them), ``--events-backend file``, and ``--ulimit nofile=1024:1024
 --ulimit nproc=4096:4096``: root on this machine has no CAP_SYS_RESOURCE (CapBnd lacks bit 24), so
