@@ -97,7 +97,7 @@ def test_mounts_volumes_init_and_etc():
                                   MountSpec("/t", type="tmpfs")))
     s = _spec(cfg, init_binary="/x/init", etc_files=(("/etc/hosts", "/c/hosts"),), volumes_dir="/vols")
     by_dest = {m["destination"]: m for m in s["mounts"]}
-    assert [m["destination"] for m in s["mounts"]][:7] == [m["destination"] for m in specconv.DEFAULT_MOUNTS]
+    assert [m["destination"] for m in s["mounts"]][:6] == [m["destination"] for m in specconv.DEFAULT_MOUNTS]
     assert by_dest["/data"] == {"destination": "/data", "type": "bind", "source": "/host", "options": ["rbind", "ro"]}
     assert by_dest["/v"]["source"] == "/vols/vol/_data" and by_dest["/t"]["type"] == "tmpfs"
     assert by_dest["/dev/init"]["source"] == "/x/init" and by_dest["/etc/hosts"]["source"] == "/c/hosts"
