@@ -17,7 +17,6 @@ import argparse
 import sys
 
 DEFAULT_ROOT = "/run/isobench-runtime"
-VERSION = "0.1.0"
 OCI_VERSION = "1.0.2"
 
 
@@ -105,7 +104,9 @@ def entry() -> None:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.version:
-        print(f"isobench-runtime version {VERSION}\nspec: {OCI_VERSION}")
+        from runtime.oci import RUNTIME_VERSION
+
+        print(f"isobench-runtime version {RUNTIME_VERSION}\nspec: {OCI_VERSION}")
         return 0
     if not args.verb:
         build_parser().print_usage(sys.stderr)

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -217,6 +216,7 @@ def list_(args) -> int:
 
 
 def features(args) -> int:
+    from runtime.oci import RUNTIME_VERSION
     from runtime.oci.bundle import NAMESPACE_TYPES
     from runtime.rootfs.ocimounts import FLAG_OPTIONS, PROPAGATION
     from runtime.security.caps import CAPS, cap_last_cap
@@ -234,8 +234,7 @@ def features(args) -> int:
                         "archs": ["SCMP_ARCH_X86_64"]},
             "apparmor": {"enabled": False}, "selinux": {"enabled": False},
         },
-        "annotations": {"org.isobench.runtime.version": sys.modules["app.oci_cli"].VERSION
-                        if "app.oci_cli" in sys.modules else ""},
+        "annotations": {"org.isobench.runtime.version": RUNTIME_VERSION},
     }
     print(json.dumps(doc, indent=2))
     return 0

@@ -93,12 +93,25 @@ def _oci_program(doc: dict, caps: frozenset[str]) -> bytes:
     return program
 
 
+_HELD: list[int] = []
+
+
+def _held_mask() -> int:
+    """The runtime's own permitted capabilities (on this machine root lacks CAP_SYS_RESOURCE)."""
+    if not _HELD:
+        from core import syscalls
+
+        _HELD.append(syscalls.capget(0)[1])
+    return _HELD[0]
+
+
 def prepare_oci(caps: frozenset[str], no_new_privileges: bool, seccomp_doc: dict | None,
                 masked: tuple[str, ...], readonly: tuple[str, ...]) -> PreparedSecurity:
     """The same from an OCI bundle: its bounding set, noNewPrivileges, ``linux.seccomp`` (compiled
     here) and masked/read-only paths."""
     last = _caps.cap_last_cap()
-    names = frozenset(c for c in caps if _caps.CAPS.get(c, last + 1) <= last)
+    held = _held_mask()  # a capability this runtime does not hold cannot be granted (capset: EPERM)
+    names = frozenset(c for c in caps if _caps.CAPS.get(c, last + 1) <= last and held >> _caps.CAPS[c] & 1)
     program = None
     if seccomp_doc is not None:
         program = _oci_program(seccomp_doc, names)
