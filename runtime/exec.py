@@ -40,6 +40,8 @@ def exec_in(paths: HostPaths, ref: str, argv: list[str], *, env: tuple[str, ...]
     if not api.is_running(c):
         raise ContainerError(f"container {c.name or c.id} is not running")
     st = c.state
+    if not st.get("bundle"):
+        raise ContainerError(f"container {c.name or c.id} was created by an older isobench (no bundle): recreate it")
     b = bundle.load(st["bundle"])
     if process is not None:
         p = process
