@@ -15,6 +15,7 @@ from pathlib import Path
 PREFIX = "isobench-"
 DEFAULT_ROOT = Path("/var/lib/isobench")
 DEFAULT_RUN_DIR = Path("/run/isobench")
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where the host mounts cgroupfs (v1 hierarchies, or the v2 root)
 
 
 SERVER_SOCKET_ENV = "ISOBENCH_SERVER_SOCKET"
@@ -54,7 +55,7 @@ class HostPaths:
     """All state-directory paths, from one root. Construct with :meth:`from_env` in production."""
 
     root: Path
-    cgroup_root: Path = Path("/sys/fs/cgroup")
+    cgroup_root: Path = CGROUP_ROOT
     proc: Path = Path("/proc")
 
     @classmethod

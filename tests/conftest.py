@@ -67,8 +67,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Integration and security tests own the host while they run: their leak checks diff every
     ``isobench``-named object on the machine, so a second session (another clone, a developer's run)
     would see the first one's objects as leaks. Such sessions take one host-wide lock, in turn."""
-    if os.geteuid() != 0 or not any(("integration" in str(i.path) or "security" in str(i.path))
-                                    for i in session.items):
+    if os.geteuid() != 0 or not any(i.path.parent.name in ("integration", "security") for i in session.items):
         return
     import fcntl
 

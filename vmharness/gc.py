@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from core import leases
-from core.paths import PREFIX
+from core.paths import CGROUP_ROOT, PREFIX
 from core.errors import IsobenchError
 
 LOG_MAX_AGE_S = 7 * 24 * 3600
@@ -96,7 +96,7 @@ def _stale_artifacts(paths) -> list[str]:
 _MACHINE_CGROUP = re.compile(r"^qemu-\d+-(isobench-[0-9a-f]+)\.libvirt-qemu$")
 
 
-def _orphan_machine_cgroups(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
+def _orphan_machine_cgroups(cgroup_root: Path = CGROUP_ROOT) -> list[str]:
     """Empty ``machine/qemu-N-isobench-<id>.libvirt-qemu`` cgroups that libvirt left behind when
     libvirtd itself died mid-shutdown. libvirt removes them on a normal shutdown; here the domain is
     gone, nobody holds the lease and no process is inside, so nothing can still need them."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from core import leases
-from core.errors import IsobenchError, NetworkError, VMError
+from core.errors import NetworkError, VMError
 from core.fsutil import atomic_write_json, read_json
 from core.paths import HostPaths, host_name, new_id
 from vmharness import artifacts as art

@@ -43,7 +43,7 @@ import struct
 from app.server.protocol import CLIENT_FDS, CRASH_SIGNALS, HEADER, MAX_ANCILLARY_FDS, PEER_NAMESPACES, PROCESS_NAME, REQUEST_TIMEOUT_S, Request, code_from_status, decode_payload, format_pidfile, logfile_path, parse_header, pidfile_path, protocol_error, read_pidfile, start_time, unlink_quiet
 from app.server.worker import is_monitor, run_worker, spare_main
 
-# The CLI the server serves is passed in (``app.cli``, a "CliApp"): ``preload() -> parser`` imports and
+# The CLI the server serves is passed in (``app.cli``): ``preload() -> parser`` imports and
 # warms everything once; ``main(argv, parser=parser) -> exit code`` runs one command in a worker.
 # (No typing.Protocol here: this module is on every `isobench` start's import path.)
 
@@ -60,7 +60,7 @@ def _log(message: str) -> None:
     sys.stderr.flush()
 
 
-def _preload(app: "CliApp"):
+def _preload(app: "object"):
     """The application's :meth:`CliApp.preload` (imports, parser, warm pure caches), then freeze the heap;
     returns the function a worker runs: ``argv -> exit code``."""
     import functools
@@ -85,7 +85,7 @@ def _bind(sock: str):
     return s
 
 
-def run_daemon(sock: str, ready_fd: int, app: "CliApp") -> None:
+def run_daemon(sock: str, ready_fd: int, app: "object") -> None:
     """The grandchild of ``start``: detach, preload ``app``, listen, report ``ok <pid>`` (or the error),
     serve. ``app`` is the CLI the workers run (passed in: the server sits below the CLI it serves)."""
     import signal

@@ -16,7 +16,7 @@ from core import leases
 from runtime.cgroups.cgroup import UNIFIED, Cgroup
 from runtime.cgroups.layout import CgroupLayout, detect
 from core.errors import CgroupError
-from core.paths import PREFIX
+from core.paths import CGROUP_ROOT, PREFIX
 
 
 MAX_DEPTH = 4  # other runtimes nest under a parent (runc: the caller's own cgroup, libvirt: machine/)
@@ -58,7 +58,7 @@ def orphan_candidates(layout: CgroupLayout) -> dict[str, dict[str, Path]]:
 def gc(paths, names: Collection[str] | None = None) -> list[str]:
     """Remove orphaned ``isobench-*`` cgroups (dead lease owner); return ``cgroup <name>`` for each.
     ``names`` restricts the sweep (tests use it so they never race other suites' objects)."""
-    root = getattr(paths, "cgroup_root", None) or Path("/sys/fs/cgroup")
+    root = getattr(paths, "cgroup_root", None) or CGROUP_ROOT
     try:
         layout = detect(Path(root))
     except CgroupError:

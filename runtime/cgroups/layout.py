@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 from core.errors import CgroupError
+from core.paths import CGROUP_ROOT
 
 Version = Literal["v1", "v2", "hybrid"]
-DEFAULT_ROOT = Path("/sys/fs/cgroup")
+DEFAULT_ROOT = CGROUP_ROOT
 
 # v1 controllers the runtime uses or may report; mount options like "rw" or "name=systemd" are ignored
 V1_CONTROLLERS = frozenset({"cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "freezer", "devices",

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from core.errors import SecurityError
 
 HELPER_DIR = "/isoprobe"                     # where the helper's directory is mounted in the container
 HELPER = f"{HELPER_DIR}/isoprobe"
