@@ -69,6 +69,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     would see the first one's objects as leaks. Such sessions take one host-wide lock, in turn."""
     if os.geteuid() != 0 or not any(i.path.parent.name in ("integration", "security") for i in session.items):
         return
+    if os.environ.get("ISOBENCH_HOST_TEST_LOCK_HELD"):
+        return  # a pytest run by a test of a session that holds the lock: waiting would deadlock
     import fcntl
 
     fd = os.open(HOST_TEST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -78,6 +80,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         print(f"\nwaiting for another isobench test session ({HOST_TEST_LOCK})", file=sys.stderr)
         fcntl.flock(fd, fcntl.LOCK_EX)
     session.config._isobench_host_lock = fd  # held until the process exits
+    os.environ["ISOBENCH_HOST_TEST_LOCK_HELD"] = "1"  # inherited by nested runs
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
