@@ -1,12 +1,16 @@
 """The container runtime's library API: what the benchmark harness calls in-process and what the CLI's
 per-container monitor runs.
 
-    c = create(config, paths)          # validate, resolve image, dirs, cgroup, network plan; no process
+    c = create(config, paths)          # image + options -> OCI bundle (runtime.oci) in the container dir,
+                                       # then dirs, cgroup, network plan from it; no process
+    c = create_from_bundle(dir, paths) # the same from any OCI bundle (config.json + rootfs)
+    create_from_bundle(..., hold=True); start(c); resume(c)   # OCI create/start split (isobench-runtime)
     start(c)                           # fork + namespaces + rootfs + cgroup + network + exec
     code = wait(c, timeout_s=None)     # exit code (exit N -> N, signal N -> 128+N, OOM -> 137)
     kill(c, signal.SIGTERM); delete(c) # delete removes everything the container made
     r = run(config, paths)             # all of it: RunResult(exit_code, timings_ns, stdout, stderr, ...)
     usage(c) -> CgroupUsage; init_pid(c); ip(c); load(paths, "name-or-id") -> Container
+    status_of(c) -> "created" | "running" | "stopped"
 
 The calling process is the container's parent (its "monitor"): it holds the lease on the container's
 host objects, so ``gc`` leaves them alone while it lives. Timings are ``time.perf_counter_ns()``
