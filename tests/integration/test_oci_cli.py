@@ -56,7 +56,7 @@ def _state(rt, cid: str) -> dict:
     return json.loads(p.stdout)
 
 
-def test_lifecycle_create_start_state_kill_delete(rt, tmp_path, leak_check):
+def test_lifecycle_create_start_state_kill_delete(leak_check, rt, tmp_path):
     pidfile = tmp_path / "pid"
     p = rt("create", "--bundle", str(rt.bundle), "--pid-file", str(pidfile), "c1")
     assert p.returncode == 0, p.stderr
@@ -92,7 +92,7 @@ def test_lifecycle_create_start_state_kill_delete(rt, tmp_path, leak_check):
     assert rt("delete", "--force", "c1").returncode == 0  # runc: --force of a gone container is fine
 
 
-def test_delete_force_and_kill_all(rt, leak_check):
+def test_delete_force_and_kill_all(leak_check, rt):
     assert rt("run", "--detach", "--bundle", str(rt.bundle), "c2").returncode == 0
     pid = _state(rt, "c2")["pid"]
     e = rt("exec", "--detach", "c2", "sleep", "200")
@@ -104,7 +104,7 @@ def test_delete_force_and_kill_all(rt, leak_check):
     assert not (rt.root / "containers" / "c2").exists()
 
 
-def test_exec_process_file_and_command(rt, tmp_path, leak_check):
+def test_exec_process_file_and_command(leak_check, rt, tmp_path):
     assert rt("run", "-d", "--bundle", str(rt.bundle), "c3").returncode == 0
     proc = {"args": ["sh", "-c", "echo $WHO $(id -u) $(pwd); exit 5"], "env": ["WHO=exec", "PATH=/bin"],
             "cwd": "/tmp", "user": {"uid": 1, "gid": 1}}
@@ -119,7 +119,7 @@ def test_exec_process_file_and_command(rt, tmp_path, leak_check):
     assert p.returncode == 1 and "args must be a non-empty array" in p.stderr
 
 
-def test_run_foreground_exit_code_and_bad_bundle(rt, tmp_path, leak_check):
+def test_run_foreground_exit_code_and_bad_bundle(leak_check, rt, tmp_path):
     _set_process(rt.bundle, ["sh", "-c", "echo out; exit 9"])
     p = rt("run", "--bundle", str(rt.bundle), "c4")
     assert (p.returncode, p.stdout) == (9, "out\n")
@@ -145,7 +145,7 @@ def test_log_file_json_and_features(rt, tmp_path):
     assert "CAP_SYS_ADMIN" in f["linux"]["capabilities"] and f["linux"]["seccomp"]["enabled"]
 
 
-def test_console_socket_gets_the_pty_master(rt, tmp_path, leak_check):
+def test_console_socket_gets_the_pty_master(leak_check, rt, tmp_path):
     """process.terminal + --console-socket: the master arrives over SCM_RIGHTS (what conmon receives),
     and it is the container's terminal."""
     _set_process(rt.bundle, ["sh", "-c", "tty; read x; echo got-$x; exit 2"], terminal=True,

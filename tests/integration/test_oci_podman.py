@@ -76,7 +76,7 @@ def _run_opts(podman) -> tuple[str, ...]:
     return ("--network", "none", "--cgroup-parent", f"/{podman.parent}") + ULIMITS
 
 
-def test_podman_run_rm_detach_exec_stop_rm(podman, leak_check):
+def test_podman_run_rm_detach_exec_stop_rm(leak_check, podman):
     opts = _run_opts(podman)
     p = podman("run", "--rm", *opts, "localhost/busybox", "sh", "-c", "echo hello; cat /proc/1/cgroup; exit 3",
                check=False)
@@ -98,7 +98,7 @@ def test_podman_run_rm_detach_exec_stop_rm(podman, leak_check):
     assert not list((podman.top / "rt" / "containers").glob(f"{cid}*"))
 
 
-def test_podman_run_it_through_a_pty(podman, leak_check):
+def test_podman_run_it_through_a_pty(leak_check, podman):
     from tests.ptyrun import PtySession
 
     argv = podman.base + ["run", "--rm", "-it", *_run_opts(podman), "localhost/busybox", "sh"]
