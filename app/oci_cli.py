@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("id")
     e.add_argument("command", nargs=argparse.REMAINDER)
 
-    ls = sub.add_parser("list", aliases=["ps"], help="list containers")
+    ls = sub.add_parser("list", help="list containers")
     ls.add_argument("-f", "--format", default="table", choices=("table", "json"))
     ls.add_argument("-q", "--quiet", action="store_true")
 
@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
     try:
         from app import oci_verbs
 
-        return oci_verbs.VERBS[args.verb if args.verb != "ps" else "list"](args)
+        return oci_verbs.VERBS[args.verb](args)
     except IsobenchError as exc:
         _log_error(args, str(exc))
         return 1
