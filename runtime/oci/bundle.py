@@ -226,7 +226,7 @@ def from_image(paths: Any, config: Any, bundle_dir: Path | str, rootfs_dir: Path
 
     d = Path(bundle_dir).absolute()
     root = Path(rootfs_dir).absolute() if rootfs_dir is not None else d / "rootfs"
-    made = image_spec(paths, config, hostname=hostname or d.name[:12] or "isobench", rootfs=str(root),
+    made = image_spec(paths, config, hostname=hostname or config.hostname or d.name[:12] or "isobench", rootfs=str(root),
                       cgroups_path=cgroups_path)
     if not root.is_dir() or not any(root.iterdir()):
         store = ImageStore(paths)

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,9 +33,15 @@ def rt(paths, tmp_path):
     bundle.from_image(paths, ContainerConfig(image="busybox", command=("sleep", "300"),
                                              network=NetworkSpec(mode="none")), b)
 
-    def run(*argv: str, timeout_s: float = 30, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run([RUNTIME, "--root", str(root), *argv], capture_output=True, text=True,
-                              timeout=timeout_s, stdin=subprocess.DEVNULL, **kw)
+    def run(*argv: str, timeout_s: float = 30) -> subprocess.CompletedProcess:
+        # files, not pipes: a created container keeps the runtime's stdout/stderr (as with runc), so a
+        # pipe would not see EOF until the container exits
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            p = subprocess.run([RUNTIME, "--root", str(root), *argv], stdout=out, stderr=err, timeout=timeout_s,
+                               stdin=subprocess.DEVNULL)
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(p.args, p.returncode, out.read().decode(), err.read().decode())
 
     run.bundle, run.root = b, root  # type: ignore[attr-defined]
     yield run
@@ -136,7 +143,7 @@ def test_run_foreground_exit_code_and_bad_bundle(leak_check, rt, tmp_path):
 def test_log_file_json_and_features(rt, tmp_path):
     log = tmp_path / "log.json"
     p = subprocess.run([RUNTIME, "--root", str(rt.root), "--log", str(log), "--log-format", "json", "start", "x"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, timeout=30)
     assert p.returncode == 1
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["level"] == "error" and "does not exist" in entry["msg"]

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def podman(paths, tmp_path):
     from tests.imagefixtures import ensure_busybox
 
     ensure_busybox(paths)
-    top = tmp_path / "podman"
+    top = Path(tempfile.mkdtemp(prefix="isb-pm-", dir="/tmp"))  # podman refuses a run root over 50 characters
     parent = f"isobench-podman-{new_id()}"
     base = ["podman", "--root", str(top / "storage"), "--runroot", str(top / "run"), "--tmpdir", str(top / "tmp"),
             "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--storage-driver", "overlay",
