@@ -383,6 +383,7 @@ class Server:
                 traceback.print_exc()
             finally:
                 os._exit(70)  # run_worker never returns (EX_SOFTWARE: reaching this is a bug in it)
+        _log(f"forked worker {pid} for client pid {conn.peer_pid} (no usable spare)")
         with __import__("contextlib").suppress(OSError):
             os.setpgid(pid, pid)  # also done by the worker; whichever runs first wins the race
         conn.close_fds()

@@ -163,8 +163,16 @@ def test_commands_run_in_a_forked_worker(server, paths, leak_check):
     spare = _wait_for(lambda: _spares(server.pid), what="the pre-forked spare")
     assert len(spare) == 1
     proc = server.popen("run", "--rm", "--network", "none", "busybox", "sleep", "1")
-    workers = _wait_for(lambda: _children(server.pid), what="a worker of the server")
-    assert workers[0] == spare[0]  # the spare took the command; a new one waits for the next
+    # The spare takes the command: it turns from ``isobench-spare`` into the worker (``isobench``, then
+    # the monitor's ``isobench-<id>``). Follow exactly that pid: the earlier check took the first
+    # isobench-named child listed and failed once on a fresh clone with another pid first. If the spare
+    # really was not used, the server log says why (it logs every worker forked without a spare).
+    _wait_for(lambda: spare[0] in _children(server.pid) or not Path(f"/proc/{spare[0]}").exists(),
+              what="the spare to take the command")
+    log = Path(P.logfile_path(str(server.sock))).read_text()
+    assert spare[0] in _children(server.pid), f"the spare {spare[0]} did not take the command; server log:\n{log}"
+    assert "no usable spare" not in log, log
+    workers = [spare[0]]
     # a foreground run: the worker is the container's monitor, named as monitors are
     ids = _wait_for(lambda: S.all_ids(paths), what="the container")
     _wait_for(lambda: _comm(workers[0]) in {_monitor_comm(i) for i in ids}, what="the monitor's name")
