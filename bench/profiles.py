@@ -22,6 +22,17 @@ class Profile:
     enforcement_duration_s: float  # seconds per enforcement value (a sampling window, or one fio run)
     vm_memory_mib: int = 256
     fio_size_mib: int = 64
+    # throughput tools in the VM: one boot per value (independent values) or all values in one boot
+    # (a TCG boot costs seconds; the values then count as one independent value)
+    vm_boot_per_value: bool = False
+    idle_gap_s: float = 0.0      # idle seconds before each step (lets the host settle; 0 = none)
+
+    def with_gap(self, gap_s: float | None) -> "Profile":
+        if gap_s is None:
+            return self
+        if not 0 <= gap_s <= 600:
+            raise UsageError(f"--gap {gap_s:g}: expected 0 to 600 seconds")
+        return replace(self, idle_gap_s=gap_s)
 
     def with_values(self, n: int | None) -> "Profile":
         if n is None:
@@ -32,11 +43,11 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile(name="quick", values=5, warmups=1, tool_duration_s=1.0, footprint_n=(1, 2),
-                     footprint_values=5, enforcement_duration_s=1.0, fio_size_mib=32),
+    "quick": Profile(name="quick", values=5, warmups=1, tool_duration_s=1.0, footprint_n=(1, 2, 4),
+                     footprint_values=3, enforcement_duration_s=1.0, fio_size_mib=32),
     # estimated ~45 min on the 2-core TCG host (per-workload estimate from the quick run's step times)
     "full": Profile(name="full", values=15, warmups=2, tool_duration_s=3.0, footprint_n=(1, 4, 8),
-                    footprint_values=5, enforcement_duration_s=3.0),
+                    footprint_values=5, enforcement_duration_s=3.0, vm_boot_per_value=True, idle_gap_s=0.5),
 }
 
 

@@ -1,10 +1,19 @@
 """The benchmark runner: workloads x environments x iterations, interleaved, into a run directory.
 
-Order: for each workload, for each iteration, every environment once (A B C D A B C D), so slow drift
-of the host (other tenants, thermal state, page cache) hits all environments alike. The first
-``warmups`` iterations are measured and thrown away. After every iteration the samples are appended and
-the pyperf suites, facts and failures rewritten atomically, so Ctrl-C (or a crash) leaves a valid partial
-run; instances are stopped by the workloads' ``finally`` blocks before the interrupt propagates.
+Order: for each workload, for each iteration (a round), every environment once, in an order drawn
+afresh for every round from a seeded generator (the seed and every round's order go to meta.json).
+Interleaving spreads slow drift of the host (other tenants, thermal state, page cache) over all
+environments; shuffling keeps a fixed position in the round (always first after an idle spell,
+always right after the VM freed its memory) from favouring one environment. An optional idle gap
+before each step lets the host settle. Values derived from a pair (ratio to native) are computed
+once the round is complete, so native need not come first. The first ``warmups`` iterations are
+measured and thrown away. After every round the samples are appended and the pyperf suites, facts and
+failures rewritten atomically, so Ctrl-C (or a crash) leaves a valid partial run; instances are
+stopped by the workloads' ``finally`` blocks before the interrupt propagates.
+
+Every value carries its replicate: the instance or boot it came from. A step's values come from its
+own instance unless the workload says they share one (VM tool batches), and then they count as one
+independent value.
 
 A failing (workload, environment) is recorded in failures.json with its one-line error, skipped for the
 rest of that workload, and the run goes on.
@@ -14,10 +23,12 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import os
+import random
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,16 +36,32 @@ from bench import results
 from bench.environments.base import Environment
 from bench.interrupt import INTERRUPTED, raise_if_interrupted
 from bench.profiles import Profile
-from bench.workloads.base import Context, Workload
+from bench.workloads.base import Context, Measurement, Workload
 from core.errors import BenchError, IsobenchError, UsageError
 from core.fsutil import atomic_write_json
 from core.paths import HostPaths
 
-WORKLOAD_ORDER = ("startup", "cpu", "memory", "disk", "network", "footprint", "enforcement", "isolation",
-                  "ephemerality")
+WORKLOAD_ORDER = ("startup", "cpu", "memory", "syscalls", "disk", "network", "footprint", "enforcement",
+                  "isolation", "ephemerality")
 ENV_ORDER = ("native", "container", "runc", "vm")
 # rough seconds per (workload, environment) value before anything was measured: only for the first ETA
 DEFAULT_STEP_S = {"vm": 12.0, "native": 2.0, "container": 2.0, "runc": 2.0}
+
+
+def round_orders(seed: int, envs: list[str], rounds: int) -> list[list[str]]:
+    """The environment order of each round: an independent shuffle per round from one seeded generator
+    (the same seed gives the same orders, so a run can be repeated in the same order)."""
+    rng = random.Random(seed)
+    orders = []
+    for _ in range(rounds):
+        order = list(envs)
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
+
+
+def new_seed() -> int:
+    return random.SystemRandom().randrange(1, 2**31)
 
 
 def parse_list(text: str | None, allowed: tuple[str, ...], flag: str) -> tuple[str, ...]:
@@ -138,7 +165,7 @@ class Progress:
 
 def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, ...], envs: tuple[str, ...],
                    run_dir: Path, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
-                   progress_stream=sys.stderr) -> RunState:
+                   progress_stream=sys.stderr, seed: int | None = None) -> RunState:
     """Run everything into ``run_dir``; returns the state (also on partial runs via the exception)."""
     from bench import meta as metamod
     from bench.environments import images as imagesmod
@@ -179,7 +206,11 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
     state.meta.update(started_utc=started, finished_utc=None, environments=list(envs), workloads=list(workloads),
                       execution={n: e.describe() for n, e in environments.items()},
                       warmups_excluded=True, interleaved=True, interrupted=False,
-                      vm_batching="cpu, memory and disk run all their iterations inside one VM boot")
+                      order_seed=seed if seed is not None else new_seed(), idle_gap_s=profile.idle_gap_s,
+                      round_orders={},
+                      vm_batching=("one VM boot per value" if profile.vm_boot_per_value else
+                                   "cpu, memory and disk run all their iterations inside one VM boot "
+                                   "(their VM values count as one independent value)"))
     facts: dict = {"platform": platform_facts(state.meta, environments)}
     from core import scratch
 
@@ -215,9 +246,12 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
             state.failures.append({"benchmark": "*", "environment": "*", "error": f"cleanup: {err}"})
         prog.end()
         state.meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        state.meta["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+        state.meta["execution"] = {n: e.describe() for n, e in environments.items()}
         if "vm" in environments:
             a, r = environments["vm"].accelerator()
-            state.meta.update(accelerator=a, accelerator_reason=r)
+            state.meta.update(accelerator=a, accelerator_reason=r,
+                              vm_machine=getattr(environments["vm"], "machine", None) or "not booted")
             facts["platform"] = platform_facts(state.meta, environments)
         state.save(facts)
         for env in environments.values():
@@ -248,13 +282,49 @@ def _os_release() -> str:
     return "unknown"
 
 
+def derived_ratios(w: Workload, round_values: dict[str, dict[str, tuple[float, str]]]) -> dict:
+    """``w.ratio_metrics`` (ratio metric -> source metric) for every environment of a complete round:
+    its value / native's value of the same round, with the environment's replicate."""
+    native = round_values.get("native", {})
+    out: dict[str, list[Measurement]] = {}
+    for env, vals in round_values.items():
+        if env == "native":
+            continue
+        for ratio_name, source in w.ratio_metrics.items():
+            if source in vals and source in native and native[source][0]:
+                value, rep = vals[source]
+                out.setdefault(env, []).append(Measurement(ratio_name, value / native[source][0], rep))
+    return out
+
+
+def record(w: Workload, env: str, ms: list[Measurement], iteration: int, accel: str, date: str, step_s: float,
+           state: RunState) -> None:
+    """Append one step's values to samples.csv and to the environment's pyperf values."""
+    rows = []
+    for m in ms:
+        md = w.metric(m.metric)
+        rows.append(results.Sample(benchmark=w.name, environment=env, metric=m.metric, value=float(m.value),
+                                   unit=md.unit, iteration=iteration, direction=md.direction,
+                                   replicate=str(m.replicate), accelerator=accel))
+        name = f"{w.name}.{m.metric}"
+        state.values.setdefault(env, {}).setdefault(name, []).append(
+            (float(m.value), date or None, round(step_s, 3) or None, str(m.replicate)))
+        state.units[name] = md.unit
+    results.append_samples(state.run_dir, rows)
+
+
 def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context, state: RunState,
                  prog: Progress, log: Callable[[str], None]) -> None:
     warm, vals = w.iterations(ctx.profile)
     total = warm + vals
     ctx.total_iterations = total
     ctx.cache.clear()
-    envs = [e for n, e in environments.items() if n in w.environments]
+    by_name = {n: e for n, e in environments.items() if n in w.environments}
+    # per workload its own stream from the run's seed: `--only x` replays x's orders of a full run
+    seed = int(state.meta.get("order_seed") or 0)
+    orders = round_orders(seed + (WORKLOAD_ORDER.index(w.name) if w.name in WORKLOAD_ORDER else 0), list(by_name),
+                          total)
+    state.meta.setdefault("round_orders", {})[w.name] = orders
     failed: set[str] = set()
     wlog = open(state.run_dir / "logs" / f"{w.name}.log", "a")
 
@@ -268,22 +338,28 @@ def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context
             wlog.write(f"--- output of the failed command ---\n{exc.output}\n---\n")
         log(f"\n[bench] {w.name} failed in {env}: {msg}")
 
+    if w.noise_metrics:  # the report shows a value inside its floor as "< noise", not as a number
+        ctx.facts.setdefault("noise_metrics", {}).update({f"{w.name}.{m}": n for m, n in w.noise_metrics.items()})
     try:
         try:
             w.setup(ctx)
         except IsobenchError as exc:
             if INTERRUPTED.is_set():
                 raise KeyboardInterrupt from exc
-            for e in envs:
-                fail(e.name, exc)
+            for name in by_name:
+                fail(name, exc)
             return
         for it in range(total):
-            for env in envs:
+            round_values: dict[str, dict[str, tuple[float, str]]] = {}
+            for env in (by_name[n] for n in orders[it]):
                 raise_if_interrupted()
                 if env.name in failed:
                     continue
                 prog.show(w.name, env.name, it, total)
+                if ctx.profile.idle_gap_s:
+                    time.sleep(ctx.profile.idle_gap_s)
                 t0 = time.monotonic()
+                ctx.step_replicate = None
                 try:
                     ms = w.measure(env, ctx, it)
                 except (IsobenchError, OSError, ValueError, TimeoutError) as exc:
@@ -305,17 +381,15 @@ def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context
                 wlog.flush()
                 if it < warm:
                     continue
-                rows = []
-                for m in ms:
-                    md = w.metric(m.metric)
-                    rows.append(results.Sample(benchmark=w.name, environment=env.name, metric=m.metric,
-                                               value=float(m.value), unit=md.unit, iteration=it - warm,
-                                               direction=md.direction))
-                    name = f"{w.name}.{m.metric}"
-                    state.values.setdefault(env.name, {}).setdefault(name, []).append(
-                        (float(m.value), date, round(step_s, 3)))
-                    state.units[name] = md.unit
-                results.append_samples(state.run_dir, rows)
+                accel = env.accelerator()[0] if env.name == "vm" else "none"
+                step_rep = ctx.step_replicate or f"{env.name}-{it - warm}"
+                ms = [replace(m, replicate=m.replicate or step_rep) for m in ms]
+                round_values[env.name] = {m.metric: (float(m.value), m.replicate) for m in ms}
+                record(w, env.name, ms, it - warm, accel, date, step_s, state)
+            if it >= warm:
+                for env_name, ms in derived_ratios(w, round_values).items():
+                    accel = environments[env_name].accelerator()[0] if env_name == "vm" else "none"
+                    record(w, env_name, ms, it - warm, accel, "", 0.0, state)
             state.save(ctx.facts)
         try:
             w.finish(ctx)

@@ -27,7 +27,9 @@ def pyperf_unit(unit: str) -> tuple[str, float]:
 
 def build_suite(values: dict[str, list], units: dict[str, str], meta: dict[str, object]):
     """A pyperf BenchmarkSuite from ``name -> values`` (names ``<benchmark>.<metric>``). A value is a
-    float or ``(value, date_iso, duration_s)``: date and duration become the pyperf run's metadata."""
+    float or ``(value, date_iso, duration_s[, replicate])``: date and duration become the pyperf run's
+    metadata, the replicate (the instance the value came from) ``isobench_replicate``; every run of a
+    benchmark also carries ``isobench_independent_values``, the number of distinct replicates."""
     import pyperf
 
     benches = []
@@ -37,11 +39,15 @@ def build_suite(values: dict[str, list], units: dict[str, str], meta: dict[str, 
         md = {"name": name, "unit": pu, "isobench_unit": unit}
         md.update({k: v for k, v in meta.items() if isinstance(v, (str, int, float)) and v != ""})
         runs = []
-        for item in vals:
-            v, date, dur = (item, None, None) if isinstance(item, (int, float)) else item
+        items = [(item, None, None, None) if isinstance(item, (int, float)) else (tuple(item) + (None,))[:4]
+                 for item in vals]
+        md["isobench_independent_values"] = len({rep if rep else i for i, (*_, rep) in enumerate(items)})
+        for v, date, dur, rep in items:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 continue
             rmd = dict(md)
+            if rep:
+                rmd["isobench_replicate"] = str(rep)
             if date:
                 rmd["date"] = date
             if dur:

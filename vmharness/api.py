@@ -171,4 +171,4 @@ def run(image_ref: str, command: list[str] | None, cfg: VMRunConfig, paths: Host
             shutil.rmtree(vm.dir, ignore_errors=True)
     return VMResult(exit_code=code, output=output, phases=phases, accel=vm.accel, accel_reason=vm.accel_reason,
                     console_log=vm.console_log, vm_id=vm.id, image_digest=vm.image_digest,
-                    artifacts_s=round(vm.artifacts_s, 4))
+                    artifacts_s=round(vm.artifacts_s, 4), extra={"machine": vm.domain_cfg.machine})

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-WORKLOADS = ("startup", "cpu", "memory", "disk", "network", "footprint", "enforcement", "isolation", "ephemerality")
+WORKLOADS = ("startup", "cpu", "memory", "syscalls", "disk", "network", "footprint", "enforcement", "isolation",
+             "ephemerality")
 ENVS = ("native", "container", "runc", "vm")
 
 
@@ -21,6 +22,9 @@ def register(sub) -> None:
     b.add_argument("--only", metavar="LIST", help=f"comma list of workloads ({','.join(WORKLOADS)})")
     b.add_argument("--env", metavar="LIST", help=f"comma list of environments ({','.join(ENVS)})")
     b.add_argument("--values", type=int, metavar="N", help="measured values per metric (overrides the profile)")
+    b.add_argument("--seed", type=int, metavar="N",
+                   help="seed of the random environment order per round (default: a fresh one, in meta.json)")
+    b.add_argument("--gap", type=float, metavar="S", help="idle seconds before every step (overrides the profile)")
     b.add_argument("--out", metavar="DIR", help="run directory (default: results/<UTC time>-<host>)")
     b.set_defaults(func=_bench)
 
@@ -36,7 +40,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     if os.geteuid() != 0:
         raise UsageError("isobench bench needs root (namespaces, cgroups, mounts, libvirt)")
-    profile = profiles.get(args.profile).with_values(args.values)
+    profile = profiles.get(args.profile).with_values(args.values).with_gap(args.gap)
     workloads = runner.parse_list(args.only, WORKLOADS, "--only")
     envs = runner.parse_list(args.env, ENVS, "--env")
     run_dir = Path(args.out) if args.out else runner.default_run_dir()
@@ -51,7 +55,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     interrupt.install()
     try:
-        state = runner.run_benchmarks(paths=paths, profile=profile, workloads=workloads, envs=envs, run_dir=run_dir)
+        state = runner.run_benchmarks(paths=paths, profile=profile, workloads=workloads, envs=envs, run_dir=run_dir,
+                                     seed=args.seed)
     except KeyboardInterrupt:
         interrupted = True
         state = None

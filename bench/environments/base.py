@@ -138,6 +138,12 @@ class Instance(abc.ABC):
         """Host pids of the job's own processes (not the runtime's); empty where unknown (VM guests)."""
         return []
 
+    def accounting_pid(self) -> int | None:
+        """A host pid in the instance's own cgroup (its kernel memory is charged there): the job's first
+        process; the VM overrides it with QEMU's."""
+        pids = self.workload_pids()
+        return pids[0] if pids else None
+
     @abc.abstractmethod
     def stop(self) -> None:
         """Stop the job and remove everything it made on the host (idempotent)."""

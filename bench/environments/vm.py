@@ -49,7 +49,7 @@ class VMInstance(Instance):
         hp = free_port() if job.port is not None else None
         with interrupt.deferred():  # until self.vm holds the domain, stop() could not destroy it
             self.vm = api.start(job.image, fill_port(job.argv, job.port), vm_config(job, hp), env.paths)
-        env.note_accel(self.vm.accel, self.vm.accel_reason)
+        env.note_accel(self.vm.accel, self.vm.accel_reason, self.vm.domain_cfg.machine)
         if hp is not None:
             self.endpoint = ("127.0.0.1", hp)
             self.target = f"{self.vm.ip}:{job.port}"
@@ -63,6 +63,9 @@ class VMInstance(Instance):
         return Usage(pss_bytes=u.pss_bytes, cpu_s=u.cpu_user_s + u.cpu_system_s,
                      detail=f"qemu pid {u.pid}: guest RAM PSS {u.guest_ram_pss_bytes}, "
                             f"overhead PSS {u.overhead_pss_bytes}")
+
+    def accounting_pid(self) -> int | None:
+        return self.vm.pid if self.vm is not None else None
 
     def wait(self, timeout_s: float | None = None) -> Outcome:
         code = self.vm.wait_exit(timeout_s if timeout_s is not None else self.job.timeout_s)
@@ -86,13 +89,15 @@ class VMEnvironment(Environment):
     def __init__(self, paths: HostPaths) -> None:
         self.paths = paths
         self._accel: tuple[str, str] | None = None
+        self.machine: str | None = None      # the machine type QEMU really ran (microvm, or q35 as fallback)
         try:
             import vmharness.api  # noqa: F401
         except ImportError as exc:
             raise BenchError(f"the VM harness is not available: {exc}") from exc
 
-    def note_accel(self, accel: str, reason: str) -> None:
+    def note_accel(self, accel: str, reason: str, machine: str | None = None) -> None:
         self._accel = (accel, reason)
+        self.machine = machine or self.machine
 
     def accelerator(self) -> tuple[str, str]:
         if self._accel is None:
@@ -113,11 +118,12 @@ class VMEnvironment(Environment):
         t0 = time.perf_counter_ns()
         res = api.run(job.image, list(job.argv), vm_config(job), self.paths)
         wall = elapsed_s(t0)
-        self.note_accel(res.accel, res.accel_reason)
+        self.note_accel(res.accel, res.accel_reason, res.extra.get("machine"))
         return Outcome(exit_code=res.exit_code, output=res.output, wall_s=wall, phases=dict(res.phases),
                        extra={"accel": res.accel, "artifacts_s": res.artifacts_s})
 
     def describe(self) -> dict:
         accel, reason = self.accelerator()
-        return {"execution": f"QEMU/libvirt microvm, accelerator {accel}", "accelerator": accel,
-                "accelerator_reason": reason}
+        machine = self.machine or "microvm (requested; not booted yet)"
+        return {"execution": f"QEMU/libvirt {machine}, accelerator {accel}", "accelerator": accel,
+                "accelerator_reason": reason, "machine": machine}

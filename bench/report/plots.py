@@ -48,7 +48,8 @@ def to_png_base64(fig: Figure, dpi: int = 110) -> str:
 
 # ---------------------------------------------------------------- boot / start phases
 
-def _phase_axis(ax, phases: dict, envs: list[str], scale: float, unit: str, title: str) -> None:
+def _phase_axis(ax, phases: dict, envs: list[str], scale: float, unit: str, title: str,
+                labels: dict | None = None) -> None:
     labels_seen: dict[str, str] = {}
     for row, env in enumerate(envs):
         for i, ph in enumerate(phases[env]):
@@ -58,19 +59,19 @@ def _phase_axis(ax, phases: dict, envs: list[str], scale: float, unit: str, titl
                     label=ph["phase"])
         total = max(float(p["end_ms"]) for p in phases[env]) / scale
         ax.text(total, row, f"  {total:.3g} {unit}", va="center", fontsize=9)
-    ax.set_yticks(range(len(envs)), envs)
+    ax.set_yticks(range(len(envs)), [(labels or {}).get(e, e) for e in envs])
     ax.invert_yaxis()
     ax.set_xlabel(f"time since create ({unit})")
     ax.set_title(title, fontsize=11)
     ax.margins(x=0.18)
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.32),
+    handles, names = ax.get_legend_handles_labels()
+    uniq = dict(zip(names, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.4),
               ncol=2, frameon=False)
     ax.grid(axis="x", alpha=0.3)
 
 
-def phases_figure(facts: dict) -> Figure | None:
+def phases_figure(facts: dict, labels: dict | None = None) -> Figure | None:
     """VM boot-phase waterfall (seconds) beside the container start phases (milliseconds)."""
     phases = {env: ph for env, ph in (facts.get("phases") or {}).items() if ph}
     if not phases:
@@ -81,7 +82,7 @@ def phases_figure(facts: dict) -> Figure | None:
     panels = [p for p in panels if p[0]]
     fig, axes = _new_figure(12, 1.2 + 0.6 * max(len(p[0]) for p in panels) + 1.2, ncols=len(panels))
     for ax, (envs, scale, unit, title) in zip(axes, panels):
-        _phase_axis(ax, phases, envs, scale, unit, title)
+        _phase_axis(ax, phases, envs, scale, unit, title, labels)
     fig.suptitle("Start-up phases (host-side timestamps)", fontsize=12)
     fig.tight_layout()
     return fig
@@ -98,7 +99,7 @@ def _human_ms(value: float, _pos=None) -> str:
     return f"{value:g} ms"
 
 
-def startup_figure(samples: pd.DataFrame, benchmark: str = "startup") -> Figure | None:
+def startup_figure(samples: pd.DataFrame, benchmark: str = "startup", labels: dict | None = None) -> Figure | None:
     """Every start-up value per environment (log scale: ms for containers, seconds for VMs)."""
     part = samples[(samples["benchmark"] == benchmark) & ~samples["metric"].str.startswith("phase.")]
     metrics = list(dict.fromkeys(part["metric"]))
@@ -119,7 +120,7 @@ def startup_figure(samples: pd.DataFrame, benchmark: str = "startup") -> Figure 
             patch.set_alpha(0.25)
         for i, (vals, env) in enumerate(zip(data, envs)):
             ax.scatter(i + rng.uniform(-0.12, 0.12, vals.size), vals, s=14, color=env_color(env), zorder=3)
-        ax.set_xticks(range(len(envs)), envs)
+        ax.set_xticks(range(len(envs)), [(labels or {}).get(e, e) for e in envs])
         if all(v.size and v.min() > 0 for v in data):
             ax.set_yscale("log")
         if scale:
@@ -136,7 +137,8 @@ def startup_figure(samples: pd.DataFrame, benchmark: str = "startup") -> Figure 
 
 # ---------------------------------------------------------------- overhead bars
 
-def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] = ()) -> Figure | None:
+def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] = (),
+                    env_labels: dict | None = None) -> Figure | None:
     """Cost factor against native per metric and environment, with bootstrap 95% CIs.
 
     The factor is direction-aware so that right = worse everywhere: env/native for lower-is-better
@@ -165,7 +167,8 @@ def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] =
               for b, m in zip(e["benchmark"], e["metric"])]
         err = np.nan_to_num(np.vstack([e["err_lo"].to_numpy(), e["err_hi"].to_numpy()]))
         # bars grow from 1 (= native) so a better-than-native metric points left, a worse one right
-        ax.barh(ys, e["factor"] - 1.0, left=1.0, height=height, color=env_color(env), label=env)
+        ax.barh(ys, e["factor"] - 1.0, left=1.0, height=height, color=env_color(env),
+                label=(env_labels or {}).get(env, env))
         ax.errorbar(e["factor"], ys, xerr=err, fmt="none", elinewidth=0.8, capsize=2, ecolor="#333")
         for y, f, el, eh in zip(ys, e["factor"], err[0], err[1]):
             if f >= 1:
@@ -182,7 +185,7 @@ def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] =
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.08)
     ax.set_xlabel("cost factor vs native (1 = same as native, >1 = worse; log scale)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=10, frameon=False)
     ax.grid(axis="x", alpha=0.3, which="both")
     ax.set_title("Overhead against native, 95% bootstrap CI", fontsize=12)
     fig.tight_layout()
@@ -191,10 +194,10 @@ def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] =
 
 # ---------------------------------------------------------------- footprint vs instances
 
-PREFERRED_FOOTPRINT = ("mem_delta_per_instance_mib", "pss_per_instance_mib")
+PREFERRED_FOOTPRINT = ("accounted_mib_per_instance", "mem_delta_per_instance_mib", "pss_per_instance_mib")
 
 
-def footprint_figure(samples: pd.DataFrame, benchmark: str = "footprint") -> Figure | None:
+def footprint_figure(samples: pd.DataFrame, benchmark: str = "footprint", labels: dict | None = None) -> Figure | None:
     """Host memory per instance and in total against the number of instances running."""
     part = samples[samples["benchmark"] == benchmark]
     rows = []
@@ -215,8 +218,9 @@ def footprint_figure(samples: pd.DataFrame, benchmark: str = "footprint") -> Fig
     fig, (ax1, ax2) = _new_figure(11, 3.8, ncols=2)
     for env in env_order(df["environment"].unique()):
         e = df[df["environment"] == env]
-        ax1.plot(e["n"], e["median"], marker="o", color=env_color(env), label=env)
-        ax2.plot(e["n"], e["median"] * e["n"], marker="o", color=env_color(env), label=env)
+        label = (labels or {}).get(env, env)
+        ax1.plot(e["n"], e["median"], marker="o", color=env_color(env), label=label)
+        ax2.plot(e["n"], e["median"] * e["n"], marker="o", color=env_color(env), label=label)
     positive = bool((df["median"] > 0).all())  # a noisy host-memory delta can come out negative
     for ax, what in ((ax1, f"per instance ({unit})"), (ax2, f"total for N instances ({unit})")):
         ax.set_xlabel("N instances running")
@@ -228,8 +232,10 @@ def footprint_figure(samples: pd.DataFrame, benchmark: str = "footprint") -> Fig
             ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_xticks(sorted(df["n"].unique()))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=9, loc="best")
     ax1.set_title(f"{base}: per instance", fontsize=11)
     ax2.set_title("total host memory", fontsize=11)
-    fig.tight_layout()
+    # one legend under both panels: inside an axis it would cover the lines it explains
+    handles, names = ax1.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=10, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig

@@ -42,6 +42,7 @@ MALFORMED = (KeyError, TypeError, AttributeError, ValueError, IndexError)
 
 
 def _table(what: str, build, **style_kw) -> Markup:
+    """One table through :func:`tables.style`; a malformed input shows its problem in place."""
     import pandas as pd
 
     try:
@@ -63,7 +64,10 @@ def _figure(key: str, title: str, caption: str, draw) -> Figure:
 _VERSION = re.compile(r"\d+(?:\.\d+)+[\w.+~-]*")
 _BANNER_KEYS = {"hostname", "cpu_model", "cpu_count", "kernel", "cgroup_version", "accelerator",
                 "accelerator_reason", "profile", "started_utc", "finished_utc", "python", "versions",
-                "image_digests", "execution"}
+                "image_digests", "execution", "round_orders", "workload_seconds", "system"}
+# pyperf's system metadata (meta.json "system") shown in the banner
+_SYSTEM_KEYS = (("cpu_freq", "CPU frequency"), ("cpu_config", "CPU config"), ("load_avg_1min", "load avg 1 min (start)"),
+                ("aslr", "ASLR"), ("boot_time", "host booted"))
 
 
 def short_version(text: str) -> str:
@@ -84,6 +88,8 @@ def _banner(meta: dict) -> list[tuple[str, str]]:
         ("run", f"{meta.get('started_utc', '?')} → {meta.get('finished_utc', '?')}"),
         ("python", str(meta.get("python", "?"))),
     ]
+    system = meta.get("system") if isinstance(meta.get("system"), dict) else {}
+    items += [(label, str(system[key])) for key, label in _SYSTEM_KEYS if key in system]
     # run conditions the harness records beyond the agreed keys (interleaving, batching, ...)
     for key, value in meta.items():
         if key in _BANNER_KEYS or isinstance(value, dict):
@@ -93,10 +99,35 @@ def _banner(meta: dict) -> list[tuple[str, str]]:
     return items
 
 
+def env_labels(samples, meta: dict) -> dict[str, str]:
+    """Column labels: the VM says how it ran (``vm (TCG, microvm)``), from the samples' accelerator
+    column (else the run's) and the machine type QEMU really used."""
+    accels = sorted({str(a) for a in samples.loc[samples["environment"] == "vm", "accelerator"]} - {"none", "nan"}) \
+        if "accelerator" in samples else []
+    if not accels and "vm" in set(samples["environment"]):
+        accels = [str(meta.get("accelerator") or "unknown")]
+    parts = [", ".join(a.upper() for a in accels)] if accels else []
+    machine = meta.get("vm_machine") or ((meta.get("execution") or {}).get("vm") or {}).get("machine")
+    if machine and not str(machine).startswith(("not booted", "microvm (requested")):
+        parts.append(str(machine))
+    return {"vm": f"vm ({', '.join(parts)})"} if parts else {}
+
+
+def noise_metrics(facts: dict) -> dict[tuple[str, str], str]:
+    """facts.json ``noise_metrics`` (``"bench.metric": "noise_metric"``) as (bench, metric) -> noise metric."""
+    out = {}
+    for key, noise in (facts.get("noise_metrics") or {}).items():
+        bench, _, metric = str(key).partition(".")
+        out[(bench, metric)] = str(noise)
+    return out
+
+
 def build_context(run: Run) -> dict:
     """Everything the template shows, computed from a loaded run."""
-    summary = tables.metric_summary(run.samples)
     meta, facts = run.meta or {}, run.facts or {}
+    summary = tables.metric_summary(run.samples, noise_metrics(facts))
+    labels = env_labels(run.samples, meta)
+    tcg = {"vm": "TCG"} if "TCG" in labels.get("vm", "") else {}   # every VM figure says so
     benchmarks = list(dict.fromkeys(summary["benchmark"]))
     per_benchmark = [(b, _table(f"metric {b}", lambda b=b: tables.benchmark_table(summary, b)))
                      for b in benchmarks]
@@ -105,18 +136,18 @@ def build_context(run: Run) -> dict:
         "phases": _figure("phases", "Boot and start phases",
                           "Where the time goes between create and the workload running: the VM's boot "
                           "phases (seconds) beside the container runtimes' start phases (milliseconds).",
-                          lambda: plots.phases_figure(facts)),
+                          lambda: plots.phases_figure(facts, labels)),
         "startup": _figure("startup", "Start-up distributions",
                            "Every measured start-up value per environment (box: quartiles; log scale).",
-                           lambda: plots.startup_figure(run.samples)),
+                           lambda: plots.startup_figure(run.samples, labels=labels)),
         "footprint": _figure("footprint", "Footprint vs number of instances",
                              "Host memory per instance and in total as more instances run at once.",
-                             lambda: plots.footprint_figure(run.samples)),
+                             lambda: plots.footprint_figure(run.samples, labels=labels)),
         "overhead": _figure("overhead", "Cost factor per metric",
                             "Cost factor of each environment against native per metric "
                             "(direction-aware: right of 1 is worse), with bootstrap 95% CIs of the "
                             "ratio of medians.",
-                            lambda: plots.overhead_figure(summary)),
+                            lambda: plots.overhead_figure(summary, env_labels=labels)),
     }
     accel = str(meta.get("accelerator") or "").lower()
     return {
@@ -132,27 +163,33 @@ def build_context(run: Run) -> dict:
         "weight": _table("weight", lambda: tables.weight_performance(summary, facts, run.failures),
                          verdict_columns=list(tables.ENVIRONMENTS),
                          wrap_columns=[*tables.ENVIRONMENTS, "measured as", "course notes: containers / VMs"],
-                         wrap_min_width="7em"),
+                         wrap_min_width="6em", labels=labels, tag_columns=tcg),
         "namespaces": _table("facts.isolation", lambda: tables.namespace_matrix(facts),
-                             verdict_columns=list(tables.ENVIRONMENTS), wrap_columns=list(tables.ENVIRONMENTS)),
+                             verdict_columns=list(tables.ENVIRONMENTS), wrap_columns=list(tables.ENVIRONMENTS),
+                             wrap_min_width="6em", details_columns=list(tables.ENVIRONMENTS), labels=labels),
         "has_isolation": bool(facts.get("isolation")),
         "enforcement": _table("facts.enforcement", lambda: tables.enforcement_table(facts),
-                              verdict_columns=["held"], wrap_columns=["evidence"]),
+                              verdict_columns=["held"], wrap_columns=["evidence"], details_columns=["evidence"],
+                              labels=labels),
         "has_enforcement": bool(facts.get("enforcement")),
         "ephemerality": _table("facts.ephemerality", lambda: tables.ephemerality_table(facts),
                                verdict_columns=["file written, no volume"],
-                               kept_columns=["file written to a volume"], wrap_columns=["evidence"]),
+                               kept_columns=["file written to a volume"], wrap_columns=["evidence"],
+                               details_columns=["evidence"], labels=labels),
         "has_ephemerality": bool(facts.get("ephemerality")),
         "port_mapping": _table("facts.port_mapping",
                                lambda: tables.port_mapping_table(facts, summary, failures=run.failures),
-                               verdict_columns=[c for c, _ in tables.PORT_COST_METRICS]),
+                               verdict_columns=[c for c, _ in tables.PORT_COST_METRICS], labels=labels,
+                               wrap_columns=[c for c, _ in tables.PORT_COST_METRICS], wrap_min_width="8em"),
         "has_port_mapping": bool(facts.get("port_mapping")),
-        "port_cost": _table("network metrics", lambda: tables.port_mapping_cost(summary)),
+        "port_cost": _table("network metrics", lambda: tables.port_mapping_cost(summary), labels=labels,
+                            tag_columns=tcg),
         "has_port_cost": bool((summary["benchmark"] == "network").any()),
         "platform": _table("facts.platform", lambda: tables.platform_table(facts, meta),
                            wrap_columns=["containers (course notes)", "VMs"]),
         "per_benchmark": per_benchmark,
-        "failures": _table("failures.json", lambda: tables.failures_table(run.failures), wrap_columns=["error"]),
+        "failures": _table("failures.json", lambda: tables.failures_table(run.failures), wrap_columns=["error"],
+                           details_columns=["error"], labels=labels),
         "n_failures": len(run.failures or []),
         "n_samples": int(len(run.samples)),
         "figures": figures,

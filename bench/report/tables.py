@@ -30,8 +30,12 @@ NAMESPACES = {  # facts key -> the course notes' wording
     "ipc": "Inter-process communication (IPC)",
     "filesystem": "File systems",
 }
-SUMMARY_COLUMNS = ["benchmark", "metric", "environment", "unit", "direction", "n", "median", "ci_low",
-                   "ci_high", "cv_pct", "ratio_native", "ratio_ci_low", "ratio_ci_high"]
+SUMMARY_COLUMNS = ["benchmark", "metric", "environment", "unit", "direction", "n", "n_independent", "accelerator",
+                   "median", "ci_low", "ci_high", "cv_pct", "noise", "below_noise", "ratio_native", "ratio_ci_low",
+                   "ratio_ci_high"]
+SIZE_UNITS = {"MiB", "KiB", "GiB", "bytes", "B"}
+# metric -> its noise-floor metric, for runs that predate facts.json "noise_metrics"
+DEFAULT_NOISE = {("footprint", "density_mib_per_instance"): "density_noise_mib"}
 _N_SUFFIX = re.compile(r"^(?P<base>.+)_n(?P<n>\d+)$")
 
 
@@ -66,9 +70,21 @@ def fmt_value(value, unit: str) -> str:
 
 
 def fmt_ratio(value) -> str:
-    if value is None or not isinstance(value, (int, float)) or not isfinite(value):
+    """×1.23; "—" for no ratio, and for a zero or negative one (a quotient of noise, not a cost)."""
+    if value is None or not isinstance(value, (int, float)) or not isfinite(value) or value <= 0:
         return "—"
     return f"×{fmt_num(value)}"
+
+
+def fmt_noise(noise, unit: str) -> str:
+    return f"< noise (±{fmt_value(noise, unit) if isfinite(noise) else '?'})"
+
+
+def display_value(hit: dict) -> str:
+    """A summary row's median as shown: "< noise (±x MiB)" when it is inside its noise floor."""
+    if hit.get("below_noise"):
+        return fmt_noise(float(hit.get("noise", float("nan"))), str(hit.get("unit", "")))
+    return fmt_value(hit.get("median"), str(hit.get("unit", "")))
 
 
 def env_order(envs) -> list[str]:
@@ -94,28 +110,56 @@ def metric_n(metric: str) -> tuple[str, int] | None:
 
 # ---------------------------------------------------------------- per-metric statistics
 
-def metric_summary(samples: pd.DataFrame) -> pd.DataFrame:
-    """One row per (benchmark, metric, environment): n, median, bootstrap 95% CI of the median,
-    coefficient of variation and the ratio of medians to native (with a bootstrap CI)."""
+def noise_floor(groups: dict, key: tuple[str, str, str], unit: str, median: float, ci: tuple[float, float],
+                noise_metrics: dict) -> tuple[float, bool]:
+    """(noise, below?) of one (benchmark, metric, environment). A metric with a noise companion is
+    below when its median is under the companion's median; a size whose median is zero or negative
+    is below a floor of its own spread (a memory delta cannot be negative, only noisy)."""
+    bench, metric, env = key
+    companion = noise_metrics.get((bench, metric))
+    if companion is not None and (bench, companion, env) in groups:
+        noise = float(groups[(bench, companion, env)]["value"].median())
+        return noise, bool(median < noise)
+    if unit in SIZE_UNITS and isfinite(median) and median <= 0:
+        spread = [abs(v) for v in (median, *ci) if isfinite(v)]
+        return max(spread), True
+    return float("nan"), False
+
+
+def metric_summary(samples: pd.DataFrame, noise_metrics: dict | None = None) -> pd.DataFrame:
+    """One row per (benchmark, metric, environment): n values and n independent ones (distinct
+    replicates: values read in one instance count once), median, bootstrap 95% CI of the median,
+    coefficient of variation, noise floor and the ratio of medians to native (with a bootstrap CI;
+    none when either side is inside its noise floor)."""
     rows = []
     if samples.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    noise_metrics = {**DEFAULT_NOISE, **(noise_metrics or {})}
     groups = {k: g for k, g in samples.groupby(["benchmark", "metric", "environment"], sort=False)}
+    summaries = {k: stats.summarize(g["value"]) for k, g in groups.items()}
+    floors = {k: noise_floor(groups, k, str(g["unit"].iloc[0]), summaries[k].median,
+                             (summaries[k].ci_low, summaries[k].ci_high), noise_metrics) for k, g in groups.items()}
     for (bench, metric, env), g in groups.items():
-        s = stats.summarize(g["value"])
+        s = summaries[(bench, metric, env)]
+        noise, below = floors[(bench, metric, env)]
         native = groups.get((bench, metric, "native"))
+        native_below = floors.get((bench, metric, "native"), (0, False))[1]
         ratio = rlo = rhi = float("nan")
-        if native is not None and env != "native":
-            nat_median = stats.summarize(native["value"]).median
+        if native is not None and env != "native" and not (below or native_below):
+            nat_median = summaries[(bench, metric, "native")].median
             if nat_median and isfinite(nat_median):
                 ratio = s.median / nat_median
                 rlo, rhi = stats.bootstrap_ratio_ci(g["value"], native["value"])
         elif env == "native":
             ratio = 1.0
+        reps = g["replicate"] if "replicate" in g else g.index.to_series()
+        accel = ", ".join(sorted(set(map(str, g["accelerator"])))) if "accelerator" in g else ""
         rows.append({"benchmark": bench, "metric": metric, "environment": env,
                      "unit": str(g["unit"].iloc[0]), "direction": str(g["direction"].iloc[0]),
-                     "n": s.n, "median": s.median, "ci_low": s.ci_low, "ci_high": s.ci_high,
-                     "cv_pct": s.cv_pct, "ratio_native": ratio, "ratio_ci_low": rlo, "ratio_ci_high": rhi})
+                     "n": s.n, "n_independent": int(reps[g["value"].notna()].nunique()), "accelerator": accel,
+                     "median": s.median, "ci_low": s.ci_low, "ci_high": s.ci_high,
+                     "cv_pct": s.cv_pct, "noise": noise, "below_noise": below,
+                     "ratio_native": ratio, "ratio_ci_low": rlo, "ratio_ci_high": rhi})
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     order = {e: i for i, e in enumerate(env_order(df["environment"]))}
     df["_env"] = df["environment"].map(order)
@@ -129,6 +173,17 @@ def lookup(summary: pd.DataFrame, benchmark: str, metric: str, environment: str)
     return None if hit.empty else hit.iloc[0].to_dict()
 
 
+def env_label(env: str, accelerator: str = "") -> str:
+    """``vm (TCG)`` when the VM ran under emulation; other environments by name."""
+    accels = [a for a in str(accelerator).split(", ") if a and a != "none"]
+    return f"{env} ({', '.join(a.upper() for a in accels)})" if accels else env
+
+
+def values_text(n: int, n_independent: int) -> str:
+    """``5`` when every value came from its own instance, else ``5 (1 independent)``."""
+    return str(n) if n_independent >= n else f"{n} ({n_independent} independent)"
+
+
 def benchmark_table(summary: pd.DataFrame, benchmark: str) -> pd.DataFrame:
     """The displayed per-metric table of one benchmark (strings, ready for a Styler)."""
     part = summary[summary["benchmark"] == benchmark]
@@ -136,14 +191,15 @@ def benchmark_table(summary: pd.DataFrame, benchmark: str) -> pd.DataFrame:
     for r in part.to_dict("records"):
         better = "lower" if r["direction"] == "lower" else "higher"
         ci = (f"{fmt_num(r['ci_low'])} – {fmt_num(r['ci_high'])}" if isfinite(r["ci_low"]) else "—")
-        out.append({"metric": r["metric"], "environment": r["environment"],
-                    "unit": f"{r['unit']} ({better} better)", "median": fmt_num(r["median"]),
+        median = fmt_noise(r["noise"], r["unit"]) if r["below_noise"] else fmt_num(r["median"])
+        out.append({"metric": r["metric"], "environment": env_label(r["environment"], r.get("accelerator", "")),
+                    "unit": f"{r['unit']} ({better} better)", "median": median,
                     "95% CI of median": ci,
                     "CV %": fmt_num(r["cv_pct"]) if isfinite(r["cv_pct"]) else "—",
                     "ratio to native": fmt_ratio(r["ratio_native"]) if r["environment"] != "native" else "1",
-                    "n": int(r["n"])})
+                    "values": values_text(int(r["n"]), int(r.get("n_independent", r["n"])))})
     return pd.DataFrame(out, columns=["metric", "environment", "unit", "median", "95% CI of median",
-                                      "CV %", "ratio to native", "n"])
+                                      "CV %", "ratio to native", "values"])
 
 
 # ---------------------------------------------------------------- course notes: weight & performance
@@ -163,22 +219,34 @@ WEIGHT_ROWS = (
              "Heavy (full OS)"),
     NotesRow("Startup", "create → exit", "startup", ("create_to_exit_s", "create_to_exit_ms"), "Seconds", "Minutes"),
     NotesRow("Startup", "create → first HTTP reply", "startup", ("create_to_http_s", "create_to_http_ms"), "Seconds", "Minutes"),
-    NotesRow("Resources", "memory per instance (PSS)", "footprint", ("pss_per_instance_mib",),
-             "Efficient", "High overhead"),
-    NotesRow("Resources", "host memory per instance, N instances", "footprint",
-             ("mem_delta_per_instance_mib_n*",), "Efficient", "High overhead"),
+    NotesRow("Resources", "host memory per instance, N instances (processes + kernel + shared helpers)",
+             "footprint", ("accounted_mib_per_instance_n*", "pss_per_instance_mib"), "Efficient", "High overhead"),
+    NotesRow("Resources", "host memory per instance (slope of MemAvailable)", "footprint",
+             ("density_mib_per_instance", "mem_delta_per_instance_mib_n*"), "Efficient", "High overhead"),
     NotesRow("Resources", "instances started per second", "footprint", ("instances_per_s",),
              "Efficient", "High overhead"),
     NotesRow("Resources", "CPU throughput, 1 CPU", "cpu", ("events_per_s_1t", "events_per_s_1cpu"), "Efficient", "High overhead"),
     NotesRow("Resources", "CPU throughput, all CPUs", "cpu", ("events_per_s_all", "events_per_s_allcpu"), "Efficient",
              "High overhead"),
-    NotesRow("Resources", "memory bandwidth", "memory", ("bandwidth_mib_s",), "Efficient", "High overhead"),
+    NotesRow("Resources", "memory bandwidth, sequential", "memory", ("bandwidth_mib_s",), "Efficient", "High overhead"),
+    NotesRow("Resources", "memory, random reads over 4× the last-level cache (TLB / nested paging)", "memory",
+             ("random_read_mib_s",), "Efficient", "High overhead"),
+    NotesRow("Resources", "system calls (write to /dev/null)", "syscalls", ("write_calls_per_s",), "Efficient",
+             "High overhead"),
+    NotesRow("Resources", "disk, random 4 KiB reads, direct I/O (own disk; native: host directory)", "disk",
+             ("layer_randread_mib_s", "volume_randread_mib_s"), "Efficient", "High overhead"),
+    NotesRow("Resources", "disk, sequential 1 MiB writes, direct I/O (own disk; native: host directory)", "disk",
+             ("layer_seqwrite_mib_s", "volume_seqwrite_mib_s"), "Efficient", "High overhead"),
 )
 
 
-def _resolve_metric(summary: pd.DataFrame, benchmark: str, metrics: tuple[str, ...]) -> str:
-    """The first alternative the run has (``_n*``: the largest N present); else the first name."""
-    present = set(summary.loc[summary["benchmark"] == benchmark, "metric"].unique())
+def _resolve_metric(summary: pd.DataFrame, benchmark: str, metrics: tuple[str, ...], env: str | None = None) -> str:
+    """The first alternative the run has (``_n*``: the largest N present), in ``env`` when given;
+    else the first name."""
+    rows = summary[summary["benchmark"] == benchmark]
+    if env is not None:
+        rows = rows[rows["environment"] == env]
+    present = set(rows["metric"].unique())
     for metric in metrics:
         if metric.endswith("_n*"):
             base = metric[:-3]
@@ -203,19 +271,20 @@ def weight_performance(summary: pd.DataFrame, facts: dict, failures: list | None
                "course notes: containers / VMs": f"{spec.notes_containers} / {spec.notes_vms}"}
         medians = {}
         for env in envs:
-            hit = lookup(summary, spec.benchmark, metric, env)
+            # per environment the first alternative it has (disk: native has only the host directory)
+            hit = lookup(summary, spec.benchmark, _resolve_metric(summary, spec.benchmark, spec.metric, env), env)
             # facts.sizes says what was counted, per environment: it wins over a size metric
             if spec.aspect == "Size" and isinstance(sizes.get(env), dict) and "bytes" in sizes[env]:
-                hit = {"median": float(sizes[env].get("bytes", float("nan"))), "unit": "bytes",
-                       "ratio_native": float("nan")}
+                hit = {"median": float(sizes[env].get("bytes", float("nan"))), "unit": "bytes"}
             if hit is None:
                 row[env] = _absent(failed, spec.benchmark, env)
                 continue
-            medians[env] = hit["median"]
-            text = fmt_value(hit["median"], hit["unit"])
-            if env != "native" and isfinite(hit.get("ratio_native", float("nan"))):
-                text += f" ({fmt_ratio(hit['ratio_native'])})"
-            row[env] = text
+            row[env] = display_value(hit)
+            if not hit.get("below_noise"):
+                medians[env] = hit["median"]
+        for env in envs:
+            if env != "native" and env in medians and medians.get("native"):
+                row[env] += f" ({fmt_ratio(medians[env] / medians['native'])})"
         vm, ct = medians.get("vm"), medians.get("container")
         row["VM ÷ container"] = fmt_ratio(vm / ct) if vm is not None and ct else "—"
         rows.append(row)
@@ -420,7 +489,7 @@ _BAD = {"NOT held", "survived", "slower", "FAIL", "missing", FAILED}
 
 
 def _cell_class(value) -> str:
-    text = str(value)
+    text = str(value).split(" · ")[0]
     if text in (NOT_MEASURED, "not tested", "skipped"):
         return "color:#888;font-style:italic;"
     if text.startswith(("not run", "skipped")):
@@ -438,22 +507,58 @@ def _expect_kept(value) -> str:
         str(value), _cell_class(value))
 
 
+DETAILS_AFTER_CHARS = 48   # longer cells fold into <details>: the table keeps its width, the text stays
+
+
+def details_html(value) -> str:
+    """A long cell as ``<details><summary>head</summary>full text</details>`` (escaped here: the
+    Styler's own escaping is off for these columns). ``verdict: evidence`` cells keep the verdict as the
+    summary; other long text shows its start."""
+    from markupsafe import escape
+
+    text = str(value)
+    if len(text) <= DETAILS_AFTER_CHARS:
+        return str(escape(text))
+    colon, paren = text.find(": "), text.find(" (")
+    if 0 < paren < colon:        # "blocked (own kernel: ...): exit 0: ..." -> "blocked", all of it inside
+        head, rest = text[:paren], text
+    elif 0 < colon <= DETAILS_AFTER_CHARS:   # "isolated: evidence" -> "isolated", the evidence inside
+        head, rest = text[:colon], text[colon + 2:]
+    else:
+        cut = text.rfind(" ", 0, DETAILS_AFTER_CHARS)
+        head, rest = text[:cut if cut > 20 else DETAILS_AFTER_CHARS] + " …", text
+    return f"<details><summary>{escape(head)}</summary>{escape(rest)}</details>"
+
+
 def style(df: pd.DataFrame, table_id: str, *, verdict_columns: list[str] | None = None,
           wrap_columns: list[str] | None = None, kept_columns: list[str] | None = None,
-          wrap_min_width: str = "12em") -> str:
-    """HTML of one table: escaped cells, verdict colouring, long-text columns allowed to wrap.
-    ``kept_columns`` invert the survived/lost colours (a volume should keep data)."""
+          wrap_min_width: str = "12em", details_columns: list[str] | None = None,
+          labels: dict[str, str] | None = None, tag_columns: dict[str, str] | None = None) -> str:
+    """HTML of one table: escaped cells, verdict colouring, long-text columns allowed to wrap, long
+    evidence folded into ``<details>``. ``kept_columns`` invert the survived/lost colours (a volume
+    should keep data). ``labels`` rename environment columns and ``environment`` cells (``vm`` ->
+    ``vm (TCG, microvm)``); ``tag_columns`` append a tag to every measured cell of a column (each VM
+    figure says TCG)."""
+    labels = labels or {}
+    df = df.copy()
+    for col, tag in (tag_columns or {}).items():
+        if col in df.columns:
+            # figures only (a number or "< noise"): labels such as "what was counted" stay as they are
+            df[col] = [f"{v} · {tag}" if str(v)[:1].isdigit() or str(v).startswith("<") else v for v in df[col]]
+    if "environment" in df.columns:
+        df["environment"] = [labels.get(str(e), str(e)) for e in df["environment"]]
+    df = df.rename(columns=labels)
+
+    def cols(names):
+        return [c for c in dict.fromkeys(labels.get(n, n) for n in names or []) if c in df.columns]
+
     st = _base_styler(df, table_id)
-    if kept_columns:
-        cols = [c for c in dict.fromkeys(kept_columns) if c in df.columns]
-        if cols and not df.empty:
-            st = st.map(_expect_kept, subset=cols)
-    if verdict_columns:
-        cols = [c for c in dict.fromkeys(verdict_columns) if c in df.columns]
-        if cols and not df.empty:
-            st = st.map(_cell_class, subset=cols)
-    if wrap_columns:
-        cols = [c for c in dict.fromkeys(wrap_columns) if c in df.columns]
-        if cols and not df.empty:
-            st = st.set_properties(subset=cols, **{"white-space": "normal", "min-width": wrap_min_width})
+    if kept_columns and cols(kept_columns) and not df.empty:
+        st = st.map(_expect_kept, subset=cols(kept_columns))
+    if verdict_columns and cols(verdict_columns) and not df.empty:
+        st = st.map(_cell_class, subset=cols(verdict_columns))
+    if wrap_columns and cols(wrap_columns) and not df.empty:
+        st = st.set_properties(subset=cols(wrap_columns), **{"white-space": "normal", "min-width": wrap_min_width})
+    if details_columns and cols(details_columns) and not df.empty:
+        st = st.format(details_html, subset=cols(details_columns), escape=None, na_rep="—")
     return st.to_html()

@@ -33,6 +33,9 @@ class Metric:
 class Measurement:
     metric: str
     value: float
+    # the instance/boot the value came from when values of several iterations share one (None: this
+    # step's own instance, the default); shared values count as one independent value
+    replicate: str | None = None
 
 
 @dataclass
@@ -48,6 +51,9 @@ class Context:
     cache: dict = field(default_factory=dict)
     total_iterations: int = 1
     failures: list = field(default_factory=list)   # partial failures inside one measure() step
+    # set by a measure() step whose values came from an instance shared with other iterations (the VM
+    # batch of run_tool); the runner stamps it on the step's values as their replicate and resets it
+    step_replicate: str | None = None
 
     def partial_failure(self, benchmark: str, env: str, error: str) -> None:
         """Record a failed part (e.g. one limit of enforcement) without failing the whole step."""
@@ -66,6 +72,10 @@ class Workload(abc.ABC):
     images: tuple[str, ...] = ("busybox",)
     metrics: dict[str, Metric] = {}
     environments: tuple[str, ...] = ("native", "container", "runc", "vm")
+    # ratio metric -> source metric: the runner adds value / native's value of the same round
+    ratio_metrics: dict[str, str] = {}
+    # metric -> its noise-floor metric (same unit): the report shows "< noise (+-x)" inside the floor
+    noise_metrics: dict[str, str] = {}
 
     def iterations(self, profile: Profile) -> tuple[int, int]:
         """(warm-ups, measured values) per environment."""
@@ -125,9 +135,11 @@ def split_batch(output: str) -> list[str]:
 
 
 def run_tool(env: Environment, ctx: Context, job: Job, iteration: int, key: str) -> str:
-    """The output of ``job`` for this iteration. In the VM all iterations run in one boot (first call)."""
-    if env.name != "vm":
+    """The output of ``job`` for this iteration. In the VM all iterations run in one boot (first call)
+    unless the profile asks for a boot per value; batched values share a replicate (count as one)."""
+    if env.name != "vm" or ctx.profile.vm_boot_per_value:
         return check_exit(env.run(job), key, env.name).output
+    ctx.step_replicate = f"vm-boot-{key}"
     cache_key = ("vm-batch", key)
     if cache_key not in ctx.cache:
         out = check_exit(env.run(replace(job, argv=batch_argv(job.argv, ctx.total_iterations),

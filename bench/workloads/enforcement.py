@@ -11,10 +11,11 @@ containers (container, runc):
 vm: ``cpus`` 0.5 as the domain's CPU quota (same measurement), ``memory`` as guest RAM (MemTotal seen by
 the guest), ``vcpus`` (CPUs the guest sees). Native has no limits and is not asked.
 
-Every metric gets ``profile.values`` values. cpus and cpu_shares are sampled: one run (one VM boot) long
-enough for all values, whose CPU time is read from the host every ``enforcement_duration_s`` window
-(one window = one value). memory, pids and blkio run once per value (they are short); the VM's MemTotal
-and CPU count are read once per value inside one boot. The fact of each limit is the median of its values.
+Every metric gets ``profile.values`` values, each from its own instance (its own VM boot): values read
+from one instance would share its placement and warm-up and could not count as independent. cpus and
+cpu_shares start the tool, let it settle, and read the CPU time from the host over one
+``enforcement_duration_s`` window; memory, pids and blkio run once per value; the VM's MemTotal and CPU
+count are read in a fresh boot per value. The fact of each limit is the median of its values.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from bench.environments.base import READY_MARKER, Environment, Job, Limits
 from bench.workloads import cpu as cpuwl
 from bench.workloads import disk as diskwl
-from bench.workloads.base import Context, Measurement, Metric, Workload, check_exit, run_tool
+from bench.workloads.base import Context, Measurement, Metric, Workload, check_exit
 from core.errors import BenchError
 
 MIB = 1 << 20
@@ -99,94 +100,61 @@ class Enforcement(Workload):
             raise BenchError(f"every enforcement step failed in {env.name} (see failures.json)")
         return out
 
-    @staticmethod
-    def _it(env: Environment, ctx: Context, key: str) -> int:
-        """The iteration of one step in one environment (steps count their own, so a failed one does not shift)."""
-        k = ("enforcement-step-it", env.name, key)
-        ctx.cache[k] = ctx.cache.get(k, -1) + 1
-        return ctx.cache[k]
-
     def _job(self, ctx: Context, argv: tuple[str, ...], **kw) -> Job:
         return Job(image=ctx.image("tools"), argv=argv, timeout_s=120 + ctx.profile.enforcement_duration_s, **kw)
 
-    def _sampled(self, env: Environment, ctx: Context, key: str, make) -> float:
-        """Value ``iteration`` of a sampled measurement: ``make()`` runs once per environment (first
-        iteration) and returns all values; later iterations take theirs from the cache."""
-        ck = ("enforcement-sampled", env.name, key)
-        it = self._it(env, ctx, key)
-        if ck not in ctx.cache:
-            try:
-                ctx.cache[ck] = make()
-            except BenchError as exc:  # not retried in every later iteration: one run serves them all
-                ctx.cache[ck] = exc
-                raise
-        vals = ctx.cache[ck]
-        if isinstance(vals, BenchError):
-            raise BenchError(f"the sampled run failed in the first iteration: {vals}")
-        if it >= len(vals):
-            raise BenchError(f"{key}: the sampled run gave {len(vals)} values, value {it + 1} missing")
-        return vals[it]
-
-    def _windows(self, insts, ctx: Context, settle_s: float) -> list[list[float]]:
-        """Per instance, CPU-seconds/second in ``total_iterations`` consecutive windows read from the host."""
+    def _window(self, insts, ctx: Context, settle_s: float) -> list[float]:
+        """Per instance, CPU-seconds/second over one ``enforcement_duration_s`` window read from the host."""
         w = ctx.profile.enforcement_duration_s
         for i in insts:
             i.wait_ready(120)
         time.sleep(settle_s)  # the tool starting up (in the guest: sysbench after boot)
         readings: list[list[tuple[float, float]]] = [[] for _ in insts]
-        for n in range(ctx.total_iterations + 1):
+        for n in range(2):
             if n:
                 time.sleep(w)
             for r, i in zip(readings, insts):
                 r.append((time.monotonic(), i.usage().cpu_s))
-        for i in insts:  # a tool that ended early would make its last windows zero, not a measurement
+        for i in insts:  # a tool that ended early would make its window short of CPU, not a measurement
             if i.env_name != "vm" and not i.workload_pids():
                 out = i.wait(10)
-                raise BenchError(f"sysbench exited {out.exit_code} before the last {w:g}s window ended: "
+                raise BenchError(f"sysbench exited {out.exit_code} before the {w:g}s window ended: "
                                  f"{out.output.strip()[-200:]!r}")
-        return [window_deltas(r) for r in readings]
+        return [window_deltas(r)[0] for r in readings]
 
     def _cpus(self, env: Environment, ctx: Context) -> list[Measurement]:
         w = ctx.profile.enforcement_duration_s
         settle_s = 1.0 if env.name == "vm" else 0.5
-        run_s = int(w * (ctx.total_iterations + 1) + settle_s + 3)
-
-        def make() -> list[float]:
-            inst = env.start(self._job(ctx, cpuwl.command(2, run_s), vcpus=2, limits=Limits(cpus=ASK["cpus"])))
-            try:
-                return self._windows([inst], ctx, settle_s)[0]
-            finally:
-                inst.stop()
-
-        measured = self._sampled(env, ctx, "cpus", make)
+        run_s = int(w + settle_s + 3)
+        inst = env.start(self._job(ctx, cpuwl.command(2, run_s), vcpus=2, limits=Limits(cpus=ASK["cpus"])))
+        try:
+            measured = self._window([inst], ctx, settle_s)[0]
+        finally:
+            inst.stop()
         how = ("the QEMU process's CPU time (domain CPU quota, cputune; the guest cannot see its own throttling)"
                if env.name == "vm" else "the cgroup's CPU time (cpuacct)")
         _fact(ctx, env.name, "cpus", ASK["cpus"], measured, "CPUs", lambda m: m <= ASK["cpus"] * (1 + TOLERANCE),
               f"sysbench on 2 threads{' / 2 vCPUs' if env.name == 'vm' else ''} under a quota of {ASK['cpus']} CPU: "
-              f"{how} read from the host every {w:g}s, one value per window")
+              f"{how} read from the host over {w:g}s, one instance per value")
         return [Measurement("cpus_measured", measured)]
 
     def _shares(self, env: Environment, ctx: Context) -> list[Measurement]:
         w = ctx.profile.enforcement_duration_s
-        run_s = int(w * (ctx.total_iterations + 1) + 3)
-
-        def make() -> list[float]:
-            insts = []
-            try:
-                for shares in (1024, 512):
-                    insts.append(env.start(self._job(ctx, cpuwl.command(1, run_s),
-                                                     limits=Limits(cpu_shares=shares, cpuset_cpus="0"))))
-                hi, lo = self._windows(insts, ctx, 0.5)
-            finally:
-                for i in insts:
-                    i.stop()
-            return [h / l if l else float("inf") for h, l in zip(hi, lo)]
-
-        measured = self._sampled(env, ctx, "cpu_shares", make)
+        run_s = int(w + 3)
+        insts = []
+        try:
+            for shares in (1024, 512):
+                insts.append(env.start(self._job(ctx, cpuwl.command(1, run_s),
+                                                 limits=Limits(cpu_shares=shares, cpuset_cpus="0"))))
+            hi, lo = self._window(insts, ctx, 0.5)
+        finally:
+            for i in insts:
+                i.stop()
+        measured = hi / lo if lo else float("inf")
         _fact(ctx, env.name, "cpu_shares", ASK["cpu_shares"], measured, "ratio",
               lambda m: abs(m - ASK["cpu_shares"]) <= ASK["cpu_shares"] * 0.25,
               f"two sysbench instances pinned to CPU 0 at once, cpu.shares 1024 vs 512: ratio of their cgroup CPU "
-              f"time per {w:g}s window, one value per window")
+              f"time over {w:g}s, a fresh pair per value")
         return [Measurement("cpu_shares_ratio", measured)]
 
     def _memory(self, env: Environment, ctx: Context) -> list[Measurement]:
@@ -235,9 +203,9 @@ class Enforcement(Workload):
 
     def _vm_memory(self, env: Environment, ctx: Context) -> list[Measurement]:
         asked_mib = 256
-        # all values read inside one boot (run_tool batches the iterations in the VM)
-        text = run_tool(env, ctx, self._job(ctx, ("/bin/sh", "-c", "cat /proc/meminfo; echo CPUS $(nproc)"),
-                                            vcpus=2, memory_mib=asked_mib), self._it(env, ctx, "vm_memory"), "meminfo")
+        # a fresh boot per value (what a boot sets up is the measurement)
+        text = check_exit(env.run(self._job(ctx, ("/bin/sh", "-c", "cat /proc/meminfo; echo CPUS $(nproc)"),
+                                            vcpus=2, memory_mib=asked_mib)), "meminfo", env.name).output
         total = meminfo_total_mib(text)
         m = re.search(r"CPUS (\d+)", text)
         cpus = int(m.group(1)) if m else 0

@@ -72,9 +72,20 @@ def test_tiny_run_valid_files(isobench_root, tmp_path, leak_check):
     assert run.facts["isolation"]["runc"]["breakout:see_host_pids"]["isolated"] is True
     assert run.facts["isolation"]["native"]["breakout:see_host_pids"]["isolated"] is False
     assert run.facts["isolation"]["native"]["breakout:set_hostname"]["isolated"] is None  # skipped natively
-    # environments interleaved: iteration order in the samples is A B C D A B C D
+    # environments interleaved in a seeded random order per round, recorded in meta.json and followed
+    orders = run.meta["round_orders"]["startup"]
+    assert isinstance(run.meta["order_seed"], int) and len(orders) == 3 and all(sorted(o) == sorted(envs) for o in orders)
     first = run.samples[run.samples.metric == "create_to_exit_s"]
-    assert list(first.environment[: len(envs)]) == envs
+    assert list(first.environment) == orders[1] + orders[2]   # round 0 is the warm-up
+    # every start-up value from its own instance; every VM row labelled with its accelerator
+    assert first.replicate.nunique() == len(first)
+    assert set(run.samples[run.samples.environment != "vm"].accelerator) == {"none"}
+    if "vm" in envs:
+        assert set(run.samples[run.samples.environment == "vm"].accelerator) == {run.meta["accelerator"]}
+        assert run.meta["vm_machine"] in ("microvm", "q35")
+    for key in ("isobench_commit", "kernel_cmdline", "cpu_governor"):
+        assert run.meta[key], key
+    assert run.meta["system"]["aslr"] and "load_avg_1min" in run.meta["system"]
     print(f"tiny run ({','.join(envs)}): {took:.1f}s")
 
 

@@ -193,8 +193,8 @@ def test_mem_available():
 
 def test_workload_metric_prefix_lookup():
     wl = footprint.WORKLOAD
-    assert wl.metric("mem_delta_mib_n3").unit == "MiB"
-    assert wl.metric("pss_per_instance_mib_n1").direction == "lower"
+    assert wl.metric("accounted_mib_per_instance_n3").unit == "MiB"
+    assert wl.metric("accounted_mib_per_instance_n1").direction == "lower"
 
 
 def test_every_workload_module_declares_itself():
