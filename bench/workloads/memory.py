@@ -3,7 +3,8 @@
 - ``bandwidth_mib_s``: sequential writes in 1 MiB blocks (one thread): streaming, cache- and
   prefetch-friendly; a VM with hardware paging runs it at native speed.
 - ``random_read_mib_s``: random 8-byte reads over a working set well above the host's last-level
-  cache (4 x LLC, at least 256 MiB, at most 1 GiB): almost every access misses the caches and the TLB,
+  cache (4 x LLC, at least 256 MiB, at most the profile's ceiling: 1 GiB full, 512 MiB quick; the
+  working set and its multiple of the LLC are in facts.json): almost every access misses the caches and the TLB,
   so it pays the page walk, which in a VM is the two-dimensional walk of nested paging (EPT/NPT). That
   is where the IBM ISPASS'15 study (Felter et al.) saw KVM lose against native and Docker not.
 
@@ -60,10 +61,10 @@ def last_level_cache_bytes(sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cach
     return best
 
 
-def working_set_mib(llc_bytes: int) -> int:
+def working_set_mib(llc_bytes: int, max_mib: int = WORKING_SET_MAX_MIB) -> int:
     """LLC_FACTOR x the last-level cache, clamped to [min, max], rounded up to 64 MiB."""
     want = max(WORKING_SET_MIN_MIB, -(-LLC_FACTOR * llc_bytes // MIB))
-    return min(WORKING_SET_MAX_MIB, -(-want // 64) * 64)
+    return min(max(max_mib, WORKING_SET_MIN_MIB), -(-want // 64) * 64)
 
 
 def command(duration_s: float) -> tuple[str, ...]:
@@ -95,7 +96,7 @@ class Memory(Workload):
 
     def setup(self, ctx: Context) -> None:
         llc = last_level_cache_bytes()
-        ws = working_set_mib(llc)
+        ws = working_set_mib(llc, ctx.profile.random_ws_max_mib)
         ctx.cache["working_set_mib"] = ws
         ctx.facts["memory_working_set"] = {
             "llc_bytes": llc, "working_set_mib": ws,
