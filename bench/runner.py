@@ -209,7 +209,7 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
                       order_seed=seed if seed is not None else new_seed(), idle_gap_s=profile.idle_gap_s,
                       round_orders={},
                       vm_batching=("one VM boot per value" if profile.vm_boot_per_value else
-                                   "cpu, memory and disk run all their iterations inside one VM boot "
+                                   "cpu, memory, syscalls and disk run all their iterations inside one VM boot "
                                    "(their VM values count as one independent value)"))
     facts: dict = {"platform": platform_facts(state.meta, environments)}
     from core import scratch

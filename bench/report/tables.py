@@ -173,6 +173,14 @@ def lookup(summary: pd.DataFrame, benchmark: str, metric: str, environment: str)
     return None if hit.empty else hit.iloc[0].to_dict()
 
 
+def ci_text(low: float, high: float, unit: str) -> str:
+    """``1.2 – 3.4``; a size interval reaching below zero starts at "≤ 0" (sizes are never negative)."""
+    if not isfinite(low):
+        return "—"
+    lo = "≤ 0" if unit in SIZE_UNITS and low < 0 else fmt_num(low)
+    return f"{lo} – {fmt_num(high)}"
+
+
 def env_label(env: str, accelerator: str = "") -> str:
     """``vm (TCG)`` when the VM ran under emulation; other environments by name."""
     accels = [a for a in str(accelerator).split(", ") if a and a != "none"]
@@ -190,7 +198,7 @@ def benchmark_table(summary: pd.DataFrame, benchmark: str) -> pd.DataFrame:
     out = []
     for r in part.to_dict("records"):
         better = "lower" if r["direction"] == "lower" else "higher"
-        ci = (f"{fmt_num(r['ci_low'])} – {fmt_num(r['ci_high'])}" if isfinite(r["ci_low"]) else "—")
+        ci = ci_text(r["ci_low"], r["ci_high"], r["unit"]) if not r["below_noise"] else "—"
         median = fmt_noise(r["noise"], r["unit"]) if r["below_noise"] else fmt_num(r["median"])
         out.append({"metric": r["metric"], "environment": env_label(r["environment"], r.get("accelerator", "")),
                     "unit": f"{r['unit']} ({better} better)", "median": median,
