@@ -138,13 +138,14 @@ def startup_figure(samples: pd.DataFrame, benchmark: str = "startup", labels: di
 # ---------------------------------------------------------------- overhead bars
 
 def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] = (),
-                    env_labels: dict | None = None) -> Figure | None:
+                    env_labels: dict | None = None, exclude_metrics: tuple[str, ...] = ()) -> Figure | None:
     """Cost factor against native per metric and environment, with bootstrap 95% CIs.
 
     The factor is direction-aware so that right = worse everywhere: env/native for lower-is-better
     metrics, native/env for higher-is-better ones."""
     part = summary[(summary["environment"] != "native") & summary["ratio_native"].notna()
-                   & ~summary["benchmark"].isin(exclude_benchmarks)].copy()
+                   & ~summary["benchmark"].isin(exclude_benchmarks)
+                   & ~summary["metric"].isin(exclude_metrics)].copy()
     part = part[np.isfinite(part["ratio_native"]) & (part["ratio_native"] > 0)]
     if part.empty:
         return None
@@ -185,10 +186,13 @@ def overhead_figure(summary: pd.DataFrame, exclude_benchmarks: tuple[str, ...] =
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.08)
     ax.set_xlabel("cost factor vs native (1 = same as native, >1 = worse; log scale)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=10, frameon=False)
+    # the figure is long: the legend sits above and below the bars, where the eye starts and ends
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(envs), fontsize=10, frameon=False)
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(envs), fontsize=10, frameon=False)
     ax.grid(axis="x", alpha=0.3, which="both")
-    ax.set_title("Overhead against native, 95% bootstrap CI", fontsize=12)
-    fig.tight_layout()
+    ax.set_title("Overhead against native, 95% bootstrap CI", fontsize=12, pad=28)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
 
 

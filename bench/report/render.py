@@ -147,7 +147,9 @@ def build_context(run: Run) -> dict:
                             "Cost factor of each environment against native per metric "
                             "(direction-aware: right of 1 is worse), with bootstrap 95% CIs of the "
                             "ratio of medians.",
-                            lambda: plots.overhead_figure(summary, env_labels=labels)),
+                            lambda: plots.overhead_figure(
+                                summary, env_labels=labels,
+                                exclude_metrics=tuple({*noise_metrics(facts).values(), *tables.DEFAULT_NOISE.values()}))),
     }
     accel = str(meta.get("accelerator") or "").lower()
     return {

@@ -27,6 +27,16 @@ class CDPError(RuntimeError):
     pass
 
 
+def _onto_3_and_4(read_fd: int, write_fd: int) -> None:
+    """In the child: ``read_fd`` -> fd 3, ``write_fd`` -> fd 4, whatever numbers they had (both are
+    first moved above 9, so one dup2 cannot overwrite the other when the pipes came out as 3 and 4)."""
+    import fcntl
+
+    high_r, high_w = fcntl.fcntl(read_fd, fcntl.F_DUPFD, 10), fcntl.fcntl(write_fd, fcntl.F_DUPFD, 10)
+    os.dup2(high_r, 3)
+    os.dup2(high_w, 4)
+
+
 class Chromium:
     """``with Chromium() as b: b.open(url, 1280, 900); b.evaluate("1+1"); b.screenshot(path)``"""
 
@@ -46,7 +56,7 @@ class Chromium:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             # the pipe ends land on fds 3 and 4 (inheritable dup2 copies; the originals are
             # close-on-exec): close_fds would close 3 and 4 after this hook ran
-            close_fds=False, preexec_fn=lambda: (os.dup2(to_browser_r, 3), os.dup2(from_browser_w, 4)))
+            close_fds=False, preexec_fn=lambda: _onto_3_and_4(to_browser_r, from_browser_w))
         os.close(to_browser_r)
         os.close(from_browser_w)
         return self
