@@ -28,7 +28,7 @@ LAYOUT_JS = r"""
 (() => {
   const envs = %s;
   const W = document.documentElement.clientWidth;
-  const out = {width: W, docWidth: document.documentElement.scrollWidth, problems: [], tables: 0, envHeaders: 0};
+  const out = {width: window.innerWidth, docWidth: document.documentElement.scrollWidth, problems: [], tables: 0, envHeaders: 0};
   const name = (el) => {
     const t = el.closest('table'); const sec = el.closest('section, figure, div.scroll');
     return (t && t.id ? '#' + t.id : el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')) +
