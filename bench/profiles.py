@@ -26,8 +26,9 @@ class Profile:
     # (a TCG boot costs seconds; the values then count as one independent value)
     vm_boot_per_value: bool = False
     idle_gap_s: float = 0.0      # idle seconds before each step (lets the host settle; 0 = none)
-    # ceiling of the random-read working set (4 x LLC): one sweep of 1 GiB takes ~40 s under TCG
+    # ceiling of the random-read working set (4 x LLC): one sweep of 512 MiB takes ~50 s under TCG
     random_ws_max_mib: int = 1024
+    memory_values: int | None = None   # values of the memory workload (None: ``values``), for TCG's sake
 
     def with_gap(self, gap_s: float | None) -> "Profile":
         if gap_s is None:
@@ -41,12 +42,14 @@ class Profile:
             return self
         if n < 1:
             raise UsageError(f"--values {n} must be at least 1")
-        return replace(self, values=n, footprint_values=min(self.footprint_values, n))
+        return replace(self, values=n, footprint_values=min(self.footprint_values, n),
+                       memory_values=min(self.memory_values, n) if self.memory_values else None)
 
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", values=5, warmups=1, tool_duration_s=1.0, footprint_n=(1, 2, 4),
-                     footprint_values=3, enforcement_duration_s=1.0, fio_size_mib=32, random_ws_max_mib=512),
+                     footprint_values=3, enforcement_duration_s=1.0, fio_size_mib=32, random_ws_max_mib=512,
+                     memory_values=3),
     # estimated ~45 min on the 2-core TCG host (per-workload estimate from the quick run's step times)
     "full": Profile(name="full", values=15, warmups=2, tool_duration_s=3.0, footprint_n=(1, 4, 8),
                     footprint_values=5, enforcement_duration_s=3.0, vm_boot_per_value=True, idle_gap_s=0.5),

@@ -94,6 +94,10 @@ class Memory(Workload):
     }
     ratio_metrics = {"ratio_to_native": "bandwidth_mib_s", "random_ratio_to_native": "random_read_mib_s"}
 
+    def iterations(self, profile) -> tuple[int, int]:
+        """Fewer values in the quick profile: one TCG sweep of the working set takes ~50 s."""
+        return profile.warmups, profile.memory_values or profile.values
+
     def setup(self, ctx: Context) -> None:
         llc = last_level_cache_bytes()
         ws = working_set_mib(llc, ctx.profile.random_ws_max_mib)
