@@ -145,12 +145,15 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
         if console_size:
             made.spec["process"]["consoleSize"] = {"height": console_size[0], "width": console_size[1]}
     b = bundle.parse(made.spec, cdir)
-    net = _NetworkSetup(config.network, exposed_ports(img.config, config.image)) if config.network.mode == "bridge" else None
-    state = {"image": img.name, "image_digest": img.manifest_digest, "user": proc.user, "network_mode": config.network.mode,
-             "userns_remap": config.userns == "remap", "config": _config_dict(config), **(extra_state or {})}
+    net = None
+    if config.network.mode == "bridge":
+        net = _NetworkSetup(config.network, exposed_ports(img.config, config.image))
+    state = {"image": img.name, "image_digest": img.manifest_digest, "user": proc.user,
+             "network_mode": config.network.mode, "userns_remap": config.userns == "remap",
+             "config": _config_dict(config), **(extra_state or {})}
     c = _instantiate(b, paths, cid, name=config.name, stdio=stdio, owner_pid=owner_pid, auto_remove=auto_remove,
-                     detached=detached, state=state, network=net, write_bundle=True, etc=(hostname, config.network.mode),
-                     console_fd=console_fd)
+                     detached=detached, state=state, network=net, write_bundle=True,
+                     etc=(hostname, config.network.mode), console_fd=console_fd)
     c.config = config
     c.timings_ns["call"] = t_call
     return c

@@ -226,8 +226,8 @@ def from_image(paths: Any, config: Any, bundle_dir: Path | str, rootfs_dir: Path
 
     d = Path(bundle_dir).absolute()
     root = Path(rootfs_dir).absolute() if rootfs_dir is not None else d / "rootfs"
-    made = image_spec(paths, config, hostname=hostname or config.hostname or d.name[:12] or "isobench", rootfs=str(root),
-                      cgroups_path=cgroups_path)
+    made = image_spec(paths, config, hostname=hostname or config.hostname or d.name[:12] or "isobench",
+                      rootfs=str(root), cgroups_path=cgroups_path)
     if not root.is_dir() or not any(root.iterdir()):
         store = ImageStore(paths)
         shutil.copytree(store.flat_rootfs(made.image), root, symlinks=True, dirs_exist_ok=True)
@@ -297,7 +297,8 @@ def parse_process(doc: Any, where: str) -> OciProcess:
     uid, gid = user.get("uid", 0), user.get("gid", 0)
     _need(_is_int(uid) and _is_int(gid) and uid >= 0 and gid >= 0, f"{where}.user", "uid and gid must be integers >= 0")
     extra = user.get("additionalGids") or []
-    _need(isinstance(extra, list) and all(_is_int(g) for g in extra), f"{where}.user", "additionalGids must be integers")
+    _need(isinstance(extra, list) and all(_is_int(g) for g in extra), f"{where}.user",
+          "additionalGids must be integers")
     umask = user.get("umask")
     _need(umask is None or _is_int(umask), f"{where}.user", "umask must be an integer")
     size = doc.get("consoleSize")
@@ -351,8 +352,9 @@ def _namespaces(v: Any, where: str) -> tuple[tuple[str, str], ...]:
     out = []
     for i, ns in enumerate(v or []):
         w = f"{where}.namespaces[{i}]"
-        _need(isinstance(ns, dict) and ns.get("type") in NAMESPACE_TYPES, w,
-              f"type must be one of {', '.join(NAMESPACE_TYPES)}, got {ns.get('type') if isinstance(ns, dict) else ns!r}")
+        got = ns.get("type") if isinstance(ns, dict) else ns
+        _need(isinstance(ns, dict) and got in NAMESPACE_TYPES, w,
+              f"type must be one of {', '.join(NAMESPACE_TYPES)}, got {got!r}")
         path = ns.get("path") or ""
         _need(isinstance(path, str), w, "path must be a string")
         _need(all(t != ns["type"] for t, _ in out), w, f"namespace {ns['type']} listed twice")
@@ -375,8 +377,11 @@ def _devices(v: Any, where: str) -> tuple[OciDevice, ...]:
         w = f"{where}.devices[{i}]"
         _need(isinstance(d, dict) and isinstance(d.get("path"), str) and d.get("type") in ("c", "b", "u", "p"),
               w, "must have a path and a type c, b, u or p")
-        out.append(OciDevice(path=d["path"], type=d["type"], major=int(d.get("major", 0)), minor=int(d.get("minor", 0)),
-                             file_mode=int(d.get("fileMode", 0o666)), uid=int(d.get("uid", 0)), gid=int(d.get("gid", 0))))
+        nums = {k: d.get(k, default) for k, default in (("major", 0), ("minor", 0), ("fileMode", 0o666),
+                                                         ("uid", 0), ("gid", 0))}
+        _need(all(_is_int(v) for v in nums.values()), w, "major, minor, fileMode, uid and gid must be integers")
+        out.append(OciDevice(path=d["path"], type=d["type"], major=nums["major"], minor=nums["minor"],
+                             file_mode=nums["fileMode"], uid=nums["uid"], gid=nums["gid"]))
     return tuple(out)
 
 

@@ -15,7 +15,8 @@ def test_conmon_style_command_lines_parse():
     p = oci_cli.build_parser()
     a = p.parse_args(["--systemd-cgroup", "--log-format=json", "--log", "/x/log", "create", "--bundle", "/b",
                       "--pid-file", "/p", "--console-socket", "/s", "--no-pivot", "--no-new-keyring", "id1"])
-    assert (a.verb, a.bundle, a.pid_file, a.console_socket, a.id, a.log_format) == ("create", "/b", "/p", "/s", "id1", "json")
+    assert (a.verb, a.bundle, a.pid_file, a.console_socket, a.id) == ("create", "/b", "/p", "/s", "id1")
+    assert a.log_format == "json" and a.systemd_cgroup
     a = p.parse_args(["exec", "-d", "--pid-file", "/p", "--process", "/proc.json", "--console-socket", "/s", "-t", "c"])
     assert a.detach and a.tty and a.process == "/proc.json" and a.id == "c" and a.command == []
     a = p.parse_args(["exec", "c", "ps", "-ef"])
