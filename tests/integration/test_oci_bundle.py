@@ -14,7 +14,8 @@ from runtime.spec import ContainerConfig, NetworkSpec, Resources
 pytestmark = [pytest.mark.requires("root", "busybox", "runc"), pytest.mark.timeout(120)]
 
 PROBE = ("sh", "-c", "id -u; hostname; cat /proc/self/status | grep CapBnd; ulimit -n; "
-         "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; echo $FOO; pwd")
+         "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; echo $FOO; pwd; "
+         "touch /sys/fs/cgroup/x 2>/dev/null || echo cgroupfs-read-only")
 
 
 def _config() -> ContainerConfig:
@@ -31,6 +32,11 @@ def test_runc_and_isobench_run_the_same_bundle(paths, tmp_path, leak_check):
     ensure_busybox(paths)
     rid = f"isobench-{new_id()}"
     made = bundle.from_image(paths, _config(), tmp_path / "b", cgroups_path=f"/{rid}")
+    # runc's own default: /sys/fs/cgroup read-only, showing the container's cgroup (isobench leaves it
+    # out of its defaults; a bundle that asks gets it, here from both runtimes)
+    made.spec["mounts"].append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
+    bundle.write(tmp_path / "b", made.spec)
     assert (tmp_path / "b" / "config.json").is_file() and (tmp_path / "b" / "rootfs" / "bin").is_dir()
     try:
         runc = subprocess.run(["runc", "run", "--bundle", str(tmp_path / "b"), rid], capture_output=True,
@@ -54,6 +60,7 @@ def test_runc_and_isobench_run_the_same_bundle(paths, tmp_path, leak_check):
     ours = out.read_text()
     lines = runc.stdout.splitlines()
     assert lines[0] == "0" and lines[1] == "same" and lines[4] == "42" and lines[5] == "bar" and lines[6] == "/tmp"
+    assert lines[7] == "cgroupfs-read-only"
     assert ours.splitlines() == lines
     shutil.rmtree(tmp_path / "b")
 

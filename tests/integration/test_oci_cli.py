@@ -105,7 +105,10 @@ def test_delete_force_and_kill_all(leak_check, rt):
     e = rt("exec", "--detach", "c2", "sleep", "200")
     assert e.returncode == 0, e.stderr
     assert rt("kill", "--all", "c2", "9").returncode == 0
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10  # PID 1 of a pid namespace exits once the namespace is torn down
+    while _state(rt, "c2")["status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _state(rt, "c2")["status"] == "stopped"
     assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes().split(b")")[1][:3]
     assert rt("delete", "--force", "c2").returncode == 0
     assert not (rt.root / "containers" / "c2").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,9 @@ def _session(argv: list[str], env: dict[str, str]) -> int:
         s.expect(b"42")
         s.send(b"sleep 30\r")
         s.expect(b"sleep 30")
+        time.sleep(1.0)  # sleep is the terminal's foreground job by now (an earlier ^C would hit the shell)
         s.send(b"\x03")  # Ctrl-C: the container's sleep dies of SIGINT, its shell lives on
+        s.expect(b"# ")  # a new prompt: the interrupt also flushed the input queue, so type after it
         s.send(b"echo after-intr-$?\r")
         s.expect(b"after-intr-130")
         s.resize(40, 120)
