@@ -14,8 +14,7 @@ from runtime.spec import ContainerConfig, NetworkSpec, Resources
 pytestmark = [pytest.mark.requires("root", "busybox", "runc"), pytest.mark.timeout(120)]
 
 PROBE = ("sh", "-c", "id -u; hostname; cat /proc/self/status | grep CapBnd; ulimit -n; "
-         "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; echo $FOO; pwd; "
-         "touch /sys/fs/cgroup/x 2>/dev/null || echo cgroupfs-read-only")
+         "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; echo $FOO; pwd")
 
 
 def _config() -> ContainerConfig:
@@ -60,7 +59,6 @@ def test_runc_and_isobench_run_the_same_bundle(paths, tmp_path, leak_check):
     ours = out.read_text()
     lines = runc.stdout.splitlines()
     assert lines[0] == "0" and lines[1] == "same" and lines[4] == "42" and lines[5] == "bar" and lines[6] == "/tmp"
-    assert lines[7] == "cgroupfs-read-only"
     assert ours.splitlines() == lines
     shutil.rmtree(tmp_path / "b")
 
