@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "app.commands.network",     # network ls/prune, port
     "app.commands.vm",           # vm run/ps/stop/rm/logs/inspect, doctor
     "app.commands.bench",         # bench
+    "app.commands.fleet",         # fleet run (many hosts through Ansible)
     "app.commands.report",        # report, compare, check
     "app.commands.gc",            # gc (every area)
     "app.commands.server",    # server start/stop/status (the fork server behind the C client)

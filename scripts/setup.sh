@@ -10,6 +10,7 @@ PKGS=(
   busybox-static linux-image-amd64 runc iptables nftables iproute2 procps util-linux psmisc
   e2fsprogs debootstrap skopeo umoci ca-certificates podman conmon
   sysbench fio iperf3 wrk stress-ng chromium
+  openssh-client openssh-server
 )
 
 missing_host=""
@@ -36,7 +37,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q
     mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/isobench-updated
   fi
+  # Packages must not start their daemons (sshd, libvirtd, ...): isobench and its tests start what
+  # they need themselves. Debian's policy-rc.d convention (exit 101 = "not allowed"), unless one exists.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 PY=${PYTHON:-python3}

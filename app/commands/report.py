@@ -25,10 +25,29 @@ def _run_dir(text: str) -> Path:
     return p
 
 
+def _single_run(p: Path) -> Path:
+    """compare/check read one host's run: a fleet directory is refused with its hosts named."""
+    from bench.fleetresults import is_fleet, read_info
+    from core.errors import UsageError
+
+    if is_fleet(p):
+        names = [str(h.get("name")) for h in read_info(p)["hosts"] if h.get("status") == "ok"]
+        raise UsageError(f"{p} is a fleet result; pass one host's run, e.g. {p / (names or ['HOST'])[0]}")
+    return p
+
+
 def _report(args) -> int:
+    from bench.fleetresults import is_fleet
+
+    run_dir = _run_dir(args.run_dir)
+    if is_fleet(run_dir):
+        from bench.report.fleet import render_fleet_report
+
+        print(render_fleet_report(run_dir, args.out).resolve())
+        return 0
     from bench.report.render import render_report
 
-    out = render_report(_run_dir(args.run_dir), args.out)
+    out = render_report(run_dir, args.out)
     print(out.resolve())
     return 0
 
@@ -42,7 +61,7 @@ def _compare(args) -> int:
         raise UsageError(f"--resamples {args.resamples} is too few (at least 100)")
     cfg = CompareConfig(threshold=parse_threshold(args.threshold), alpha=parse_alpha(args.p),
                         resamples=args.resamples, statistic=args.statistic)
-    base, new, comps = compare_runs(_run_dir(args.base), _run_dir(args.new), cfg)
+    base, new, comps = compare_runs(_single_run(_run_dir(args.base)), _single_run(_run_dir(args.new)), cfg)
     for w in condition_warnings(base.meta, new.meta):
         print(f"warning: {w}", file=sys.stderr)
     print(text_table(comps))
@@ -67,7 +86,7 @@ def _check(args) -> int:
     from bench.results import load_run
 
     bounds = load_bounds(args.bounds or default_bounds())
-    report = check_run(load_run(_run_dir(args.run_dir)), bounds)
+    report = check_run(load_run(_single_run(_run_dir(args.run_dir))), bounds)
     print(report_text(report))
     return 0 if report.ok else 1
 

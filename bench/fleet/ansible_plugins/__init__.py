@@ -1,0 +1,1 @@
+"""Ansible plugins isobench hands to ``ansible-playbook`` (loaded by Ansible, never imported by isobench)."""
