@@ -30,6 +30,7 @@ old="$project.old-$run_id"
 rm -rf "$new" "$old"
 mkdir -p "$new"
 tar -xzf "$tarball" -C "$new"
+rm -f "$tarball"  # a failed run keeps only its logs in $work
 touch "$new/.isobench-fleet"
 if [ -d "$project/.venv" ]; then mv "$project/.venv" "$new/.venv"; fi
 if [ -e "$project" ]; then mv "$project" "$old"; fi
@@ -37,9 +38,11 @@ mv "$new" "$project"
 rm -rf "$old"
 
 echo "[host] make setup in $project" | tee -a "$log"
+# the last non-empty line of a file: a failure's own words become the reason the controller shows
+last_line() { grep -v '^[[:space:]]*$' "$1" 2>/dev/null | tail -n 1; }
+
 if ! (cd "$project" && make setup) >>"$log" 2>&1; then
-  tail -n 3 "$log" >&2
-  echo "make setup failed in $project (log on the host: $log)" >&2
+  echo "make setup failed in $project: $(last_line "$log") (log on the host: $log)" >&2
   exit 1
 fi
 
@@ -53,8 +56,7 @@ rc=0
 ISOBENCH_ROOT="$root" "$cli" bench "$@" --out "$out" >>"$log" 2>"$work/bench.err" || rc=$?
 cat "$work/bench.err" >>"$log"
 if [ "$rc" != 0 ]; then
-  tail -n 3 "$work/bench.err" >&2
-  echo "isobench bench exited with $rc (log on the host: $log)" >&2
+  echo "isobench bench exited with $rc: $(last_line "$work/bench.err") (log on the host: $log)" >&2
   exit 1
 fi
 cp "$log" "$out/fleet-host.log"

@@ -98,7 +98,9 @@ def ansible_cfg(private: Path) -> Path:
         f"callback_plugins = {CALLBACKS}",
         "stdout_callback = isobench_events",
         "retry_files_enabled = False",
-        "interpreter_python = auto_silent",
+        # Debian-like hosts have /usr/bin/python3; discovery could pick a user-local shim (pyenv) that
+        # fails in a non-interactive session. ansible_python_interpreter in the inventory overrides it.
+        "interpreter_python = /usr/bin/python3",
         "timeout = 15",
         f"local_tmp = {private / 'tmp'}",
         "deprecation_warnings = False",

@@ -48,7 +48,7 @@ exec "$@"
 
 
 @dataclass
-class TestHost:
+class NetnsHost:
     name: str
     netns: str
     link: str           # the bridge-side veth (down = the host is unreachable)
@@ -102,7 +102,7 @@ def _netns_pids(netns: str) -> list[int]:
     return [int(p) for p in res.stdout.split()]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fleet_hosts(tmp_path_factory):
     """Two SSH-reachable test hosts and an inventory listing them; everything removed at the end."""
     from core.paths import new_id
@@ -115,7 +115,7 @@ def fleet_hosts(tmp_path_factory):
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     net = _free_subnet()
     bridge = f"isobench-{new_id(3)}"
-    hosts = [TestHost(name=n, netns=f"isobench-{new_id(3)}", link=f"isobench-{new_id(3)}",
+    hosts = [NetnsHost(name=n, netns=f"isobench-{new_id(3)}", link=f"isobench-{new_id(3)}",
                       address=f"{net}.{i + 2}", base=base / n) for i, n in enumerate(("one", "two"))]
     made: list[str] = []
     try:
@@ -173,7 +173,7 @@ def fleet_hosts(tmp_path_factory):
                                capture_output=True, timeout=300)
 
 
-def _stop_host(h: TestHost) -> None:
+def _stop_host(h: NetnsHost) -> None:
     """Wait for a bench still running there (its host script holds the fleet lock), then stop
     everything the host's sshd started, by pid, and sshd itself."""
     import fcntl
