@@ -167,10 +167,6 @@ def fleet_hosts(tmp_path_factory):
                 subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30)
             else:
                 subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
-        for h in hosts:
-            if h.root.exists():  # orphans of a bench that died with its host (none expected)
-                subprocess.run(ISOBENCH + ["gc"], env=dict(os.environ, ISOBENCH_ROOT=str(h.root)), cwd=REPO,
-                               capture_output=True, timeout=300)
 
 
 def _stop_host(h: NetnsHost) -> None:
