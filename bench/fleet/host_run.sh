@@ -39,7 +39,8 @@ rm -rf "$old"
 
 echo "[host] make setup in $project" | tee -a "$log"
 # the last non-empty line of a file: a failure's own words become the reason the controller shows
-last_line() { grep -v '^[[:space:]]*$' "$1" 2>/dev/null | tail -n 1; }
+# (make's own "*** [Makefile:N: setup] Error 1" says nothing: the line before it does)
+last_line() { grep -v -e '^[[:space:]]*$' -e '^make: \*\*\*' "$1" 2>/dev/null | tail -n 1; }
 
 if ! (cd "$project" && make setup) >>"$log" 2>&1; then
   echo "make setup failed in $project: $(last_line "$log") (log on the host: $log)" >&2

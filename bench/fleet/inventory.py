@@ -119,7 +119,27 @@ def _host(name: str, hv: dict, inventory: str) -> FleetHost:
                      state_root=str(hv.get("isobench_root", DEFAULT_STATE_ROOT)))
     for check in HOST_CHECKS:
         check(host, where)
+    _env_is_a_mapping(hv.get("isobench_env"), where)
     return host
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_OWNED = {"ISOBENCH_ROOT"}  # set by the host script from isobench_root
+
+
+def _env_is_a_mapping(env, where: str) -> None:
+    """``isobench_env``: extra environment for every task on the host (a pip mirror, a proxy)."""
+    if env is None:
+        return
+    if not isinstance(env, dict):
+        raise UsageError(f"{where}: isobench_env must be a mapping of variable names to values, "
+                         f"not {type(env).__name__}")
+    for key, value in env.items():
+        if not _ENV_NAME.match(str(key)) or str(key) in _ENV_OWNED:
+            raise UsageError(f"{where}: isobench_env: {key!r} is not a settable variable name"
+                             + (" (isobench_root sets it)" if str(key) in _ENV_OWNED else ""))
+        if isinstance(value, (dict, list)):
+            raise UsageError(f"{where}: isobench_env: {key} must be a string, not {type(value).__name__}")
 
 
 def _project_dir_is_safe(host: FleetHost, where: str) -> None:

@@ -122,6 +122,8 @@ def outcome_from_events(host: FleetHost, events: list[dict], rc: int | None, std
         if ev.get("host") not in (None, host.name):
             continue
         kind = ev.get("event")
+        if out.reason or ev.get("ignore_errors"):
+            continue  # the first failure is the reason; what the rescue tasks did is not
         if kind == "unreachable":
             out.status, out.task = "unreachable", ev.get("task", last_task)
             out.reason = one_line(ev.get("msg") or "unreachable")
@@ -244,7 +246,8 @@ def run_fleet(hosts: list[FleetHost], inventory: str, fleet_dir: Path, opts: Fle
         progress(f"{len(hosts)} host(s), {info['mode']}: packed the project "
                  f"({tarball.stat().st_size / 1e6:.1f} MB); isobench bench {' '.join(opts.bench_args)}")
         extra = {"fleet_run_id": run_id, "fleet_tarball": str(tarball), "fleet_host_script": str(HOST_SCRIPT),
-                 "fleet_bench_args": list(opts.bench_args), "fleet_incoming": str(incoming.resolve())}
+                 "fleet_bench_args": list(opts.bench_args), "fleet_incoming": str(incoming.resolve()),
+                 "fleet_logs": str((fleet_dir / "logs").resolve())}
         runs = [HostRun(h, inventory, private, extra, fleet_dir / "logs" / f"{h.name}.ansible.log", progress)
                 for h in hosts]
         try:
@@ -276,11 +279,18 @@ def run_fleet(hosts: list[FleetHost], inventory: str, fleet_dir: Path, opts: Fle
     info["finished_utc"] = utc_now()
     info["interrupted"] = interrupted
     info["hosts"] = [{**{k: v for k, v in asdict(o).items() if k != "events"},
-                      "project_dir": r.host.project_dir, "state_root": r.host.state_root}
+                      "project_dir": r.host.project_dir, "state_root": r.host.state_root,
+                      **_host_log(fleet_dir, o.name)}
                      for o, r in zip(outcomes, runs)]
     atomic_write_json(fleet_dir / fleetresults.FLEET_FILE, info)
     fleetresults.merge(fleet_dir)
     return outcomes
+
+
+def _host_log(fleet_dir: Path, name: str) -> dict:
+    """A failed host's own log (make setup and bench output), fetched by the playbook's rescue."""
+    p = fleet_dir / "logs" / f"{name}.host.log"
+    return {"host_log": str(p)} if p.is_file() else {}
 
 
 def _run_all(runs: list[HostRun], parallel: bool) -> None:

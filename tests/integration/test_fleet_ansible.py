@@ -35,6 +35,10 @@ REPO = Path(__file__).resolve().parents[2]
 ISOBENCH = [sys.executable, "-m", "app.cli"]
 TINY = ["--only", "startup", "--env", "native,container", "--values", "2"]
 SSHD = "/usr/sbin/sshd"
+# The test hosts' network namespaces reach nothing but the controller, so their `make setup` installs
+# the Python dependencies from a wheel directory the controller fills (pip's cache makes a refill fast):
+# a fresh venv per host, every package installed, none borrowed from this venv.
+WHEELS = Path(os.environ.get("ISOBENCH_FLEET_TEST_WHEELS", "/var/cache/isobench/fleet-wheels"))
 # sshd's own mount namespace: a sysfs of its network namespace over /sys (links as that host sees
 # them), with the machine's cgroup hierarchies bound back under /sys/fs/cgroup
 HOST_NS_SH = """set -e
@@ -102,6 +106,13 @@ def _netns_pids(netns: str) -> list[int]:
     return [int(p) for p in res.stdout.split()]
 
 
+def _wheelhouse() -> Path:
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(WHEELS), "pip", "setuptools", "wheel",
+                          ".[dev]"], capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert res.returncode == 0, f"pip wheel: {res.stderr[-2000:]}"
+    return WHEELS
+
+
 @pytest.fixture
 def fleet_hosts(tmp_path_factory):
     """Two SSH-reachable test hosts and an inventory listing them; everything removed at the end."""
@@ -151,13 +162,15 @@ def fleet_hosts(tmp_path_factory):
             known.append(f"{h.address} {Path(f'{hostkey}.pub').read_text().split(' ')[0]} "
                          f"{Path(f'{hostkey}.pub').read_text().split(' ')[1]}")
         (base / "known_hosts").write_text("\n".join(known) + "\n")
-        inv = base / "inventory.ini"
-        inv.write_text("\n".join(
-            ["[isobench_test]"]
-            + [f"{h.name} ansible_host={h.address} isobench_dir={h.project} isobench_root={h.root}" for h in hosts]
-            + ["", "[isobench_test:vars]", "ansible_user=root", f"ansible_ssh_private_key_file={key}",
-               f"ansible_ssh_common_args='-o UserKnownHostsFile={base}/known_hosts -o StrictHostKeyChecking=yes'",
-               ""]))
+        wheels = _wheelhouse()
+        inv = base / "inventory.yml"  # JSON is YAML; the isobench_env mapping needs a structured format
+        inv.write_text(json.dumps({"isobench_test": {
+            "hosts": {h.name: {"ansible_host": h.address, "isobench_dir": str(h.project),
+                               "isobench_root": str(h.root)} for h in hosts},
+            "vars": {"ansible_user": "root", "ansible_ssh_private_key_file": str(key),
+                     "ansible_ssh_common_args": f"-o UserKnownHostsFile={base}/known_hosts "
+                                                "-o StrictHostKeyChecking=yes",
+                     "isobench_env": {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}}}}, indent=1))
         yield hosts, inv, base
     finally:
         for h in hosts:

@@ -46,6 +46,9 @@ def test_inventory_hosts_vars_and_order(tmp_path):
     ("a isobench_dir=relative/dir\n", "must be an absolute path"),
     ("a isobench_root=/\n", "isobench_root '/' must be an absolute, non-system path"),
     ("a isobench_dir=/srv/x isobench_root=/srv/x/state\n", "must not contain each other"),
+    ("a isobench_env=proxy\n", "isobench_env must be a mapping"),
+    ("a isobench_env='{\"ISOBENCH_ROOT\": \"/x\"}'\n", "'ISOBENCH_ROOT' is not a settable variable name"),
+    ("a isobench_env='{\"A\": [1]}'\n", "isobench_env: A must be a string"),
 ])
 def test_inventory_bad_input_one_clear_error(tmp_path, text, needle):
     with pytest.raises(UsageError, match=needle):
@@ -70,6 +73,14 @@ def test_outcome_ok_needs_the_fetch():
     assert orchestrate.outcome_from_events(H, events, 0, "").status == "ok"
     out = orchestrate.outcome_from_events(H, events[:2], 0, "")
     assert out.status == "failed" and out.reason.startswith("the play ended without fetching the run")
+
+
+def test_outcome_first_failure_wins_over_rescue_tasks():
+    ev = [{"event": "failed", "host": "a", "task": "set up and bench", "stderr": "make setup failed: no pip"},
+          {"event": "failed", "host": "a", "task": "fetch the host log", "msg": "not found", "ignore_errors": True},
+          {"event": "failed", "host": "a", "task": "end the failed run", "msg": "non-zero return code"}]
+    out = orchestrate.outcome_from_events(H, ev, 2, "")
+    assert (out.task, out.reason) == ("set up and bench", "make setup failed: no pip")
 
 
 def test_outcome_unreachable_and_failed_reasons():

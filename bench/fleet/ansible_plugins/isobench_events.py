@@ -41,7 +41,7 @@ class CallbackModule(CallbackBase):
         res = result._result
         self._emit("failed", host=result._host.get_name(), task=result._task.get_name(),
                    msg=str(res.get("msg") or ""), rc=res.get("rc"), stderr=_tail(res.get("stderr")),
-                   stdout=_tail(res.get("stdout")))
+                   stdout=_tail(res.get("stdout")), ignore_errors=bool(ignore_errors))
 
     def v2_runner_on_unreachable(self, result):
         res = result._result
