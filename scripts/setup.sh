@@ -51,7 +51,9 @@ PY=${PYTHON:-python3}
 stamp_want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1) $($PY -c 'import sys;print(sys.version.split()[0])')"
 first_line() { local l=""; [ -e "$1" ] && { IFS= read -r -n 64 l < "$1" || true; }; printf "%s" "$l"; }
 # pip's console script, as bin/isobench or (moved aside for the C client, below) bin/isobench-py
-py_entry() { [[ "$(first_line .venv/bin/isobench)" == '#!'*python* || "$(first_line .venv/bin/isobench-py)" == '#!'*python* ]]; }
+# (any "#!" script: the C client is an ELF binary; the shebang itself is cut at 64 bytes, and for a
+# long venv path pip writes "#!/bin/sh" plus an exec line, so "python" may not be in it)
+py_entry() { [[ "$(first_line .venv/bin/isobench)" == '#!'* || "$(first_line .venv/bin/isobench-py)" == '#!'* ]]; }
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.isobench-stamp 2>/dev/null)" != "$stamp_want" ] || ! py_entry; then
   echo "isobench setup: creating .venv"
   $PY -m venv .venv
@@ -71,7 +73,7 @@ fi
 # Python console script, which moves to isobench-py (the client execs it when no server runs). pip
 # rewrites bin/isobench as the Python script on every install, so both orders are handled.
 bin=.venv/bin
-if [[ "$(first_line "$bin/isobench")" == '#!'*python* ]]; then
+if [[ "$(first_line "$bin/isobench")" == '#!'* ]]; then
   mv -f "$bin/isobench" "$bin/isobench-py"
 fi
 if ! cmp -s .venv/libexec/isobench/isobench-client "$bin/isobench"; then
