@@ -138,8 +138,9 @@ def fleet_hosts(tmp_path_factory):
         for h in hosts:
             h.base.mkdir()
             _sh("ip", "netns", "add", h.netns)
-            made.append(h.netns)
+            made.append(f"netns:{h.netns}")
             _sh("ip", "link", "add", h.link, "type", "veth", "peer", "name", "eth0", "netns", h.netns)
+            made.append(f"link:{h.link}")
             _sh("ip", "link", "set", h.link, "master", bridge, "up")
             _sh("ip", "-n", h.netns, "addr", "add", f"{h.address}/24", "dev", "eth0")
             _sh("ip", "-n", h.netns, "link", "set", "eth0", "up")
@@ -175,11 +176,14 @@ def fleet_hosts(tmp_path_factory):
     finally:
         for h in hosts:
             _stop_host(h)
+        # links first, synchronously: a netns' veths are otherwise destroyed later by the kernel's
+        # namespace clean-up work, after `ip netns del` returned
         for name in reversed(made):
-            if name == bridge:
-                subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30)
-            else:
-                subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+            if name.startswith("link:") or name == bridge:
+                subprocess.run(["ip", "link", "del", name.removeprefix("link:")], capture_output=True, timeout=30)
+        for name in reversed(made):
+            if name.startswith("netns:"):
+                subprocess.run(["ip", "netns", "del", name.removeprefix("netns:")], capture_output=True, timeout=30)
 
 
 def _stop_host(h: NetnsHost) -> None:
@@ -269,10 +273,10 @@ def test_fleet_two_hosts_report_unreachable_and_lock(fleet_hosts, tmp_path, leak
     for h in hosts:
         assert f">{h.name}<" in page
         assert (out1 / h.name / "report.html").is_file()
-    res = subprocess.run(ISOBENCH + ["compare", str(out1 / "one"), str(out1 / "two"), "--threshold", "1000%"],
+    res = subprocess.run(ISOBENCH + ["compare", str(out1 / "one"), str(out1 / "two")],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert "startup" in res.stdout and "create_to_exit_s" in res.stdout
+    assert res.returncode in (0, 1), res.stderr  # 1: host two significantly slower somewhere
+    assert "create_to_exit_s" in res.stdout and "compare: " in res.stdout
 
     # (2) serial; host one goes unreachable (link down) while it runs its bench task; two still finishes
     out2 = tmp_path / "fleet2"
