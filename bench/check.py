@@ -18,15 +18,19 @@ live in TOML (``results/bounds.toml``), one ``[[bound]]`` table each:
   (1 when held, 0 when not). Every matching entry is checked.
 - ``kind = "isolation"``: facts.json isolation of ``environment``/``namespace``: 1 isolated, 0 not.
 
-Each has ``floor`` and/or ``ceiling`` (inclusive). A bound whose measurement is absent gets the
-verdict ``missing``, which FAILS the check: a benchmark that silently stopped producing a metric must
-not turn CI green. Mark a bound ``optional = true`` to make its absence a ``skipped`` verdict.
+Each has ``floor`` and/or ``ceiling`` (inclusive): the claim. The check widens them by the bound's
+``margin`` calibrated from A/A runs (``results/calibration.toml``, ``isobench calibrate``): identical runs
+scatter around the claim, and a bound tighter than that scatter fails CI on noise. Each line prints the
+widened limit the value must not cross, i.e. exactly how the bound can fail. A bound whose measurement is
+absent gets the verdict ``missing``, which FAILS the check: a benchmark that silently stopped producing a
+metric must not turn CI green. Mark a bound ``optional = true`` to make its absence a ``skipped`` verdict.
+Lines about an environment that ran under emulation say so (``[TCG]``).
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import isfinite, nan
 from pathlib import Path
 
@@ -64,6 +68,15 @@ class Result:
     value: float
     verdict: str
     detail: str = ""
+    margin: float = 0.0
+
+    @property
+    def floor(self) -> float | None:
+        return None if self.bound.floor is None else self.bound.floor - self.margin
+
+    @property
+    def ceiling(self) -> float | None:
+        return None if self.bound.ceiling is None else self.bound.ceiling + self.margin
 
 
 @dataclass(frozen=True)
@@ -161,11 +174,16 @@ def _median(samples, benchmark: str, environment: str, metric: str) -> float:
 
 
 def _verdict(b: Bound, value: float) -> str:
+    """Against the claim itself; :func:`check_run` re-judges with the calibrated margin."""
+    return _judge(b, value, 0.0)
+
+
+def _judge(b: Bound, value: float, margin: float) -> str:
     if not isfinite(value):
         return SKIPPED if b.optional else MISSING
-    if b.floor is not None and value < b.floor:
+    if b.floor is not None and value < b.floor - margin:
         return FAIL
-    if b.ceiling is not None and value > b.ceiling:
+    if b.ceiling is not None and value > b.ceiling + margin:
         return FAIL
     return PASS
 
@@ -235,8 +253,27 @@ def _isolation(b: Bound, run) -> list[Result]:
 EVALUATORS = {"ratio": _ratio, "median": _median_kind, "enforcement": _enforcement, "isolation": _isolation}
 
 
-def check_run(run, bounds: list[Bound]) -> CheckReport:
-    return CheckReport([r for b in bounds for r in EVALUATORS[b.kind](b, run)])
+def evaluate_bound(b: Bound, run) -> list[Result]:
+    """The bound's measured value(s) in ``run``, judged against the claim without margin."""
+    return EVALUATORS[b.kind](b, run)
+
+
+def _accel_note(results: list[Result], run) -> list[Result]:
+    if str((run.meta or {}).get("accelerator", "")).lower() != "tcg":
+        return results
+    return [replace(r, label=f"{r.label} [TCG]") if r.bound.environment == "vm" or r.bound.reference == "vm"
+            else r for r in results]
+
+
+def check_run(run, bounds: list[Bound], margins: dict[str, float] | None = None) -> CheckReport:
+    """Every bound on ``run``; ``margins`` (bound name -> calibrated margin) widen floor and ceiling."""
+    margins = margins or {}
+    out = []
+    for b in bounds:
+        m = float(margins.get(b.name, 0.0))
+        for r in _accel_note(evaluate_bound(b, run), run):
+            out.append(replace(r, margin=m, verdict=_judge(b, r.value, m)))
+    return CheckReport(out)
 
 
 def report_text(report: CheckReport) -> str:
@@ -246,10 +283,17 @@ def report_text(report: CheckReport) -> str:
     def num(v):
         return "—" if v is None or not isfinite(v) else f"{v:.4g}"
 
+    def fails_if(r: Result) -> str:
+        parts = ([f"< {num(r.floor)}"] if r.floor is not None else []) + \
+            ([f"> {num(r.ceiling)}"] if r.ceiling is not None else [])
+        return " or ".join(parts)
+
     rows = [{"bound": r.bound.name, "measured": r.label, "value": num(r.value),
-             "floor": num(r.bound.floor), "ceiling": num(r.bound.ceiling), "verdict": r.verdict,
+             "floor": num(r.bound.floor), "ceiling": num(r.bound.ceiling),
+             "margin": num(r.margin) if r.margin else "0", "fails if": fails_if(r), "verdict": r.verdict,
              "note": r.detail if r.verdict != PASS else ""} for r in report.results]
-    df = pd.DataFrame(rows, columns=["bound", "measured", "value", "floor", "ceiling", "verdict", "note"])
+    df = pd.DataFrame(rows, columns=["bound", "measured", "value", "floor", "ceiling", "margin", "fails if",
+                                     "verdict", "note"])
     counts = {v: sum(r.verdict == v for r in report.results) for v in (PASS, FAIL, MISSING, SKIPPED)}
     summary = (f"check: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[MISSING]} missing "
                f"(missing fails), {counts[SKIPPED]} optional skipped -> {'OK' if report.ok else 'FAILED'}")

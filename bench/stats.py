@@ -1,4 +1,4 @@
-"""pyperf-based storage and statistics of benchmark values.
+"""pyperf-based storage and statistics of benchmark values, and the statistics of comparing two runs.
 
 Values are kept in pyperf's data model (one ``pyperf.Run`` per measured value, warm-ups excluded, one
 ``pyperf.Benchmark`` per ``<benchmark>.<metric>``, one ``BenchmarkSuite`` per environment) so a run
@@ -6,6 +6,12 @@ directory is readable by ``python -m pyperf stats`` / ``compare_to`` and by the 
 :func:`load_suite`. pyperf stores only positive values with units second/byte/integer: other units are
 stored as ``integer`` with the real unit in the ``isobench_unit`` metadata, and values <= 0 (an OOM-killed
 job that measured 0) are kept in samples.csv only.
+
+The comparison helpers (:func:`min_attainable_p`, :func:`benjamini_hochberg`, :func:`mirror_of`) exist
+because ``isobench compare`` tests dozens of metrics at once with few values each: a permutation test on
+3 vs 5 values cannot give a p below 1/56 = 0.018, so it must say "inconclusive" rather than "same"; many
+tests at once need a false-discovery-rate control; and a metric that is an exact multiple of another
+(``mem_delta_mib_n1`` = ``mem_delta_per_instance_mib_n1``) must be counted once, or it doubles its vote.
 """
 
 from __future__ import annotations
@@ -96,3 +102,86 @@ def ratio(value: float, baseline: float) -> float:
     if not baseline or not math.isfinite(baseline):
         return float("nan")
     return value / baseline
+
+
+# ---------------------------------------------------------------- comparing two runs
+
+def min_attainable_p(n_base: int, n_new: int, resamples: int = 10_000) -> float:
+    """The smallest two-sided p-value :func:`bench.report.stats.permutation_test` can return for these
+    sample sizes, whatever the values.
+
+    Exact enumeration (``comb(n, n_base) <= resamples``): only the observed split is as extreme as
+    itself, plus its mirror image when both groups have the same size, so the floor is 1 or 2 out of
+    ``comb(n, n_base)``; exact for the mean statistic, a lower bound for the median (splits that share a
+    median tie with the observed one). Random relabelling: ``(hits + 1) / (resamples + 1)`` with hits >= 0, and never
+    below the exact floor. NaN when a side has no value."""
+    if n_base < 1 or n_new < 1:
+        return math.nan
+    total = math.comb(n_base + n_new, n_base)
+    exact_floor = (2.0 if n_base == n_new else 1.0) / total
+    if total <= resamples:
+        return exact_floor
+    return max(exact_floor, 1.0 / (resamples + 1))
+
+
+def min_values_for(alpha: float, resamples: int = 10_000) -> int:
+    """Fewest values per side (equal sizes) whose :func:`min_attainable_p` is at most ``alpha``."""
+    for n in range(2, 64):
+        if min_attainable_p(n, n, resamples) <= alpha:
+            return n
+    return 64
+
+
+def benjamini_hochberg(p_values: list[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q-values), in the input order; NaN stays NaN and is not
+    counted as a test. A metric is a discovery at false discovery rate ``q`` when its adjusted value is
+    <= q (step-up: the k-th smallest p is compared with k*q/m, and every smaller p goes with it)."""
+    idx = [i for i, p in enumerate(p_values) if isinstance(p, float | int) and math.isfinite(p)]
+    m = len(idx)
+    out = [math.nan] * len(p_values)
+    running = 1.0
+    for rank, i in reversed(list(enumerate(sorted(idx, key=lambda j: p_values[j]), start=1))):
+        running = min(running, p_values[i] * m / rank)
+        out[i] = min(1.0, running)
+    return out
+
+
+def proportional(a: list[float], b: list[float], rel_tol: float = 1e-9) -> float | None:
+    """The constant c with ``b == c * a`` element-wise (same order, same length), else None. Two
+    series that are multiples of each other give the same permutation p-value and the same relative
+    change: one is a mirror of the other."""
+    if len(a) != len(b) or not a:
+        return None
+    pivot = next((i for i, x in enumerate(a) if x != 0), None)
+    if pivot is None:
+        return 1.0 if all(y == 0 for y in b) else None
+    c = b[pivot] / a[pivot]
+    if c == 0 or not math.isfinite(c):
+        return None
+    ok = all(math.isclose(y, c * x, rel_tol=rel_tol, abs_tol=1e-12 * max(1.0, abs(y))) for x, y in zip(a, b))
+    return c if ok else None
+
+
+def mirror_of(series: dict[str, tuple[list[float], list[float]]]) -> dict[str, str]:
+    """``name -> representative`` for every series that mirrors an earlier one (sorted by name), where
+    a series is (base values, new values) in run order and mirroring means both sides are the same
+    multiple of the representative's. Representatives are not keys of the result. A series with a single
+    distinct value (a limit that held every time, a count that never moved) mirrors nothing: any two
+    constants are multiples of each other without measuring the same thing."""
+    names = sorted(series)
+    out: dict[str, str] = {}
+    reps: list[str] = []
+    for name in names:
+        base, new = series[name]
+        if len(set(base) | set(new)) < 2:
+            continue
+        for rep in reps:
+            rb, rn = series[rep]
+            c = proportional(rb, base)
+            if c is not None and proportional(rn, new) is not None and \
+                    math.isclose(proportional(rn, new), c, rel_tol=1e-9):
+                out[name] = rep
+                break
+        else:
+            reps.append(name)
+    return out

@@ -1,5 +1,7 @@
-"""`isobench check`: bounds pass on the fixture, fail on a bad run, missing measurements fail
-unless optional, malformed bounds files are usage errors."""
+"""`isobench check`: bounds pass on the fixture and on every recorded real A/A run (with the calibrated
+margins), each committed bound fails when its measured value moves past its widened limit by a plausible
+amount, missing measurements fail unless optional, malformed bounds files are usage errors, TCG runs
+label their VM lines."""
 
 import json
 import shutil
@@ -21,6 +23,7 @@ def test_committed_bounds_pass_on_fixture(capsys):
     assert main(["check", str(FIXTURE), "--bounds", str(BOUNDS)]) == 0
     out = capsys.readouterr().out
     assert "container CPU within 5% of native" in out and "floor" in out and "ceiling" in out
+    assert "fails if" in out and "margin" in out
     assert "FAIL" not in out and "-> OK" in out
 
 
@@ -46,7 +49,7 @@ def test_slow_container_cpu_and_unheld_memory_fail(tmp_path, capsys):
         if e["environment"] == "container" and e["limit"] == "memory":
             e["held"] = False
     (run / "facts.json").write_text(json.dumps(facts))
-    assert main(["check", str(run), "--bounds", str(BOUNDS)]) == 1
+    assert main(["check", str(run), "--bounds", str(BOUNDS)]) == 1  # 20% below native: past any margin
     out = capsys.readouterr().out
     failed = {line.split("  ")[0] for line in out.splitlines() if " FAIL " in line + " "}
     assert failed == {"container CPU within 5% of native", "memory limit held (container)"}
@@ -102,7 +105,26 @@ def test_bounds_file_missing(tmp_path, capsys):
 
 def test_committed_bounds_parse():
     names = [b.name for b in load_bounds(BOUNDS)]
-    assert "VM start slower than container start" in names and "--cpus accuracy within 10% (container)" in names
+    assert "container start at most half of runc's" in names and "--cpus accuracy within 10% (container)" in names
+    assert "VM start slower than container start" not in names  # could not fail: removed
+
+
+def test_margin_widens_the_claim(tmp_path):
+    run = _copy(tmp_path)
+    bounds = parse_bounds(BOUND_TOML.replace("ceiling = 1.0", "ceiling = 0.2"))
+    [tight] = check_run(load_run(run), bounds).results
+    [wide] = check_run(load_run(run), bounds, {"container start no slower than runc": 0.2}).results
+    assert tight.verdict == "FAIL" and wide.verdict == "pass" and wide.ceiling == pytest.approx(0.4)
+
+
+def test_tcg_run_labels_vm_lines():
+    bounds = parse_bounds(BOUND_TOML.replace('environment = "container"', 'environment = "vm"')
+                          .replace('reference = "runc"', 'reference = "container"').replace("ceiling = 1.0",
+                                                                                         "floor = 1.0"))
+    [r] = check_run(load_run(FIXTURE), bounds).results
+    assert r.label.endswith("[TCG]")
+    [c] = check_run(load_run(FIXTURE), parse_bounds(BOUND_TOML)).results
+    assert "TCG" not in c.label
 
 
 def test_metric_alternatives_pick_the_present_name():

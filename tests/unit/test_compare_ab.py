@@ -104,3 +104,96 @@ def load_like(series):
     rows = [{"benchmark": b, "environment": e, "metric": m, "value": float(v), "unit": "u", "iteration": i,
              "direction": d} for (b, e, m, d), vals in series.items() for i, v in enumerate(vals)]
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- reachability, FDR, mirrors, calibration
+
+def test_three_vs_five_values_is_inconclusive_not_same():
+    """The issue's case: 3 vs 5 values cannot reach p < 0.01 (min p = 1/56), so an 82% drop is not "same"."""
+    key = ("cpu", "container", "events_per_s_1t", "higher")
+    base = load_like({key: [1000.0, 1010.0, 990.0]})
+    new = load_like({key: [180.0, 182.0, 179.0, 181.0, 178.0]})
+    [c] = compare_samples(base, new, CompareConfig(alpha=0.01))
+    assert c.verdict == "inconclusive" and c.min_p == pytest.approx(1 / 56)
+    assert "min p 0.018 > 0.01" in c.reason and "needs 5+ per run" in c.reason
+    [c5] = compare_samples(base, new, CompareConfig(alpha=0.05))  # 0.018 is reachable at 5%
+    assert c5.verdict == "slower" and c5.p_value == pytest.approx(1 / 56)
+
+
+def test_many_metrics_fdr_keeps_a_lone_borderline_p_unflagged():
+    """One metric at p = 2/252 = 0.0079 among 40 unchanged ones: below alpha alone, not after BH."""
+    rng = np.random.default_rng(11)
+    series_a, series_b = {}, {}
+    for i in range(40):
+        k = ("cpu", "native", f"m{i:02d}", "lower")
+        series_a[k] = 10 + rng.normal(0, 0.5, 5)
+        series_b[k] = 10 + rng.normal(0, 0.5, 5)
+    k = ("cpu", "native", "changed", "lower")
+    series_a[k] = [10.0, 10.2, 9.9, 10.1, 10.05]
+    series_b[k] = [10.0 * 1.3, 10.2 * 1.3, 9.9 * 1.3, 10.1 * 1.3, 10.05 * 1.31]
+    comps = {c.metric: c for c in compare_samples(load_like(series_a), load_like(series_b), CompareConfig(alpha=0.05))}
+    changed = comps["changed"]
+    assert changed.p_value == pytest.approx(2 / 252) and changed.q_value > 0.05
+    assert changed.verdict == "inconclusive"  # a 30% change the values cannot confirm among 41 tests
+    assert not any(c.verdict in ("slower", "faster") for c in comps.values())
+
+
+def test_mirrors_are_tested_once():
+    """mem_delta_mib_n1 == mem_delta_per_instance_mib_n1 and _n2 = 2x per-instance: one test, one vote."""
+    per_a, per_b = [30.0, 31.0, 29.5, 30.5, 30.2], [40.0, 41.0, 39.5, 40.5, 40.2]
+    a = {("footprint", "runc", "mem_delta_per_instance_mib_n1", "lower"): per_a,
+         ("footprint", "runc", "mem_delta_mib_n1", "lower"): per_a,
+         ("footprint", "runc", "mem_delta_mib_n2", "lower"): [2 * v for v in per_a],
+         ("footprint", "runc", "held", "higher"): [1.0] * 5}
+    b = {("footprint", "runc", "mem_delta_per_instance_mib_n1", "lower"): per_b,
+         ("footprint", "runc", "mem_delta_mib_n1", "lower"): per_b,
+         ("footprint", "runc", "mem_delta_mib_n2", "lower"): [2 * v for v in per_b],
+         ("footprint", "runc", "held", "higher"): [1.0] * 5}
+    comps = compare_samples(load_like(a), load_like(b))
+    by = {c.metric: c for c in comps}
+    assert by["mem_delta_mib_n1"].mirror_of == "" and by["mem_delta_mib_n1"].verdict == "slower"
+    assert by["mem_delta_mib_n2"].mirror_of == "mem_delta_mib_n1"
+    assert by["mem_delta_per_instance_mib_n1"].mirror_of == "mem_delta_mib_n1"
+    assert {by[m].verdict for m in by if m != "held"} == {"slower"}
+    assert by["held"].mirror_of == ""  # a constant is nobody's mirror
+    from bench.compare import verdict_counts
+    assert verdict_counts(comps)["slower"] == 1
+
+
+def test_mirror_needs_both_runs_proportional():
+    a = {("f", "runc", "x", "lower"): [1.0, 2.0, 3.0], ("f", "runc", "y", "lower"): [1.0, 2.0, 3.0]}
+    b = {("f", "runc", "x", "lower"): [1.0, 2.0, 3.0], ("f", "runc", "y", "lower"): [1.0, 2.5, 3.0]}
+    assert all(not c.mirror_of for c in compare_samples(load_like(a), load_like(b)))
+
+
+def test_calibrated_min_effect_decides():
+    """A clean, significant 10% change: slower with the 5% default, same when A/A runs moved by 15%."""
+    base = load_like({KEY: noisy(10.0, 0.01, 8, 1)})
+    new = load_like({KEY: noisy(11.0, 0.01, 8, 2)})
+    [default] = compare_samples(base, new)
+    assert default.verdict == "slower" and default.effect_source == "default"
+    cal = CompareConfig(min_effects=((KEY[:3], 0.15),))
+    [calibrated] = compare_samples(base, new, cal)
+    assert calibrated.verdict == "same" and calibrated.effect_source == "calibrated"
+    assert "below the minimum effect 15.0%" in calibrated.reason
+    [floored] = compare_samples(base, new, CompareConfig(threshold=0.2, min_effects=((KEY[:3], 0.02),)))
+    assert floored.min_effect_pct == pytest.approx(20.0) and floored.effect_source == "--threshold"
+
+
+def test_values_sharing_an_instance_count_once():
+    rows = load_like({KEY: [10.0, 10.2, 10.1, 10.3, 9.9, 10.0]}).assign(instance=[0, 0, 1, 1, 2, 2])
+    new = load_like({KEY: [12.0, 12.2, 12.1, 12.3, 11.9, 12.0]}).assign(instance=[0, 0, 1, 1, 2, 2])
+    [c] = compare_samples(rows, new, CompareConfig(alpha=0.05))
+    assert (c.n_base, c.n_new) == (3, 3) and c.min_p == pytest.approx(0.1) and c.verdict == "inconclusive"
+
+
+def test_tcg_runs_label_vm_lines(tmp_path, capsys):
+    key_vm = ("startup", "vm", "create_to_exit_s", "lower")
+    base = write_run(tmp_path / "a", {KEY: noisy(10.0, 0.01, 6, 1), key_vm: noisy(6.0, 0.01, 6, 2)})
+    new = write_run(tmp_path / "b", {KEY: noisy(10.0, 0.01, 6, 3), key_vm: noisy(6.0, 0.01, 6, 4)})
+    assert main(["compare", str(base), str(new), "--calibration", "none"]) == 0
+    out = capsys.readouterr().out
+    vm_lines = [line for line in out.splitlines() if " vm" in line]
+    assert vm_lines and all("vm [TCG]" in line for line in vm_lines)
+    assert "[TCG: VM figures from emulation]" in out.splitlines()[-1]
+    assert not any("[TCG]" in line for line in out.splitlines() if " container " in line)

@@ -1,0 +1,251 @@
+"""Minimum effects and check margins calibrated from A/A runs (identical code, identical conditions).
+
+Why: on these shared 2-core machines two runs of the same commit differ by more than the spread inside
+one run (other tenants, page cache, CPU frequency drift between runs), so a permutation test alone flags
+"regressions" between identical runs. How much identical runs differ is a property of the metric and of
+the machine, so it is measured, not guessed, and committed (``results/calibration.toml``) with the
+conditions of the runs it came from.
+
+From k >= 3 runs, per (benchmark, environment, metric) present in all of them:
+
+- the run statistic s_i (mean of the independent values, as ``compare`` computes it);
+- ``aa_max_change``: the largest |s_j - s_i| / |s_i| over all ordered pairs (what an A/A compare saw);
+- ``between_run_cv``: stdev(s_i) / |mean(s_i)|;
+- ``min_effect = max(EFFECT_FLOOR, aa_max_change, SAFETY * sqrt(2) * between_run_cv)``, rounded up to
+  0.5%: a difference of two run statistics has sd sqrt(2)*cv, and SAFETY=3 of those is a change identical
+  runs reach about 0.3% of the time (normal approximation), with the observed maximum as a floor because
+  k runs estimate the cv loosely.
+
+Per ``[[bound]]`` of the bounds file: the bound's value in each run, its centre and stdev, and
+``margin = max(SAFETY * stdev, max |v_i - centre|)`` in the bound's own units. ``isobench check`` widens
+the bound's floor/ceiling by that margin; ``headroom`` is how far (relative to the centre) the measured
+value has to move to fail. A bound whose headroom exceeds ``MAX_HEADROOM`` cannot fail in practice and
+is reported so it can be removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import statistics
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import UsageError
+
+SAFETY = 3.0
+EFFECT_FLOOR = 0.01
+EFFECT_STEP = 0.005
+MIN_RUNS = 3
+MAX_HEADROOM = 0.5   # a bound that needs its value to move by more than 50% to fail guards nothing
+DEFAULT_CALIBRATION = Path("results/calibration.toml")
+CONDITION_KEYS = ("hostname", "cpu_model", "cpu_count", "kernel", "accelerator", "profile", "started_utc")
+
+
+@dataclass(frozen=True)
+class MetricCalibration:
+    benchmark: str
+    environment: str
+    metric: str
+    runs: int
+    values_per_run: int
+    between_run_cv: float
+    aa_max_change: float
+    min_effect: float
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.benchmark, self.environment, self.metric)
+
+
+@dataclass(frozen=True)
+class BoundCalibration:
+    name: str
+    values: tuple[float, ...]
+    centre: float
+    stdev: float
+    margin: float
+    headroom: float   # relative move of the value that makes the widened bound fail (inf: cannot fail)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    conditions: dict
+    metrics: tuple[MetricCalibration, ...]
+    bounds: tuple[BoundCalibration, ...]
+
+    def min_effects(self) -> tuple[tuple[tuple[str, str, str], float], ...]:
+        return tuple((m.key, m.min_effect) for m in self.metrics)
+
+    def bound(self, name: str) -> BoundCalibration | None:
+        return next((b for b in self.bounds if b.name == name), None)
+
+
+def _round_up(x: float, step: float = EFFECT_STEP) -> float:
+    return round(math.ceil(x / step - 1e-9) * step, 6)
+
+
+def metric_calibration(key: tuple[str, str, str], per_run: list[list[float]]) -> MetricCalibration:
+    """Calibration of one metric from its independent values in each run."""
+    means = [statistics.fmean(v) for v in per_run]
+    centre = statistics.fmean(means)
+    cv = statistics.stdev(means) / abs(centre) if centre else math.inf
+    changes = [abs(b - a) / abs(a) for a in means for b in means if a is not b and a != 0]
+    aa_max = max(changes) if changes else 0.0
+    effect = max(EFFECT_FLOOR, aa_max, SAFETY * math.sqrt(2.0) * cv)
+    return MetricCalibration(*key, runs=len(per_run), values_per_run=min(len(v) for v in per_run),
+                             between_run_cv=round(cv, 6), aa_max_change=round(aa_max, 6),
+                             min_effect=_round_up(effect) if math.isfinite(effect) else 1.0)
+
+
+def headroom(centre: float, floor: float | None, ceiling: float | None, margin: float) -> float:
+    """Smallest relative move of ``centre`` that crosses the widened floor or ceiling."""
+    if not math.isfinite(centre) or centre == 0:
+        return math.inf
+    moves = []
+    if floor is not None:
+        moves.append((centre - (floor - margin)) / abs(centre))
+    if ceiling is not None:
+        moves.append(((ceiling + margin) - centre) / abs(centre))
+    return max(0.0, min(moves)) if moves else math.inf
+
+
+def bound_calibration(bound, values: list[float]) -> BoundCalibration:
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < 2:
+        return BoundCalibration(bound.name, tuple(values), math.nan, math.nan, math.nan, math.inf)
+    centre = statistics.fmean(finite)
+    sd = statistics.stdev(finite)
+    margin = max(SAFETY * sd, max(abs(v - centre) for v in finite))
+    return BoundCalibration(bound.name, tuple(round(v, 6) for v in finite), round(centre, 6), round(sd, 6),
+                            round(margin, 6), round(headroom(centre, bound.floor, bound.ceiling, margin), 6))
+
+
+def _check_runs(runs) -> None:
+    if len(runs) < MIN_RUNS:
+        raise UsageError(f"calibrate needs at least {MIN_RUNS} A/A runs, got {len(runs)}")
+    for key in ("hostname", "accelerator", "cpu_count", "kernel"):
+        seen = {str(r.meta.get(key)) for r in runs}
+        if len(seen) > 1:
+            raise UsageError(f"calibrate: runs differ in {key} ({', '.join(sorted(seen))}); A/A runs must share "
+                             f"their conditions")
+
+
+def calibrate(runs, bounds) -> Calibration:
+    """Calibration from loaded runs (``bench.results.Run``) and the bounds to give margins to."""
+    from bench.check import evaluate_bound
+    from bench.compare import KEY, independent_values
+
+    _check_runs(runs)
+    groups = [{k: independent_values(g) for k, g in r.samples.groupby(list(KEY), sort=True)} for r in runs]
+    common = sorted(set.intersection(*(set(g) for g in groups)))
+    metrics = tuple(metric_calibration(k, [g[k] for g in groups]) for k in common
+                    if all(len(g[k]) >= 1 for g in groups))
+    bound_cals = []
+    for b in bounds:
+        values = []
+        for r in runs:
+            results = evaluate_bound(b, r)
+            values.extend(res.value for res in results)
+        bound_cals.append(bound_calibration(b, values))
+    first = runs[0].meta
+    conditions = {k: first.get(k) for k in CONDITION_KEYS if k != "started_utc" and first.get(k) is not None}
+    conditions.update({
+        "runs": [str(r.path) for r in runs],
+        "started_utc": [str(r.meta.get("started_utc", "?")) for r in runs],
+        "isobench_commit": sorted({str(r.meta.get("isobench_commit") or r.meta.get("commit") or "?")
+                                   for r in runs}),
+        "calibrated_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "safety": SAFETY, "effect_floor": EFFECT_FLOOR, "max_headroom": MAX_HEADROOM,
+    })
+    return Calibration(conditions, metrics, tuple(bound_cals))
+
+
+# ---------------------------------------------------------------- TOML (written by hand: no writer in stdlib)
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        if isinstance(v, float) and not math.isfinite(v):
+            return '"inf"' if v > 0 else '"nan"'
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    text = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def to_toml(cal: Calibration, command: str = "") -> str:
+    lines = ["# Minimum effects (isobench compare) and margins (isobench check) calibrated from A/A runs:",
+             "# identical code, identical conditions, run one after another. Written by",
+             f"#   {command or 'isobench calibrate RUN_DIR...'}",
+             "# Method: see bench/calibrate.py. Re-calibrate when the machine, kernel, accelerator or profile changes.",
+             "", "[conditions]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in cal.conditions.items()]
+    for m in cal.metrics:
+        lines += ["", "[[metric]]"]
+        lines += [f"{f} = {_toml_value(getattr(m, f))}" for f in MetricCalibration.__dataclass_fields__]
+    for b in cal.bounds:
+        lines += ["", "[[bound]]"]
+        lines += [f"{f} = {_toml_value(getattr(b, f))}" for f in BoundCalibration.__dataclass_fields__]
+    return "\n".join(lines) + "\n"
+
+
+def _num(v) -> float:
+    return float(v) if isinstance(v, (int, float)) else float(str(v))
+
+
+def parse_calibration(text: str, where: str = "calibration") -> Calibration:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{where}: invalid TOML ({exc})") from exc
+    try:
+        metrics = tuple(MetricCalibration(str(m["benchmark"]), str(m["environment"]), str(m["metric"]),
+                                          int(m["runs"]), int(m["values_per_run"]), _num(m["between_run_cv"]),
+                                          _num(m["aa_max_change"]), _num(m["min_effect"]))
+                        for m in doc.get("metric", []))
+        bounds = tuple(BoundCalibration(str(b["name"]), tuple(_num(v) for v in b["values"]), _num(b["centre"]),
+                                        _num(b["stdev"]), _num(b["margin"]), _num(b["headroom"]))
+                       for b in doc.get("bound", []))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: malformed entry ({exc!r})") from exc
+    bad = [m for m in metrics if not 0 < m.min_effect < 10]
+    if bad:
+        raise UsageError(f"{where}: {bad[0].metric} has min_effect {bad[0].min_effect}; expected a fraction > 0")
+    return Calibration(dict(doc.get("conditions", {})), metrics, bounds)
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--calibration {p}: no such file")
+    return parse_calibration(p.read_text(), str(p))
+
+
+def default_calibration() -> Path | None:
+    """``results/calibration.toml`` of the working directory, else the one committed beside this code."""
+    here = DEFAULT_CALIBRATION
+    if here.is_file():
+        return here
+    repo = Path(__file__).resolve().parents[1] / DEFAULT_CALIBRATION
+    return repo if repo.is_file() else None
+
+
+def summary_text(cal: Calibration) -> str:
+    """What ``isobench calibrate`` prints: per metric its minimum effect, per bound its margin and headroom."""
+    lines = [f"calibrated from {len(cal.conditions.get('runs', []))} A/A runs "
+             f"({cal.conditions.get('accelerator', '?')} VMs, host {cal.conditions.get('hostname', '?')})"]
+    width = max([len("/".join(m.key)) for m in cal.metrics] + [10])
+    for m in cal.metrics:
+        label = "/".join(m.key) + (" [TCG]" if m.environment == "vm" and
+                                   str(cal.conditions.get("accelerator", "")).lower() == "tcg" else "")
+        lines.append(f"  {label:<{width + 6}} min effect {m.min_effect:6.1%}  (A/A max {m.aa_max_change:6.1%}, "
+                     f"between-run cv {m.between_run_cv:6.2%})")
+    for b in cal.bounds:
+        state = "CANNOT FAIL: remove it" if b.headroom > MAX_HEADROOM else "can fail"
+        lines.append(f"  bound {b.name!r}: centre {b.centre:.4g}, margin {b.margin:.3g}, fails when the value moves "
+                     f"{b.headroom:.1%} -> {state}")
+    return "\n".join(lines)
