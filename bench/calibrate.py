@@ -11,8 +11,10 @@ From k >= 3 runs, per (benchmark, environment, metric) present in all of them:
 - the run statistic s_i (mean of the independent values, as ``compare`` computes it);
 - ``aa_max_change``: the largest |s_j - s_i| / |s_i| over all ordered pairs (what an A/A compare saw);
 - ``between_run_cv``: stdev(s_i) / |mean(s_i)|;
-- ``min_effect = max(EFFECT_FLOOR, aa_max_change, SAFETY * sqrt(2) * between_run_cv)``, rounded up to
-  0.5%: a difference of two run statistics has sd sqrt(2)*cv, and SAFETY=3 of those is a change identical
+- ``resolution``: for a count (every value an integer, e.g. processes reached) 1.5 units of the centre,
+  since one unit up or down is the count's own granularity, not a change; else 0;
+- ``min_effect = max(EFFECT_FLOOR, resolution, aa_max_change, SAFETY * sqrt(2) * between_run_cv)``,
+  rounded up to 0.5%: a difference of two run statistics has sd sqrt(2)*cv, and SAFETY=3 of those is a change identical
   runs reach about 0.3% of the time (normal approximation), with the observed maximum as a floor because
   k runs estimate the cv loosely.
 
@@ -38,6 +40,7 @@ SAFETY = 3.0
 EFFECT_FLOOR = 0.01
 EFFECT_STEP = 0.005
 MIN_RUNS = 3
+COUNT_RESOLUTION_UNITS = 1.5
 MAX_HEADROOM = 0.5   # a bound that needs its value to move by more than 50% to fail guards nothing
 DEFAULT_CALIBRATION = Path("results/calibration.toml")
 CONDITION_KEYS = ("hostname", "cpu_model", "cpu_count", "kernel", "accelerator", "profile", "started_utc")
@@ -93,7 +96,9 @@ def metric_calibration(key: tuple[str, str, str], per_run: list[list[float]]) ->
     cv = statistics.stdev(means) / abs(centre) if centre else math.inf
     changes = [abs(b - a) / abs(a) for a in means for b in means if a is not b and a != 0]
     aa_max = max(changes) if changes else 0.0
-    effect = max(EFFECT_FLOOR, aa_max, SAFETY * math.sqrt(2.0) * cv)
+    counts = all(float(x).is_integer() for v in per_run for x in v)
+    resolution = COUNT_RESOLUTION_UNITS / abs(centre) if counts and centre else 0.0
+    effect = max(EFFECT_FLOOR, resolution, aa_max, SAFETY * math.sqrt(2.0) * cv)
     return MetricCalibration(*key, runs=len(per_run), values_per_run=min(len(v) for v in per_run),
                              between_run_cv=round(cv, 6), aa_max_change=round(aa_max, 6),
                              min_effect=_round_up(effect) if math.isfinite(effect) else 1.0)

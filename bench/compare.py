@@ -13,8 +13,8 @@ Why each piece:
   between runs): a significant change counts only when it is also at least the metric's minimum effect,
   calibrated from A/A runs (``results/calibration.toml``, made by ``isobench calibrate``); an uncalibrated
   metric uses ``DEFAULT_MIN_EFFECT``.
-- Values that share an instance are not independent: when samples.csv has an ``instance`` column, the
-  values of one instance are averaged into one value before testing.
+- Values that share an instance are not independent: when samples.csv has a ``replicate`` column (the
+  instance or boot a value came from), the values of one replicate are averaged into one value first.
 
 Verdicts are direction-aware: "slower" means worse in the metric's own direction (more ms, fewer
 events/s), "faster" better; "inconclusive" means a change at least the minimum effect that the values
@@ -35,7 +35,7 @@ VERDICT_FASTER, VERDICT_SLOWER, VERDICT_SAME = "faster", "slower", "same"
 VERDICT_INCONCLUSIVE = "inconclusive"
 ONLY_BASE, ONLY_NEW = "only in base", "only in new"
 KEY = ("benchmark", "environment", "metric")
-INSTANCE_COLUMN = "instance"   # optional samples.csv column: values with the same instance are one value
+INSTANCE_COLUMN = "replicate"  # samples.csv column naming the instance/boot: values sharing one are one value
 DEFAULT_MIN_EFFECT = 0.05      # for metrics the calibration does not cover
 
 
@@ -118,11 +118,13 @@ def parse_alpha(text: str) -> float:
     return value
 
 
-def accelerator_label(environment: str, *metas: dict) -> str:
-    """"TCG" for the vm environment when any of the runs booted its VMs under emulation."""
-    if environment != "vm":
-        return ""
-    accels = {str(m.get("accelerator", "")).lower() for m in metas}
+def accelerator_label(environment: str, *metas: dict, rows=()) -> str:
+    """"TCG" when the rows (their ``accelerator`` column) or, for the vm environment, either run's meta
+    say the VM ran under emulation."""
+    accels = {str(a).lower() for group in rows if group is not None and "accelerator" in group.columns
+              for a in group["accelerator"].dropna().unique()}
+    if environment == "vm":
+        accels |= {str(m.get("accelerator", "")).lower() for m in metas}
     return "TCG" if "tcg" in accels else ""
 
 
@@ -195,7 +197,7 @@ def compare_samples(base, new, cfg: CompareConfig = CompareConfig(), base_meta: 
     verdicts: dict = {}
     for key in keys:
         unit, direction = meta_of[key]
-        accel = accelerator_label(key[1], *metas)
+        accel = accelerator_label(key[1], *metas, rows=(base_groups.get(key), new_groups.get(key)))
         effect, source = cfg.min_effect(key)
         if key not in base_groups or key not in new_groups:
             in_base = key in base_groups

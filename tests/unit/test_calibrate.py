@@ -28,7 +28,7 @@ def test_metric_calibration_arithmetic():
 
 
 def test_metric_calibration_floor():
-    m = metric_calibration(("cpu", "native", "x"), [[100.0], [100.0], [100.0]])
+    m = metric_calibration(("cpu", "native", "x"), [[100.5], [100.5], [100.5]])
     assert m.min_effect == pytest.approx(0.01) and m.aa_max_change == 0
 
 
@@ -107,3 +107,9 @@ def test_bad_calibration_rejected(text, match):
 def test_calibration_file_missing(tmp_path, capsys):
     assert main(["compare", str(FIXTURE), str(FIXTURE), "--calibration", str(tmp_path / "no.toml")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_counts_get_their_resolution():
+    """31 processes every time: one more or fewer is the count's granularity (1.5/31 = 4.8% -> 5%)."""
+    m = metric_calibration(("enforcement", "runc", "pids_reached"), [[31.0] * 5, [31.0] * 5, [31.0] * 5])
+    assert m.min_effect == pytest.approx(0.05)

@@ -181,8 +181,8 @@ def test_calibrated_min_effect_decides():
 
 
 def test_values_sharing_an_instance_count_once():
-    rows = load_like({KEY: [10.0, 10.2, 10.1, 10.3, 9.9, 10.0]}).assign(instance=[0, 0, 1, 1, 2, 2])
-    new = load_like({KEY: [12.0, 12.2, 12.1, 12.3, 11.9, 12.0]}).assign(instance=[0, 0, 1, 1, 2, 2])
+    rows = load_like({KEY: [10.0, 10.2, 10.1, 10.3, 9.9, 10.0]}).assign(replicate=[0, 0, 1, 1, 2, 2])
+    new = load_like({KEY: [12.0, 12.2, 12.1, 12.3, 11.9, 12.0]}).assign(replicate=[0, 0, 1, 1, 2, 2])
     [c] = compare_samples(rows, new, CompareConfig(alpha=0.05))
     assert (c.n_base, c.n_new) == (3, 3) and c.min_p == pytest.approx(0.1) and c.verdict == "inconclusive"
 
@@ -197,3 +197,13 @@ def test_tcg_runs_label_vm_lines(tmp_path, capsys):
     assert vm_lines and all("vm [TCG]" in line for line in vm_lines)
     assert "[TCG: VM figures from emulation]" in out.splitlines()[-1]
     assert not any("[TCG]" in line for line in out.splitlines() if " container " in line)
+
+
+def test_row_accelerator_column_labels_lines():
+    key_vm = ("cpu", "vm", "events_per_s_1t", "higher")
+    a = load_like({key_vm: noisy(500.0, 0.01, 6, 1)}).assign(accelerator="tcg")
+    b = load_like({key_vm: noisy(500.0, 0.01, 6, 2)}).assign(accelerator="tcg")
+    [c] = compare_samples(a, b)
+    assert c.env_label == "vm [TCG]"
+    [k] = compare_samples(a.assign(accelerator="kvm"), b.assign(accelerator="kvm"))
+    assert k.env_label == "vm"
