@@ -11,8 +11,8 @@ From k >= 3 runs, per (benchmark, environment, metric) present in all of them:
 - the run statistic s_i (mean of the independent values, as ``compare`` computes it);
 - ``aa_max_change``: the largest |s_j - s_i| / |s_i| over all ordered pairs (what an A/A compare saw);
 - ``between_run_cv``: stdev(s_i) / |mean(s_i)|;
-- ``resolution``: for a count (every value an integer, e.g. processes reached) 1.5 units of the centre,
-  since one unit up or down is the count's own granularity, not a change; else 0;
+- ``resolution``: for a count (every value an integer, e.g. processes reached) one unit of the centre
+  plus one rounding step, since one unit up or down is the count's own granularity, not a change; else 0;
 - ``min_effect = max(EFFECT_FLOOR, resolution, aa_max_change, SAFETY * sqrt(2) * between_run_cv)``,
   rounded up to 0.5%: a difference of two run statistics has sd sqrt(2)*cv, and SAFETY=3 of those is a change identical
   runs reach about 0.3% of the time (normal approximation), with the observed maximum as a floor because
@@ -20,8 +20,8 @@ From k >= 3 runs, per (benchmark, environment, metric) present in all of them:
 
 Per ``[[bound]]`` of the bounds file: the bound's value in each run, its centre and stdev, and
 ``margin = max(SAFETY * stdev, max |v_i - centre|)`` in the bound's own units. ``isobench check`` widens
-the bound's floor/ceiling by that margin; ``headroom`` is how far (relative to the centre) the measured
-value has to move to fail. A bound whose headroom exceeds ``MAX_HEADROOM`` cannot fail in practice and
+the bound's floor/ceiling by that margin; ``headroom`` is by what factor (minus one) the measured value
+has to grow or shrink to fail. A bound whose headroom exceeds ``MAX_HEADROOM`` cannot fail in practice and
 is reported so it can be removed.
 """
 
@@ -40,8 +40,7 @@ SAFETY = 3.0
 EFFECT_FLOOR = 0.01
 EFFECT_STEP = 0.005
 MIN_RUNS = 3
-COUNT_RESOLUTION_UNITS = 1.5
-MAX_HEADROOM = 0.5   # a bound that needs its value to move by more than 50% to fail guards nothing
+MAX_HEADROOM = 1.0   # a bound whose value must more than double (or vanish) to fail guards nothing
 DEFAULT_CALIBRATION = Path("results/calibration.toml")
 CONDITION_KEYS = ("hostname", "cpu_model", "cpu_count", "kernel", "accelerator", "profile", "started_utc")
 
@@ -97,7 +96,7 @@ def metric_calibration(key: tuple[str, str, str], per_run: list[list[float]]) ->
     changes = [abs(b - a) / abs(a) for a in means for b in means if a is not b and a != 0]
     aa_max = max(changes) if changes else 0.0
     counts = all(float(x).is_integer() for v in per_run for x in v)
-    resolution = COUNT_RESOLUTION_UNITS / abs(centre) if counts and centre else 0.0
+    resolution = 1.0 / abs(centre) + EFFECT_STEP if counts and centre else 0.0
     effect = max(EFFECT_FLOOR, resolution, aa_max, SAFETY * math.sqrt(2.0) * cv)
     return MetricCalibration(*key, runs=len(per_run), values_per_run=min(len(v) for v in per_run),
                              between_run_cv=round(cv, 6), aa_max_change=round(aa_max, 6),
@@ -105,14 +104,17 @@ def metric_calibration(key: tuple[str, str, str], per_run: list[list[float]]) ->
 
 
 def headroom(centre: float, floor: float | None, ceiling: float | None, margin: float) -> float:
-    """Smallest relative move of ``centre`` that crosses the widened floor or ceiling."""
-    if not math.isfinite(centre) or centre == 0:
+    """How far ``centre`` must move to cross the widened floor or ceiling, as a factor minus one: 0.25
+    means it must grow (or shrink) by a factor of 1.25; inf when it cannot get there at all. Measured as a
+    factor so a floor and a ceiling compare alike (halving and doubling are both 1.0)."""
+    if not math.isfinite(centre) or centre <= 0:
         return math.inf
     moves = []
     if floor is not None:
-        moves.append((centre - (floor - margin)) / abs(centre))
+        low = floor - margin
+        moves.append(centre / low - 1.0 if low > 0 else math.inf)
     if ceiling is not None:
-        moves.append(((ceiling + margin) - centre) / abs(centre))
+        moves.append((ceiling + margin) / centre - 1.0)
     return max(0.0, min(moves)) if moves else math.inf
 
 
@@ -251,6 +253,6 @@ def summary_text(cal: Calibration) -> str:
                      f"between-run cv {m.between_run_cv:6.2%})")
     for b in cal.bounds:
         state = "CANNOT FAIL: remove it" if b.headroom > MAX_HEADROOM else "can fail"
-        lines.append(f"  bound {b.name!r}: centre {b.centre:.4g}, margin {b.margin:.3g}, fails when the value moves "
-                     f"{b.headroom:.1%} -> {state}")
+        lines.append(f"  bound {b.name!r}: centre {b.centre:.4g}, margin {b.margin:.3g}, fails when the value grows or shrinks by a factor "
+                     f"{1 + b.headroom:.3g} -> {state}")
     return "\n".join(lines)

@@ -37,8 +37,11 @@ def test_headroom_and_margin():
                        'floor=0.95\nceiling=1.05\n')
     cal = bound_calibration(b, [1.0, 1.01, 0.99])
     assert cal.margin == pytest.approx(0.03)  # 3 * stdev 0.01
-    assert cal.headroom == pytest.approx(0.08)  # 1.0 -> 0.92 (floor 0.95 - 0.03)
-    assert headroom(300.0, 1.0, None, 0.0) > MAX_HEADROOM  # the old "VM start slower than container" bound
+    assert cal.headroom == pytest.approx(0.08)  # 1.0 -> 1.08 (ceiling 1.05 + 0.03) before 0.92 (x1.087)
+    assert headroom(300.0, 1.0, None, 0.0) == pytest.approx(299)  # "VM start slower than container start"
+    assert headroom(300.0, 1.0, None, 0.0) > MAX_HEADROOM
+    assert headroom(0.3, None, 0.5, 0.25) == pytest.approx(1.5)  # needs the value to grow 2.5-fold
+    assert headroom(1.0, 1.0, None, 0.0) == 0  # a held limit: fails the moment it is not held
 
 
 def _scaled_copy(tmp_path, name, factor, host=None):
@@ -110,6 +113,7 @@ def test_calibration_file_missing(tmp_path, capsys):
 
 
 def test_counts_get_their_resolution():
-    """31 processes every time: one more or fewer is the count's granularity (1.5/31 = 4.8% -> 5%)."""
+    """31 processes every time: one more or fewer is the count's granularity (1/31 = 3.2% + 0.5% -> 4%)."""
     m = metric_calibration(("enforcement", "runc", "pids_reached"), [[31.0] * 5, [31.0] * 5, [31.0] * 5])
-    assert m.min_effect == pytest.approx(0.05)
+    assert m.min_effect == pytest.approx(0.04)
+    assert 1 / 31 < m.min_effect < 2 / 31
