@@ -271,7 +271,23 @@ def condition_warnings(base_meta: dict, new_meta: dict) -> list[str]:
         a, b = base_meta.get(key), new_meta.get(key)
         if a is not None and b is not None and a != b:
             out.append(f"{what} differs: base {a}, new {b}")
+    loads = [_load(m) for m in (base_meta, new_meta)]
+    if None not in loads and abs(loads[0] - loads[1]) >= LOAD_WARNING:
+        out.append(f"load average (1 min) differs: base {loads[0]:g}, new {loads[1]:g}: other work on the host "
+                   f"moves every figure")
     return out
+
+
+LOAD_WARNING = 1.0  # runnable tasks: on a 2-core host one more busy task is half the machine
+
+
+def _load(meta: dict) -> float | None:
+    """pyperf's ``load_avg_1min`` as recorded in meta.json's ``system`` (None when absent)."""
+    value = (meta.get("system") or {}).get("load_avg_1min") if isinstance(meta.get("system"), dict) else None
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _shown(df):

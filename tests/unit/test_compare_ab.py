@@ -207,3 +207,13 @@ def test_row_accelerator_column_labels_lines():
     assert c.env_label == "vm [TCG]"
     [k] = compare_samples(a.assign(accelerator="kvm"), b.assign(accelerator="kvm"))
     assert k.env_label == "vm"
+
+
+def test_condition_warnings_include_load():
+    from bench.compare import condition_warnings
+
+    warn = condition_warnings({"system": {"load_avg_1min": 0.4}}, {"system": {"load_avg_1min": 2.9}})
+    assert warn == ["load average (1 min) differs: base 0.4, new 2.9: other work on the host moves every figure"]
+    assert condition_warnings({"system": {"load_avg_1min": 0.4}}, {"system": {"load_avg_1min": 0.9}}) == []
+    assert condition_warnings({"accelerator": "tcg"}, {"accelerator": "kvm"}) == [
+        "VM accelerator differs: base tcg, new kvm"]
