@@ -13,10 +13,14 @@ From k >= 3 runs, per (benchmark, environment, metric) present in all of them:
 - ``between_run_cv``: stdev(s_i) / |mean(s_i)|;
 - ``resolution``: for a count (every value an integer, e.g. processes reached) one unit of the centre
   plus one rounding step, since one unit up or down is the count's own granularity, not a change; else 0;
-- ``min_effect = max(EFFECT_FLOOR, resolution, aa_max_change, SAFETY * sqrt(2) * between_run_cv)``,
-  rounded up to 0.5%: a difference of two run statistics has sd sqrt(2)*cv, and SAFETY=3 of those is a change identical
-  runs reach about 0.3% of the time (normal approximation), with the observed maximum as a floor because
-  k runs estimate the cv loosely.
+- ``spread``: load on a shared host slows everything by a factor (a busy neighbour made one run's starts
+  4x slower here), so for positive statistics the spread is taken on log-ratios:
+  ``expm1(max(max |ln(s_j/s_i)|, SAFETY * sqrt(2) * stdev(ln s_i)))``; a log-ratio of two run statistics
+  has sd sqrt(2)*stdev(ln s), SAFETY=3 of those is reached by identical runs about 0.3% of the time
+  (normal approximation), and the largest observed change is a floor because k runs estimate the spread
+  loosely. Statistics that can be zero or negative use the same rule on relative changes and the cv;
+- ``min_effect = max(EFFECT_FLOOR, resolution, spread)`` rounded up to 0.5%. ``compare`` judges a change
+  on the same scale: |ln(new/base)| >= ln(1 + min_effect), so x1.2 and /1.2 weigh the same.
 
 Per ``[[bound]]`` of the bounds file: the bound's value in each run, its centre and stdev, and
 ``margin = max(SAFETY * stdev, max |v_i - centre|)`` in the bound's own units. ``isobench check`` widens
@@ -89,15 +93,21 @@ def _round_up(x: float, step: float = EFFECT_STEP) -> float:
 
 
 def metric_calibration(key: tuple[str, str, str], per_run: list[list[float]]) -> MetricCalibration:
-    """Calibration of one metric from its independent values in each run."""
+    """Calibration of one metric from its independent values in each run (see the module docstring)."""
     means = [statistics.fmean(v) for v in per_run]
     centre = statistics.fmean(means)
     cv = statistics.stdev(means) / abs(centre) if centre else math.inf
-    changes = [abs(b - a) / abs(a) for a in means for b in means if a is not b and a != 0]
-    aa_max = max(changes) if changes else 0.0
+    pairs = [(a, b) for i, a in enumerate(means) for j, b in enumerate(means) if i != j]
+    aa_max = max((abs(b - a) / abs(a) for a, b in pairs if a != 0), default=0.0)
     counts = all(float(x).is_integer() for v in per_run for x in v)
     resolution = 1.0 / abs(centre) + EFFECT_STEP if counts and centre else 0.0
-    effect = max(EFFECT_FLOOR, resolution, aa_max, SAFETY * math.sqrt(2.0) * cv)
+    if all(m > 0 for m in means):  # multiplicative noise: spread and changes as log-ratios
+        log_sd = statistics.stdev(math.log(m) for m in means)
+        log_max = max(abs(math.log(b / a)) for a, b in pairs)
+        spread = math.expm1(max(log_max, SAFETY * math.sqrt(2.0) * log_sd))
+    else:
+        spread = max(aa_max, SAFETY * math.sqrt(2.0) * cv)
+    effect = max(EFFECT_FLOOR, resolution, spread)
     return MetricCalibration(*key, runs=len(per_run), values_per_run=min(len(v) for v in per_run),
                              between_run_cv=round(cv, 6), aa_max_change=round(aa_max, 6),
                              min_effect=_round_up(effect) if math.isfinite(effect) else 1.0)

@@ -25,7 +25,7 @@ exit 1. Lines of an environment that ran under emulation say so (``vm [TCG]``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from math import isfinite, nan
+from math import isfinite, log, log1p, nan
 from pathlib import Path
 
 from bench import stats as cmpstats
@@ -148,6 +148,16 @@ def _mirrors(series: dict, directions: dict) -> dict:
     return out
 
 
+def _at_least(rel: float, min_effect: float) -> bool:
+    """Is a relative change ``rel`` at least the minimum effect? On the log scale (the calibration's):
+    x(1+e) and /(1+e) both count, so a 20% slowdown of a time and of a throughput weigh the same; a
+    change through zero or below (a negative statistic) falls back to the plain relative size."""
+    ratio = 1.0 + rel
+    if ratio > 0:
+        return abs(log(ratio)) >= log1p(min_effect) - 1e-12
+    return abs(rel) >= min_effect
+
+
 def _raw_verdict(rel: float, q: float, min_p: float, min_effect: float, direction: str,
                  alpha: float) -> tuple[str, str]:
     if not isfinite(rel):
@@ -155,7 +165,7 @@ def _raw_verdict(rel: float, q: float, min_p: float, min_effect: float, directio
     if not min_p <= alpha:
         need = cmpstats.min_values_for(alpha)
         return VERDICT_INCONCLUSIVE, f"too few values: min p {min_p:.2g} > {alpha:g} (needs {need}+ per run)"
-    big = abs(rel) >= min_effect
+    big = _at_least(rel, min_effect)
     if not (isfinite(q) and q <= alpha):
         return (VERDICT_INCONCLUSIVE, f"change not significant (q {q:.3g} > {alpha:g})") if big else \
             (VERDICT_SAME, "")

@@ -19,12 +19,20 @@ FIXTURE = ROOT / "results" / "fixtures" / "quick-tcg"
 
 
 def test_metric_calibration_arithmetic():
-    # run means 10, 11, 12: cv = 1/11; max change 12/10 - 1 = 20%; 3*sqrt(2)*cv = 38.6% -> 39%
+    # run means 10, 11, 12: cv = 1/11; max change 12/10 - 1 = 20%; on logs: stdev(ln 10, ln 11, ln 12)
+    # = 0.09116, 3*sqrt(2)*0.09116 = 0.3868 > ln 1.2, expm1(0.3868) = 47.2% -> 47.5%
     m = metric_calibration(("startup", "runc", "x"), [[9.0, 11.0], [11.0, 11.0], [12.0, 12.0]])
     assert m.aa_max_change == pytest.approx(0.2)
     assert m.between_run_cv == pytest.approx(1 / 11, abs=1e-6)
-    assert m.min_effect == pytest.approx(0.39)
+    assert m.min_effect == pytest.approx(0.475)
     assert (m.runs, m.values_per_run) == (3, 2)
+
+
+def test_metric_calibration_negative_statistic_uses_relative_changes():
+    # means -1, 1, 3 (a memory delta below the noise can be negative): linear rule, cv = 2 / 1
+    m = metric_calibration(("footprint", "runc", "mem_delta_mib_n1"), [[-1.0], [1.0], [3.0]])
+    assert m.aa_max_change == pytest.approx(4.0)  # 3 / -1 - 1, in size
+    assert m.min_effect == pytest.approx(8.49)  # 3*sqrt(2)*cv = 8.485 -> rounded up to 0.5%
 
 
 def test_metric_calibration_floor():

@@ -217,3 +217,11 @@ def test_condition_warnings_include_load():
     assert condition_warnings({"system": {"load_avg_1min": 0.4}}, {"system": {"load_avg_1min": 0.9}}) == []
     assert condition_warnings({"accelerator": "tcg"}, {"accelerator": "kvm"}) == [
         "VM accelerator differs: base tcg, new kvm"]
+
+
+def test_min_effect_is_symmetric_on_the_log_scale():
+    from bench.compare import _at_least
+
+    assert _at_least(0.2, 0.2) and _at_least(1 / 1.2 - 1, 0.2)  # x1.2 and /1.2 both reach 20%
+    assert not _at_least(-0.16, 0.2) and not _at_least(0.19, 0.2)  # /1.2 is -16.7%
+    assert _at_least(-2.0, 1.5) and not _at_least(-1.0 - 1e-9 + 0.5, 1.5)  # through zero: plain size
