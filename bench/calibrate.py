@@ -149,8 +149,9 @@ def _check_runs(runs) -> None:
                              f"their conditions")
 
 
-def calibrate(runs, bounds) -> Calibration:
-    """Calibration from loaded runs (``bench.results.Run``) and the bounds to give margins to."""
+def calibrate(runs, bounds, labels: list[str] | None = None) -> Calibration:
+    """Calibration from loaded runs (``bench.results.Run``) and the bounds to give margins to; ``labels``
+    name the runs in the conditions (default: their paths)."""
     from bench.check import evaluate_bound
     from bench.compare import KEY, independent_values
 
@@ -169,9 +170,9 @@ def calibrate(runs, bounds) -> Calibration:
     first = runs[0].meta
     conditions = {k: first.get(k) for k in CONDITION_KEYS if k != "started_utc" and first.get(k) is not None}
     conditions.update({
-        "runs": [str(r.path) for r in runs],
+        "runs": list(labels) if labels else [str(r.path) for r in runs],
         "started_utc": [str(r.meta.get("started_utc", "?")) for r in runs],
-        "isobench_commit": sorted({str(r.meta.get("isobench_commit") or r.meta.get("commit") or "?")
+        "isobench_commit": sorted({str(r.meta.get("isobench_commit") or "not recorded in meta.json")
                                    for r in runs}),
         "calibrated_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "safety": SAFETY, "effect_floor": EFFECT_FLOOR, "max_headroom": MAX_HEADROOM,
@@ -229,7 +230,7 @@ def parse_calibration(text: str, where: str = "calibration") -> Calibration:
                        for b in doc.get("bound", []))
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"{where}: malformed entry ({exc!r})") from exc
-    bad = [m for m in metrics if not 0 < m.min_effect < 10]
+    bad = [m for m in metrics if not (0 < m.min_effect and math.isfinite(m.min_effect))]
     if bad:
         raise UsageError(f"{where}: {bad[0].metric} has min_effect {bad[0].min_effect}; expected a fraction > 0")
     return Calibration(dict(doc.get("conditions", {})), metrics, bounds)

@@ -113,7 +113,7 @@ def _calibrate(args) -> int:
     from core.fsutil import atomic_write_bytes
 
     runs = [load_run(_single_run(_run_dir(d))) for d in args.run_dirs]
-    cal = calibrate(runs, load_bounds(args.bounds or default_bounds()))
+    cal = calibrate(runs, load_bounds(args.bounds or default_bounds()), labels=args.run_dirs)
     print(summary_text(cal))
     command = "isobench calibrate " + " ".join(args.run_dirs) + f" --out {args.out}"
     atomic_write_bytes(Path(args.out), to_toml(cal, command).encode())

@@ -105,8 +105,8 @@ def test_bounds_file_missing(tmp_path, capsys):
 
 def test_committed_bounds_parse():
     names = [b.name for b in load_bounds(BOUNDS)]
-    assert "container start at most half of runc's" in names and "--cpus accuracy within 10% (container)" in names
-    assert "VM start slower than container start" not in names  # could not fail: removed
+    assert "container CPU within 5% of native" in names and "--cpus accuracy within 10% (container)" in names
+    assert "VM start slower than container start" not in names  # could not fail: removed (see bounds.toml)
 
 
 def test_margin_widens_the_claim(tmp_path):
