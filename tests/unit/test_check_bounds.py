@@ -41,7 +41,7 @@ def test_slow_container_cpu_and_unheld_memory_fail(tmp_path, capsys):
     for line in lines[1:]:
         f = line.split(",")
         if f[0] == "cpu" and f[1] == "container" and f[2] == "events_per_s_1t":
-            f[3] = repr(float(f[3]) * 0.8)
+            f[3] = repr(float(f[3]) * 0.5)  # as under an accidental 0.5-CPU quota
         out_lines.append(",".join(f))
     csv.write_text("\n".join(out_lines) + "\n")
     facts = json.loads((run / "facts.json").read_text())
@@ -49,7 +49,7 @@ def test_slow_container_cpu_and_unheld_memory_fail(tmp_path, capsys):
         if e["environment"] == "container" and e["limit"] == "memory":
             e["held"] = False
     (run / "facts.json").write_text(json.dumps(facts))
-    assert main(["check", str(run), "--bounds", str(BOUNDS)]) == 1  # 20% below native: past any margin
+    assert main(["check", str(run), "--bounds", str(BOUNDS)]) == 1  # half of native: past the margin
     out = capsys.readouterr().out
     failed = {line.split("  ")[0] for line in out.splitlines() if " FAIL " in line + " "}
     assert failed == {"container CPU within 5% of native", "memory limit held (container)"}
