@@ -15,15 +15,19 @@ From k >= 3 runs, per (benchmark, environment, metric) present in all of them:
   plus one rounding step, since one unit up or down is the count's own granularity, not a change; else 0;
 - ``spread``: load on a shared host slows everything by a factor (a busy neighbour made one run's starts
   4x slower here), so for positive statistics the spread is taken on log-ratios:
-  ``expm1(max(max |ln(s_j/s_i)|, SAFETY * sqrt(2) * stdev(ln s_i)))``; a log-ratio of two run statistics
-  has sd sqrt(2)*stdev(ln s), SAFETY=3 of those is reached by identical runs about 0.3% of the time
-  (normal approximation), and the largest observed change is a floor because k runs estimate the spread
-  loosely. Statistics that can be zero or negative use the same rule on relative changes and the cv;
+  ``expm1(max(max |ln(s_j/s_i)|, t * sqrt(2) * stdev(ln s_i)))``. A log-ratio of two new runs has sd
+  sqrt(2)*sigma; sigma is known only from k runs, so the limit is a prediction interval with Student's t
+  of k-1 degrees of freedom at ``COVERAGE`` (the "3 sigma" quantile): t = 19.2 for 3 runs, 6.6 for 5,
+  3.3 for 31. A first version used a flat 3 (the normal quantile): calibrated on 3 runs, 4 of 10
+  held-out A/A pairs flagged a change, because 3 runs say little about the spread. The largest observed
+  change is a floor. Statistics that can be zero or negative use the same rule on relative changes and
+  the cv;
 - ``min_effect = max(EFFECT_FLOOR, resolution, spread)`` rounded up to 0.5%. ``compare`` judges a change
   on the same scale: |ln(new/base)| >= ln(1 + min_effect), so x1.2 and /1.2 weigh the same.
 
 Per ``[[bound]]`` of the bounds file: the bound's value in each run, its centre and stdev, and
-``margin = max(SAFETY * stdev, max |v_i - centre|)`` in the bound's own units. ``isobench check`` widens
+``margin = max(t * stdev * sqrt(1 + 1/k), max |v_i - centre|)`` in the bound's own units (the prediction
+interval of one more run's value). ``isobench check`` widens
 the bound's floor/ceiling by that margin; ``headroom`` is by what factor (minus one) the measured value
 has to grow or shrink to fail. A bound whose headroom exceeds ``MAX_HEADROOM`` cannot fail in practice and
 is reported so it can be removed.
@@ -38,9 +42,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.stats import student_t_quantile
 from core.errors import UsageError
 
-SAFETY = 3.0
+COVERAGE = 0.99865  # one-sided quantile of "3 sigma": identical runs exceed the limit ~0.27% of the time
 EFFECT_FLOOR = 0.01
 EFFECT_STEP = 0.005
 MIN_RUNS = 3
@@ -101,12 +106,13 @@ def metric_calibration(key: tuple[str, str, str], per_run: list[list[float]]) ->
     aa_max = max((abs(b - a) / abs(a) for a, b in pairs if a != 0), default=0.0)
     counts = all(float(x).is_integer() for v in per_run for x in v)
     resolution = 1.0 / abs(centre) + EFFECT_STEP if counts and centre else 0.0
+    t = student_t_quantile(COVERAGE, len(means) - 1)
     if all(m > 0 for m in means):  # multiplicative noise: spread and changes as log-ratios
         log_sd = statistics.stdev(math.log(m) for m in means)
         log_max = max(abs(math.log(b / a)) for a, b in pairs)
-        spread = math.expm1(max(log_max, SAFETY * math.sqrt(2.0) * log_sd))
+        spread = math.expm1(max(log_max, t * math.sqrt(2.0) * log_sd))
     else:
-        spread = max(aa_max, SAFETY * math.sqrt(2.0) * cv)
+        spread = max(aa_max, t * math.sqrt(2.0) * cv)
     effect = max(EFFECT_FLOOR, resolution, spread)
     return MetricCalibration(*key, runs=len(per_run), values_per_run=min(len(v) for v in per_run),
                              between_run_cv=round(cv, 6), aa_max_change=round(aa_max, 6),
@@ -134,7 +140,9 @@ def bound_calibration(bound, values: list[float]) -> BoundCalibration:
         return BoundCalibration(bound.name, tuple(values), math.nan, math.nan, math.nan, math.inf)
     centre = statistics.fmean(finite)
     sd = statistics.stdev(finite)
-    margin = max(SAFETY * sd, max(abs(v - centre) for v in finite))
+    # prediction interval for one new run's value from k runs: t(k-1) * sd * sqrt(1 + 1/k)
+    t = student_t_quantile(COVERAGE, len(finite) - 1)
+    margin = max(t * sd * math.sqrt(1.0 + 1.0 / len(finite)), max(abs(v - centre) for v in finite))
     return BoundCalibration(bound.name, tuple(round(v, 6) for v in finite), round(centre, 6), round(sd, 6),
                             round(margin, 6), round(headroom(centre, bound.floor, bound.ceiling, margin), 6))
 
@@ -175,7 +183,7 @@ def calibrate(runs, bounds, labels: list[str] | None = None) -> Calibration:
         "isobench_commit": sorted({str(r.meta.get("isobench_commit") or "not recorded in meta.json")
                                    for r in runs}),
         "calibrated_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "safety": SAFETY, "effect_floor": EFFECT_FLOOR, "max_headroom": MAX_HEADROOM,
+        "coverage": COVERAGE, "effect_floor": EFFECT_FLOOR, "max_headroom": MAX_HEADROOM,
     })
     return Calibration(conditions, metrics, tuple(bound_cals))
 

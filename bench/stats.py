@@ -16,6 +16,7 @@ tests at once need a false-discovery-rate control; and a metric that is an exact
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from pathlib import Path
@@ -185,3 +186,30 @@ def mirror_of(series: dict[str, tuple[list[float], list[float]]]) -> dict[str, s
         else:
             reps.append(name)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def student_t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (p > 0.5) of Student's t with ``df`` degrees of freedom, by bisection on its
+    CDF integrated numerically (no scipy here). Used for prediction intervals from a few runs: the
+    spread of k runs is known only to k-1 degrees of freedom, so 3 sigma of a normal is far too tight."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"student_t_quantile({p}, {df}): need 0.5 < p < 1 and df >= 1")
+    import numpy as np
+
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        # substitute t = tan(u): the integrand is smooth and the range finite however heavy the tail
+        u = np.linspace(0.0, math.atan(x), 20001)
+        t = np.tan(u)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(t * t / df)) / np.cos(u) ** 2
+        return 0.5 + float(np.sum((f[1:] + f[:-1]) * np.diff(u)) / 2)
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2

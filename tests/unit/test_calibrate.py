@@ -10,7 +10,9 @@ import pytest
 from app.cli import main
 from bench.calibrate import (MAX_HEADROOM, bound_calibration, calibrate, headroom, load_calibration,
                              metric_calibration, parse_calibration, to_toml)
+from bench.calibrate import COVERAGE
 from bench.check import parse_bounds
+from bench.stats import student_t_quantile
 from bench.results import load_run
 from core.errors import UsageError
 
@@ -20,11 +22,15 @@ FIXTURE = ROOT / "results" / "fixtures" / "quick-tcg"
 
 def test_metric_calibration_arithmetic():
     # run means 10, 11, 12: cv = 1/11; max change 12/10 - 1 = 20%; on logs: stdev(ln 10, ln 11, ln 12)
-    # = 0.09116, 3*sqrt(2)*0.09116 = 0.3868 > ln 1.2, expm1(0.3868) = 47.2% -> 47.5%
+    # = 0.09116; 3 runs know sigma to 2 degrees of freedom: t = 19.21 (not 3), 19.21*sqrt(2)*0.09116 = 2.476,
+    # expm1(2.477) = 1090%: three runs cannot promise more than that
     m = metric_calibration(("startup", "runc", "x"), [[9.0, 11.0], [11.0, 11.0], [12.0, 12.0]])
     assert m.aa_max_change == pytest.approx(0.2)
     assert m.between_run_cv == pytest.approx(1 / 11, abs=1e-6)
-    assert m.min_effect == pytest.approx(0.475)
+    assert student_t_quantile(COVERAGE, 2) == pytest.approx(19.21, abs=0.01)
+    assert m.min_effect == pytest.approx(10.905, abs=0.006)
+    five = metric_calibration(("startup", "runc", "x"), [[10.0], [11.0], [12.0], [10.5], [11.5]])
+    assert five.min_effect < 1.0  # five runs: t = 6.62, the limit shrinks to 77%
     assert (m.runs, m.values_per_run) == (3, 2)
 
 
@@ -32,7 +38,7 @@ def test_metric_calibration_negative_statistic_uses_relative_changes():
     # means -1, 1, 3 (a memory delta below the noise can be negative): linear rule, cv = 2 / 1
     m = metric_calibration(("footprint", "runc", "mem_delta_mib_n1"), [[-1.0], [1.0], [3.0]])
     assert m.aa_max_change == pytest.approx(4.0)  # 3 / -1 - 1, in size
-    assert m.min_effect == pytest.approx(8.49)  # 3*sqrt(2)*cv = 8.485 -> rounded up to 0.5%
+    assert m.min_effect == pytest.approx(54.325, abs=0.006)  # t(2)*sqrt(2)*cv = 19.21*1.414*2
 
 
 def test_metric_calibration_floor():
@@ -43,9 +49,10 @@ def test_metric_calibration_floor():
 def test_headroom_and_margin():
     [b] = parse_bounds('[[bound]]\nname="r"\nkind="median"\nbenchmark="b"\nmetric="m"\nenvironment="e"\n'
                        'floor=0.95\nceiling=1.05\n')
-    cal = bound_calibration(b, [1.0, 1.01, 0.99])
-    assert cal.margin == pytest.approx(0.03)  # 3 * stdev 0.01
-    assert cal.headroom == pytest.approx(0.08)  # 1.0 -> 1.08 (ceiling 1.05 + 0.03) before 0.92 (x1.087)
+    cal = bound_calibration(b, [1.0, 1.01, 0.99, 1.0, 1.0])
+    # prediction interval of one more run from 5: t(4) * stdev * sqrt(1 + 1/5) = 6.62 * 0.00707 * 1.095
+    assert cal.margin == pytest.approx(0.0513, abs=2e-4)
+    assert cal.headroom == pytest.approx(1.05 + cal.margin - 1.0, abs=1e-6)  # the ceiling is nearer
     assert headroom(300.0, 1.0, None, 0.0) == pytest.approx(299)  # "VM start slower than container start"
     assert headroom(300.0, 1.0, None, 0.0) > MAX_HEADROOM
     assert headroom(0.3, None, 0.5, 0.25) == pytest.approx(1.5)  # needs the value to grow 2.5-fold
