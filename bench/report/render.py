@@ -122,6 +122,26 @@ def noise_metrics(facts: dict) -> dict[tuple[str, str], str]:
     return out
 
 
+def conditions(facts: dict, meta: dict) -> list[str]:
+    """How the VM-cost rows were measured, from facts.json: the random-read working set against the
+    last-level cache, the storage under each environment's disk test, the order and independence."""
+    out = []
+    ws = facts.get("memory_working_set")
+    if isinstance(ws, dict) and ws.get("what"):
+        out.append(f"memory, random reads: {ws['what']}")
+    storage = facts.get("disk_storage")
+    if isinstance(storage, dict) and storage:
+        parts = [f"{k}: {v.get('fstype', '?')} on {v.get('source', v.get('device', '?'))}"
+                 for k, v in storage.items() if isinstance(v, dict)]
+        same = len({(v.get("device"), v.get("fstype")) for v in storage.values() if isinstance(v, dict)}) == 1
+        out.append("disk, direct I/O: " + "; ".join(parts) + (" (one filesystem: like with like)" if same else
+                                                              " (different filesystems: compare with care)"))
+    if meta.get("order_seed") is not None:
+        out.append(f"environments in a random order per round (seed {meta['order_seed']}), "
+                   f"idle gap {meta.get('idle_gap_s', 0)} s; VM tool values: {meta.get('vm_batching', '?')}")
+    return out
+
+
 def build_context(run: Run) -> dict:
     """Everything the template shows, computed from a loaded run."""
     meta, facts = run.meta or {}, run.facts or {}
@@ -160,6 +180,7 @@ def build_context(run: Run) -> dict:
         "is_tcg": accel == "tcg",
         "accelerator": accel or "unknown",
         "banner": _banner(meta),
+        "conditions": conditions(facts, meta),
         "versions": sorted((str(k), short_version(v), str(v)) for k, v in versions.items()),
         "image_digests": sorted((str(k), str(v)) for k, v in (meta.get("image_digests") or {}).items()),
         "weight": _table("weight", lambda: tables.weight_performance(summary, facts, run.failures),

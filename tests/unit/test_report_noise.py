@@ -73,3 +73,9 @@ def test_long_evidence_folds_into_details_and_stays_escaped():
     assert cell.startswith("<details><summary>isolated</summary>") and "<script>" not in cell
     assert tables.details_html("short") == "short"
     assert "<summary>blocked</summary>" in tables.details_html("blocked (own kernel: guest): exit 0: " + "y" * 60)
+
+
+def test_conditions_say_how_the_vm_cost_rows_were_measured(html):
+    assert 'id="conditions"' in html
+    assert "3.4x the 300 MiB last-level cache" in html and "one filesystem: like with like" in html
+    assert "random order per round (seed 1764169123)" in html
