@@ -124,3 +124,75 @@ def test_sysbench_memory_both_and_stress_ng_get_parsers():
     with pytest.raises(Exception, match="no metrics line"):
         syscalls.parse("stress-ng: error: no stressor")
     assert "--memory-access-mode=rnd" in memory.random_command(1024, 1.0)
+
+
+class _FakeEnv:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def accelerator(self):
+        return ("tcg", "test") if self.name == "vm" else ("none", "")
+
+
+class _Ops:
+    """A workload whose VM values share one boot (as run_tool's batch does) and that asks for a ratio."""
+
+    name = "cpu"
+    images = ()
+    environments = ("native", "container", "vm")
+    metrics = {}
+    ratio_metrics = {"ratio_to_native": "ops"}
+    noise_metrics = {}
+
+    def __init__(self):
+        from bench.workloads.base import Metric
+
+        self.metrics = {"ops": Metric("ops/s", "higher"), "ratio_to_native": Metric("ratio", "higher")}
+        self.calls = []
+
+    def iterations(self, profile):
+        return 1, 4
+
+    def metric(self, name):
+        return self.metrics[name]
+
+    def setup(self, ctx):
+        pass
+
+    def measure(self, env, ctx, iteration):
+        self.calls.append(env.name)
+        if env.name == "vm":
+            ctx.step_replicate = "vm-boot-cpu"
+        return [Measurement("ops", {"native": 100.0, "container": 99.0, "vm": 20.0}[env.name])]
+
+    def finish(self, ctx):
+        pass
+
+    def teardown(self, ctx):
+        pass
+
+
+def test_run_workload_follows_the_recorded_orders_and_labels_replicates(tmp_path):
+    import io
+
+    from bench import profiles
+    from bench.workloads.base import Context
+
+    (tmp_path / "logs").mkdir()
+    w = _Ops()
+    state = runner.RunState(run_dir=tmp_path, meta={"order_seed": 7})
+    ctx = Context(paths=None, profile=profiles.get("quick"), images={})
+    envs = {n: _FakeEnv(n) for n in ("native", "container", "vm")}
+    prog = runner.Progress({("cpu", n): 5 for n in envs}, io.StringIO())
+    runner.run_workload(w, envs, ctx, state, prog, lambda s: None)
+    orders = state.meta["round_orders"]["cpu"]
+    assert w.calls == [e for o in orders for e in o]          # every round in its recorded order
+    assert len({tuple(o) for o in orders}) > 1
+    run = load_run(tmp_path)
+    ops = run.samples[run.samples.metric == "ops"]
+    assert list(ops.environment) == [e for o in orders[1:] for e in o]   # round 0 was the warm-up
+    n = independent_counts(run.samples)
+    assert n[("cpu", "ops", "vm")] == 1 and n[("cpu", "ops", "native")] == 4
+    assert n[("cpu", "ratio_to_native", "vm")] == 1
+    vm_ratio = run.samples[(run.samples.metric == "ratio_to_native") & (run.samples.environment == "vm")]
+    assert list(vm_ratio.value) == [0.2] * 4 and set(vm_ratio.accelerator) == {"tcg"}
