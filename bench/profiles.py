@@ -1,7 +1,9 @@
 """Benchmark profiles: how many values, how long each tool runs, how many instances for density.
 
-quick is what ``make bench`` runs (target: <= 10 minutes for all four environments on a 2-core host
-with TCG VMs, images already built); full trades time for tighter statistics (<= 60 minutes).
+quick is what ``make bench`` runs (all four environments on a 2-core host with TCG VMs, images
+already built: 17.5 min measured with 5 memory values on a loaded host, so memory now takes 3; every
+startup, footprint and enforcement value has its own instance or VM boot, which is what costs);
+full trades time for tighter statistics and a VM boot per value (<= 60 minutes).
 """
 
 from __future__ import annotations
