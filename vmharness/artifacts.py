@@ -3,7 +3,8 @@
 A VM must run the *same bytes* as the containers, so the disk is the image's flattened rootfs turned
 into ext4 with ``mkfs.ext4 -d`` (no loop mount: works in any mount namespace and leaves nothing
 mounted), plus a ``/.isobench`` directory (static busybox, the init shim, an optional setuid helper)
-written with ``debugfs``. The kernel is the Debian ``linux-image-amd64`` one under /boot; its stock
+written with ``debugfs``. The shim mounts a pure cgroup v2 hierarchy with its controllers enabled, so
+a runtime inside the guest (the vm-container environment) drives cgroup v2 for real. The kernel is the Debian ``linux-image-amd64`` one under /boot; its stock
 initrd probes every driver and is slow under TCG, so we build a tiny initrd: busybox plus the handful
 of modules (virtio, virtio_blk, ext4, virtio_net ...) copied from ``/lib/modules/<kver>`` with their
 dependencies from ``modules.dep``. Everything is cached by image manifest digest (disk) or kernel
@@ -38,7 +39,7 @@ SHIM_PATH = f"{SHIM_DIR}/init"
 SHIM_BUSYBOX = f"{SHIM_DIR}/busybox"
 SHIM_SETUID = f"{SHIM_DIR}/setuid"
 # Bumped whenever the initrd/shim/disk layout changes so stale caches are not reused.
-ARTIFACT_VERSION = "3"
+ARTIFACT_VERSION = "4"
 
 # Modules the guest needs, in load order (deps are added from modules.dep). crc32c_generic: ext4 and
 # jbd2 ask the crypto API for "crc32c", which would otherwise need a modprobe in the initrd.
@@ -269,6 +270,11 @@ echo {mark_init}
 for d in /proc /sys /dev /tmp /run; do [ -d $d ] || $B mkdir -p $d; done
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
+# a pure cgroup v2 hierarchy (nothing mounts v1 in the guest, so every controller is free for v2), with
+# the controllers enabled for children: a runtime in the guest drives it with its v2 driver
+if $B mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup 2>/dev/null; then
+  for c in cpuset cpu io memory pids; do echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; done
+fi
 [ -c /dev/null ] || $B mount -t devtmpfs devtmpfs /dev
 $B mkdir -p /dev/pts /dev/shm
 $B mount -t devpts devpts /dev/pts -o newinstance,ptmxmode=0666 2>/dev/null

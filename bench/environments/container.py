@@ -20,8 +20,9 @@ from core.errors import BenchError, IsobenchError
 from core.paths import HostPaths
 
 
-def container_config(job: Job, paths: HostPaths):
-    """The ContainerConfig of a job (pure apart from the disk lookup for a write throttle)."""
+def container_config(job: Job, paths: HostPaths, publish_ip: str = "127.0.0.1"):
+    """The ContainerConfig of a job (pure apart from the disk lookup for a write throttle). A port is
+    published on ``publish_ip`` ("" = every address: the vm-container guest, reached through its eth0)."""
     from runtime.spec import (ContainerConfig, MountSpec, NetworkSpec, PortMapping, Resources, SecuritySpec,
                               ThrottleDevice)
 
@@ -40,7 +41,7 @@ def container_config(job: Job, paths: HostPaths):
                     memory_swap_bytes=lim.memory_bytes, pids_max=lim.pids_max, device_write_bps=throttles)
     if job.port is not None:
         net = NetworkSpec(mode="bridge", ports=(PortMapping(host_port=0, container_port=job.port,
-                                                            host_ip="127.0.0.1"),))
+                                                            host_ip=publish_ip),))
     else:
         net = NetworkSpec(mode="none")
     mounts = ()
@@ -77,7 +78,7 @@ class ContainerInstance(Instance):
         self.job = job
         self.created_ns = time.perf_counter_ns()
         self._register()
-        cfg = container_config(job, env.paths)
+        cfg = container_config(job, env.paths, env.publish_ip)
         r, w = os.pipe()
         devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         self.c = None
@@ -150,12 +151,13 @@ class ContainerInstance(Instance):
 class ContainerEnvironment(Environment):
     name = "container"
 
-    def __init__(self, paths: HostPaths) -> None:
+    def __init__(self, paths: HostPaths, publish_ip: str = "127.0.0.1") -> None:
         try:
             import runtime.api  # noqa: F401
         except ImportError as exc:
             raise BenchError(f"the container runtime is not available: {exc}") from exc
         self.paths = paths
+        self.publish_ip = publish_ip
 
     def start(self, job: Job) -> Instance:
         return ContainerInstance(self, job)
