@@ -43,9 +43,9 @@ from core.paths import HostPaths
 
 WORKLOAD_ORDER = ("startup", "cpu", "memory", "syscalls", "disk", "network", "footprint", "enforcement",
                   "isolation", "ephemerality")
-ENV_ORDER = ("native", "container", "runc", "vm")
+ENV_ORDER = ("native", "container", "runc", "vm", "vm-container")
 # rough seconds per (workload, environment) value before anything was measured: only for the first ETA
-DEFAULT_STEP_S = {"vm": 12.0, "native": 2.0, "container": 2.0, "runc": 2.0}
+DEFAULT_STEP_S = {"vm": 12.0, "native": 2.0, "container": 2.0, "runc": 2.0, "vm-container": 4.0}
 
 
 def round_orders(seed: int, envs: list[str], rounds: int) -> list[list[str]]:
@@ -82,7 +82,8 @@ def make_environment(name: str, paths: HostPaths) -> Environment:
     mod = {"native": ("bench.environments.native", "NativeEnvironment"),
            "container": ("bench.environments.container", "ContainerEnvironment"),
            "runc": ("bench.environments.runc", "RuncEnvironment"),
-           "vm": ("bench.environments.vm", "VMEnvironment")}[name]
+           "vm": ("bench.environments.vm", "VMEnvironment"),
+           "vm-container": ("bench.environments.vm_container", "VMContainerEnvironment")}[name]
     return getattr(importlib.import_module(mod[0]), mod[1])(paths)
 
 
@@ -201,7 +202,8 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
         except IsobenchError as exc:
             state.failures.append({"benchmark": "*", "environment": name, "error": str(exc)})
             log(f"[bench] environment {name} unavailable: {exc}")
-    accel = environments["vm"].accelerator() if "vm" in environments else ("none", "no vm environment in this run")
+    vm_env = next((environments[n] for n in ("vm", "vm-container") if n in environments), None)
+    accel = vm_env.accelerator() if vm_env is not None else ("none", "no vm environment in this run")
     state.meta = metamod.host_meta(accel, {k: v.manifest_digest for k, v in imgs.items()}, profile.name)
     state.meta.update(started_utc=started, finished_utc=None, environments=list(envs), workloads=list(workloads),
                       execution={n: e.describe() for n, e in environments.items()},
@@ -248,10 +250,10 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
         state.meta["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         state.meta["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
         state.meta["execution"] = {n: e.describe() for n, e in environments.items()}
-        if "vm" in environments:
-            a, r = environments["vm"].accelerator()
+        if vm_env is not None:
+            a, r = vm_env.accelerator()
             state.meta.update(accelerator=a, accelerator_reason=r,
-                              vm_machine=getattr(environments["vm"], "machine", None) or "not booted")
+                              vm_machine=getattr(vm_env, "machine", None) or "not booted")
             facts["platform"] = platform_facts(state.meta, environments)
         state.save(facts)
         for env in environments.values():
@@ -266,10 +268,13 @@ def platform_facts(meta: dict, environments: dict[str, Environment]) -> dict:
     vm = "not run"
     if "vm" in environments:
         vm = f"QEMU/libvirt, accelerator {meta.get('accelerator')} ({meta.get('accelerator_reason')})"
-    return {"os": f"{platform.system()} ({_os_release()})", "kernel": meta.get("kernel", ""),
+    facts = {"os": f"{platform.system()} ({_os_release()})", "kernel": meta.get("kernel", ""),
             "container_execution": "native on the host Linux kernel (namespaces + cgroups " +
                                    str(meta.get("cgroup_version", "?")) + ")",
             "vm_execution": vm}
+    if "vm-container" in environments:
+        facts["vm_container_execution"] = environments["vm-container"].describe().get("execution", "")
+    return facts
 
 
 def _os_release() -> str:

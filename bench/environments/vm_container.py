@@ -126,13 +126,29 @@ def guest_image(paths: HostPaths, images: tuple, log: Callable[[str], None] = la
                       rootfs=lambda: guestroot.compose(spec, paths, paths.vm_artifacts))
 
 
+def guest_disk_bytes(paths: HostPaths) -> tuple[int, str]:
+    """(allocated bytes, what was counted) of the layer on disk: the guest's base disk (with the bench
+    images in it), kernel and initrd."""
+    import os
+
+    from vmharness import artifacts
+
+    image = guest_image(paths, bench_images(paths))
+    arts = artifacts.ensure_artifacts(paths.vm_artifacts, image.digest, image.rootfs)
+    files = (arts.disk, arts.kernel, arts.initrd)
+    return (sum(os.stat(f).st_blocks * 512 for f in files),
+            f"vm-container guest disk ({arts.disk.name}: Debian, python3, the runtime, the bench images' "
+            "unpacked layers) + kernel + initrd, allocated bytes")
+
+
 # ---------------------------------------------------------------------------------- the guest VM
 
 class GuestVM:
     """One booted vm-container guest and its agent. ``close()`` destroys the VM."""
 
     def __init__(self, paths: HostPaths, image, *, vcpus: int, memory_mib: int = GUEST_MEMORY_MIB,
-                 command: list[str] | None = None, accel: str = "auto", boot_timeout_s: float = 120.0) -> None:
+                 command: list[str] | None = None, accel: str = "auto", boot_timeout_s: float = 120.0,
+                 echo: Callable[[str], None] | None = None) -> None:
         from vmharness import accel as accelmod
         from vmharness import vm as vmmod
 
@@ -143,7 +159,7 @@ class GuestVM:
         with interrupt.deferred():  # until self.vm holds the domain, close() could not destroy it
             self.vm = vmmod.create(image, command, paths=paths, memory_mib=memory_mib, vcpus=vcpus,
                                    accel=accel_name, accel_reason=reason, network="bridge",
-                                   boot_timeout_s=boot_timeout_s)
+                                   boot_timeout_s=boot_timeout_s, echo=echo)
         self.accel, self.accel_reason = accel_name, reason
         self.ip = self.vm.ip
 
@@ -324,18 +340,6 @@ class VMContainerEnvironment(Environment):
         phases.update(agent=agent_s, exited=wall)
         return Outcome(exit_code=out.exit_code, output=out.output, wall_s=wall, phases=phases,
                        extra={"guest_wall_s": out.wall_s, "accel": guest.accel})
-
-    def disk_bytes(self) -> tuple[int, str]:
-        """Allocated bytes of what the layer costs on disk: the guest's base disk, kernel and initrd."""
-        import os
-
-        from vmharness import artifacts
-
-        arts = artifacts.ensure_artifacts(self.paths.vm_artifacts, self.image.digest, self.image.rootfs)
-        files = (arts.disk, arts.kernel, arts.initrd)
-        return (sum(os.stat(f).st_blocks * 512 for f in files),
-                f"vm-container guest disk ({arts.disk.name}: Debian, python3, runtime, the bench images) "
-                "+ kernel + initrd, allocated bytes")
 
     def describe(self) -> dict:
         return {"execution": f"isobench runtime ({self.runtime}) inside a QEMU/libvirt microvm guest, "

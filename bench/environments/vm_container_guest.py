@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from bench.environments.base import Environment, Instance, Job, Limits, Outcome, Usage
 from core.errors import BenchError, IsobenchError

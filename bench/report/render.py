@@ -208,7 +208,7 @@ def build_context(run: Run) -> dict:
         "port_cost": _table("network metrics", lambda: tables.port_mapping_cost(summary), labels=labels,
                             tag_columns=tcg),
         "has_port_cost": bool((summary["benchmark"] == "network").any()),
-        "platform": _table("facts.platform", lambda: tables.platform_table(facts, meta),
+        "platform": _table("facts.platform", lambda: tables.platform_table(facts, meta, summary),
                            wrap_columns=["containers (course notes)", "VMs"]),
         "per_benchmark": per_benchmark,
         "failures": _table("failures.json", lambda: tables.failures_table(run.failures), wrap_columns=["error"],

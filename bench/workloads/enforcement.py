@@ -33,6 +33,20 @@ from core.errors import BenchError
 MIB = 1 << 20
 ASK = {"cpus": 0.5, "cpu_shares": 2.0, "memory_mib": 64, "pids": 32, "blkio_write_mib_s": 10.0}
 TOLERANCE = 0.15   # measured may exceed asked by this fraction and still count as held
+# the file that holds each limit, per cgroup driver: the report shows v1 (this host) beside v2 (the guest)
+CGROUP_FILES = {
+    "v1": {"cpus": "cpu.cfs_quota_us", "cpu_shares": "cpu.shares", "memory": "memory.limit_in_bytes",
+           "pids": "pids.max", "blkio_write": "blkio.throttle.write_bps_device"},
+    "v2": {"cpus": "cpu.max", "cpu_shares": "cpu.weight", "memory": "memory.max", "pids": "pids.max",
+           "blkio_write": "io.max"},
+}
+
+
+def held_by(env: str, limit: str, host_driver: str) -> str:
+    """Which cgroup file held ``limit`` in ``env`` ("" where no cgroup does: the VM's domain settings)."""
+    driver, where = ("v2", " in the guest") if env == "vm-container" else (host_driver, "")
+    name = CGROUP_FILES.get(driver, {}).get(limit) if env != "vm" else None
+    return f"cgroup {driver}{where}: {name}" if name else ""
 
 
 def _fact(ctx: Context, env: str, limit: str, asked: float, measured: float, unit: str, held, ev: str) -> None:
@@ -48,8 +62,11 @@ def _fact(ctx: Context, env: str, limit: str, asked: float, measured: float, uni
     if len(values) > 1:
         ev += f"; median of {len(values)} values {med:.4g} (range {min(values):.4g}-{max(values):.4g})"
     rows = [r for r in ctx.facts.setdefault("enforcement", []) if not (r["environment"] == env and r["limit"] == limit)]
+    from runtime.cgroups import detect
+
     rows.append({"environment": env, "limit": limit, "asked": float(asked), "measured": round(float(med), 4),
-                 "unit": unit, "held": bool(ok), "values": len(values), "evidence": ev})
+                 "unit": unit, "held": bool(ok), "values": len(values), "evidence": ev,
+                 "cgroup": held_by(env, limit, detect().driver)})
     ctx.facts["enforcement"] = rows
 
 
@@ -73,7 +90,7 @@ def meminfo_total_mib(output: str) -> float:
 class Enforcement(Workload):
     name = "enforcement"
     images = ("tools",)
-    environments = ("container", "runc", "vm")
+    environments = ("container", "runc", "vm", "vm-container")
     metrics = {
         "cpus_measured": Metric("CPUs", "lower", "CPUs obtained under --cpus 0.5"),
         "cpu_shares_ratio": Metric("ratio", "higher", "events ratio of shares 1024:512 on one CPU"),
@@ -116,7 +133,7 @@ class Enforcement(Workload):
             for r, i in zip(readings, insts):
                 r.append((time.monotonic(), i.usage().cpu_s))
         for i in insts:  # a tool that ended early would make its window short of CPU, not a measurement
-            if i.env_name != "vm" and not i.workload_pids():
+            if i.env_name != "vm" and not i.workload_pids():  # (vm-container: pids counted in the guest)
                 out = i.wait(10)
                 raise BenchError(f"sysbench exited {out.exit_code} before the {w:g}s window ended: "
                                  f"{out.output.strip()[-200:]!r}")
@@ -124,15 +141,16 @@ class Enforcement(Workload):
 
     def _cpus(self, env: Environment, ctx: Context) -> list[Measurement]:
         w = ctx.profile.enforcement_duration_s
-        settle_s = 1.0 if env.name == "vm" else 0.5
+        settle_s = 1.0 if env.name in ("vm", "vm-container") else 0.5
         run_s = int(w + settle_s + 3)
         inst = env.start(self._job(ctx, cpuwl.command(2, run_s), vcpus=2, limits=Limits(cpus=ASK["cpus"])))
         try:
             measured = self._window([inst], ctx, settle_s)[0]
         finally:
             inst.stop()
-        how = ("the QEMU process's CPU time (domain CPU quota, cputune; the guest cannot see its own throttling)"
-               if env.name == "vm" else "the cgroup's CPU time (cpuacct)")
+        how = {"vm": "the QEMU process's CPU time (domain CPU quota, cputune; the guest cannot see its own throttling)",
+               "vm-container": "the container's cgroup v2 CPU time in the guest (cpu.max; cpu.stat usage_usec)"
+               }.get(env.name, "the cgroup's CPU time (cpuacct)")
         _fact(ctx, env.name, "cpus", ASK["cpus"], measured, "CPUs", lambda m: m <= ASK["cpus"] * (1 + TOLERANCE),
               f"sysbench on 2 threads{' / 2 vCPUs' if env.name == 'vm' else ''} under a quota of {ASK['cpus']} CPU: "
               f"{how} read from the host over {w:g}s, one instance per value")

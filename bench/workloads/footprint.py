@@ -72,6 +72,10 @@ def size_on_disk(env: str, ctx: Context) -> tuple[int, str]:
     rec = ctx.images["busybox"]
     if env == "native":
         return du_bytes(store.flat_rootfs(rec)), "flat rootfs of the busybox image"
+    if env == "vm-container":
+        from bench.environments.vm_container import guest_disk_bytes
+
+        return guest_disk_bytes(ctx.paths)
     if env in ("container", "runc"):
         return sum(du_bytes(d) for d in store.layer_dirs(rec)), "unpacked image layers of the busybox image"
     from vmharness import artifacts
@@ -166,6 +170,7 @@ def up_down_counts(n_max: int) -> list[int]:
 class Footprint(Workload):
     name = "footprint"
     images = ("busybox",)
+    environments = ("native", "container", "runc", "vm", "vm-container")
     metrics = {
         "accounted_mib_per_instance": Metric("MiB", "lower", "host processes' PSS + cgroup kernel memory + "
                                                              "shared helpers' growth, per idle instance"),

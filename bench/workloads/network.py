@@ -83,6 +83,7 @@ def run_host(argv: list[str], timeout_s: float) -> str:
 class Network(Workload):
     name = "network"
     images = ("busybox", "tools")
+    environments = ("native", "container", "runc", "vm", "vm-container")
     metrics = {
         "http_requests_per_s": Metric("req/s", "higher", "wrk, 1 thread, 8 connections"),
         "http_p50_ms": Metric("ms", "lower", "wrk median latency"),
