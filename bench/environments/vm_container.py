@@ -242,8 +242,8 @@ class VMContainerInstance(Instance):
         self.endpoint = ("127.0.0.1", got[0].host_port)
         self.target = f"{self.env.guest.ip}:{guest_port} -> {guest_target}"
 
-    def _call(self, op: str, timeout_s: float = 60.0, **kw) -> dict:
-        return self.env.guest.call({"op": op, "id": self.iid, **kw}, timeout_s)
+    def _call(self, op: str, rpc_timeout_s: float = 60.0, **kw) -> dict:
+        return self.env.guest.call({"op": op, "id": self.iid, **kw}, rpc_timeout_s)
 
     def wait_ready(self, timeout_s: float = 60.0) -> float:
         self._call("wait_ready", timeout_s + RPC_MARGIN_S, timeout_s=timeout_s)

@@ -76,8 +76,9 @@ def phases_figure(facts: dict, labels: dict | None = None) -> Figure | None:
     phases = {env: ph for env, ph in (facts.get("phases") or {}).items() if ph}
     if not phases:
         return None
-    vm_envs = [e for e in env_order(phases) if e == "vm"]
-    ct_envs = [e for e in env_order(phases) if e != "vm"]
+    boots = [e for e in env_order(phases) if e == "vm" or e.endswith(" cold")]  # "vm-container cold": boot included
+    vm_envs = boots
+    ct_envs = [e for e in env_order(phases) if e not in boots]
     panels = [(ct_envs, 1.0, "ms", "container start phases"), (vm_envs, 1000.0, "s", "VM boot phases")]
     panels = [p for p in panels if p[0]]
     fig, axes = _new_figure(12, 1.2 + 0.6 * max(len(p[0]) for p in panels) + 1.2, ncols=len(panels))

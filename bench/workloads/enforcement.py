@@ -203,7 +203,7 @@ class Enforcement(Workload):
         held = 0 < reached <= ASK["pids"]
         _fact(ctx, env.name, "pids", ASK["pids"], reached, "processes", held,
               f"a shell starting 100 background sleeps under pids.max {ASK['pids']}: {reached} processes "
-              "counted from the host")
+              f"counted from {'the guest' if env.name == 'vm-container' else 'the host'}")
         return [Measurement("pids_reached", float(reached))]
 
     def _blkio(self, env: Environment, ctx: Context) -> list[Measurement]:
