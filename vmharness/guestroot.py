@@ -129,4 +129,19 @@ def compose(spec: GuestRootSpec, host_paths: HostPaths, cache: Path) -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    prune_others(dest)
     return dest
+
+
+def prune_others(keep: Path) -> list[Path]:
+    """Remove the composed roots of earlier keys beside ``keep``: a root only feeds the build of its
+    disk (cached separately), and every code change of the guest image makes a new one. Roots being
+    composed right now (``.tmp-*``) and their locks are left alone."""
+    removed = []
+    for other in keep.parent.iterdir():
+        if other != keep and other.is_dir() and not other.name.startswith("."):
+            with file_lock(other.parent / f"{other.name}.lock"):
+                shutil.rmtree(other, ignore_errors=True)
+            (other.parent / f"{other.name}.lock").unlink(missing_ok=True)
+            removed.append(other)
+    return removed

@@ -187,7 +187,11 @@ class GuestVM:
         if not data:
             raise BenchError(f"vm-container agent at {self.ip}:{AGENT_PORT} closed the connection "
                              f"({req.get('op')}); console log {self.vm.console_log}")
-        reply = json.loads(data)
+        try:
+            reply = json.loads(data)
+        except ValueError as exc:
+            raise BenchError(f"vm-container agent at {self.ip}:{AGENT_PORT} ({req.get('op')}): unreadable reply "
+                             f"{data[:200]!r}") from exc
         if not reply.get("ok"):
             raise BenchError(f"in the vm-container guest: {reply.get('error')}")
         return reply

@@ -93,3 +93,12 @@ def test_held_by_names_the_cgroup_file_per_driver():
 ])
 def test_guest_pytest_summary_is_parsed(line, want):
     assert summary_counts(f"collected\n....\n{line}\n") == want
+
+
+def test_only_the_newest_composed_root_is_kept(tmp_path):
+    roots = tmp_path / "guest-roots"
+    for name in ("old1", "old2", "new", ".tmp-root-x"):
+        (roots / name / "etc").mkdir(parents=True)
+    removed = guestroot.prune_others(roots / "new")
+    assert sorted(p.name for p in removed) == ["old1", "old2"]
+    assert sorted(p.name for p in roots.iterdir()) == [".tmp-root-x", "new"]
