@@ -11,6 +11,12 @@
  * to this binary with the same argv, so the command works the same, only slower. `isobench server ...`
  * always runs in Python: the server does not manage itself.
  *
+ * Start on first use (as Bazel's and Gradle's clients do): when nobody listens on the socket, the
+ * client also starts a server there in the background (`isobench-py server start --idle-timeout S`,
+ * detached, its output to /dev/null) before it runs this one command in Python, so the next commands
+ * are served; the server exits after S idle seconds (ISOBENCH_SERVER_IDLE_S, default 900).
+ * ISOBENCH_SERVER_AUTOSTART=0 turns this off (a server started by hand is still used).
+ *
  * Built by scripts/setup.sh with `gcc -O2` and installed as .venv/bin/isobench.
  */
 #define _GNU_SOURCE
@@ -24,6 +30,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -32,6 +39,9 @@
 #define SOCKET_ENV "ISOBENCH_SERVER_SOCKET"
 #define MAX_REQUEST_BYTES (4u << 20)
 #define EXIT_LOST 125
+#define AUTOSTART_ENV "ISOBENCH_SERVER_AUTOSTART"
+#define IDLE_ENV "ISOBENCH_SERVER_IDLE_S"
+#define DEFAULT_IDLE_S "900"
 
 extern char **environ;
 
@@ -55,15 +65,11 @@ static void forward(int sig, siginfo_t *info, void *ctx) {
     errno = saved;
 }
 
-/* Exec the Python CLI next to this binary with our argv; never returns. */
-static void run_python(char **argv) {
-    char exe[PATH_MAX];
-    sigprocmask(SIG_SETMASK, &saved_mask, NULL); /* the mask survives execve */
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 16);
-    if (n <= 0) {
-        fprintf(stderr, "isobench: cannot find this program's path (/proc/self/exe): %s\n", strerror(errno));
-        exit(127);
-    }
+/* The Python CLI `isobench-py` next to this binary, into exe (PATH_MAX bytes); 0, or -1 with errno. */
+static int python_cli(char *exe) {
+    ssize_t n = readlink("/proc/self/exe", exe, PATH_MAX - 16);
+    if (n <= 0)
+        return -1;
     exe[n] = '\0';
     const char *deleted = " (deleted)"; /* replaced by `make setup` while we ran */
     size_t dl = strlen(deleted);
@@ -71,21 +77,83 @@ static void run_python(char **argv) {
         exe[n - dl] = '\0';
     char *slash = strrchr(exe, '/');
     strcpy(slash ? slash + 1 : exe, "isobench-py");
+    return 0;
+}
+
+/* Exec the Python CLI next to this binary with our argv; never returns. */
+static void run_python(char **argv) {
+    char exe[PATH_MAX];
+    sigprocmask(SIG_SETMASK, &saved_mask, NULL); /* the mask survives execve */
+    if (python_cli(exe) != 0) {
+        fprintf(stderr, "isobench: cannot find this program's path (/proc/self/exe): %s\n", strerror(errno));
+        exit(127);
+    }
     execv(exe, argv);
     fprintf(stderr, "isobench: no isobench server, and cannot run %s: %s\n", exe, strerror(errno));
     exit(127);
 }
 
+/* Nobody listens on `path`: start a server there in the background, unless turned off. The starter
+ * is a detached grandchild (setsid, stdio on /dev/null: it holds none of the caller's pipes, so a
+ * caller reading our output to EOF does not wait for it); `server start` refuses quietly when a
+ * concurrent client's start won the socket. */
+static void autostart(const char *path) {
+    const char *on = getenv(AUTOSTART_ENV);
+    if (on && (!strcmp(on, "0") || !strcmp(on, "no") || !strcmp(on, "false")))
+        return;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir)
+        *slash = '\0';
+    if (geteuid() != 0 && access(dir, W_OK) != 0)
+        return; /* could not make the socket there: do not try on every command */
+    const char *idle = getenv(IDLE_ENV);
+    if (!idle || !*idle)
+        idle = DEFAULT_IDLE_S;
+    char exe[PATH_MAX];
+    if (python_cli(exe) != 0)
+        return;
+    pid_t pid = fork();
+    if (pid < 0)
+        return;
+    if (pid == 0) {
+        if (fork() != 0)
+            _exit(0);
+        setsid();
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, 0);
+            dup2(null, 1);
+            dup2(null, 2);
+            if (null > 2)
+                close(null);
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        char *args[] = {exe, "server", "start", "--socket", (char *)path, "--idle-timeout", (char *)idle, NULL};
+        execv(exe, args);
+        _exit(127);
+    }
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+}
+
 static int connect_server(const char *path) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof addr.sun_path)
+    if (strlen(path) >= sizeof addr.sun_path) {
+        errno = ENAMETOOLONG;
         return -1;
+    }
     strcpy(addr.sun_path, path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        int saved = errno;
         close(fd);
+        errno = saved;
         return -1;
     }
     return fd;
@@ -191,8 +259,11 @@ int main(int argc, char **argv) {
         if (fcntl(i, F_GETFD) < 0) /* a closed stdio fd cannot be passed; Python copes with it */
             run_python(argv);
     int fd = connect_server(path);
-    if (fd < 0)
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ECONNREFUSED)
+            autostart(path);
         run_python(argv);
+    }
     size_t len = 0;
     char *req = build_request(argc, argv, &len);
     if (!req)

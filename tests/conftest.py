@@ -13,6 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests import hostprobe  # noqa: E402
 
+# The `isobench` client starts a server on first use (csrc/client.c). Tests run the client against
+# private sockets and must own every server they leave running, so it is off for the whole session;
+# the test of the start-on-first-use itself turns it on for its own private socket.
+os.environ["ISOBENCH_SERVER_AUTOSTART"] = "0"
+
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers(name="requires"):

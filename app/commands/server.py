@@ -19,6 +19,9 @@ def register(sub) -> None:
     where = f"socket path (default ${SOCKET_ENV}, else {DEFAULT_SOCKET})"
     q = verbs.add_parser("start", help="start a server (returns once it accepts commands)")
     q.add_argument("--socket", metavar="PATH", help=where)
+    q.add_argument("--idle-timeout", type=_idle_seconds, default=0.0, metavar="S",
+                   help="exit after S seconds without a command (default 0: never; the server the "
+                        "client starts on first use gets $ISOBENCH_SERVER_IDLE_S, default 900)")
     q.set_defaults(func=_start)
     q = verbs.add_parser("stop", help="stop the server (running commands finish first)")
     q.add_argument("--socket", metavar="PATH", help=where)
@@ -28,6 +31,18 @@ def register(sub) -> None:
     q = verbs.add_parser("status", help="is a server running? (exit 0 yes, 3 no)")
     q.add_argument("--socket", metavar="PATH", help=where)
     q.set_defaults(func=_status)
+
+
+def _idle_seconds(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"--idle-timeout {text!r}: expected seconds >= 0 (0: never)")
+    return value
 
 
 def _dir_lock(sock: str) -> int:
@@ -68,7 +83,7 @@ def _start(args) -> int:
                 if os.fork() == 0:
                     from app.server.daemon import run_daemon
 
-                    run_daemon(sock, w, args.cli_app)
+                    run_daemon(sock, w, args.cli_app, idle_timeout_s=args.idle_timeout)
             finally:
                 os._exit(0)
         os.close(w)

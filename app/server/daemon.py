@@ -85,9 +85,10 @@ def _bind(sock: str):
     return s
 
 
-def run_daemon(sock: str, ready_fd: int, app: "object") -> None:
+def run_daemon(sock: str, ready_fd: int, app: "object", idle_timeout_s: float = 0.0) -> None:
     """The grandchild of ``start``: detach, preload ``app``, listen, report ``ok <pid>`` (or the error),
-    serve. ``app`` is the CLI the workers run (passed in: the server sits below the CLI it serves)."""
+    serve. ``app`` is the CLI the workers run (passed in: the server sits below the CLI it serves).
+    ``idle_timeout_s`` > 0: stop after that long without a client or a running command."""
     import signal
     import sys
     import traceback
@@ -112,8 +113,9 @@ def run_daemon(sock: str, ready_fd: int, app: "object") -> None:
         listener = _bind(sock)
         atomic_write_bytes(__import__("pathlib").Path(pidfile_path(sock)),
                            format_pidfile(os.getpid(), start_time(os.getpid())), fsync=False)
-        _log(f"serving {sock} (python {sys.version.split()[0]}, {len(sys.modules)} modules preloaded)")
-        server = Server(listener, sock, run_cli)
+        idle = f", exits after {idle_timeout_s:g} s idle" if idle_timeout_s > 0 else ""
+        _log(f"serving {sock} (python {sys.version.split()[0]}, {len(sys.modules)} modules preloaded{idle})")
+        server = Server(listener, sock, run_cli, idle_timeout_s)
         os.write(ready_fd, f"ok {os.getpid()}\n".encode())
         os.close(ready_fd)
         reported = True
@@ -165,10 +167,11 @@ class _Spare:
 class Server:
     """The serving loop. Host effects: the socket file and pidfile it owns, and one fork per command."""
 
-    def __init__(self, listener, sock: str, run_cli):
+    def __init__(self, listener, sock: str, run_cli, idle_timeout_s: float = 0.0):
         import selectors
         import signal
         import socket
+        import time
 
         self.listener, self.sock_path, self.run_cli = listener, sock, run_cli
         self.sock_ino = os.stat(sock).st_ino
@@ -186,6 +189,10 @@ class Server:
         self.sel.register(self.wake_r, selectors.EVENT_READ, "signal")
         self.own_ns = _namespaces(os.getpid())
         self.spare: _Spare | None = None  # the next worker, forked ahead of its request
+        # Started on first use by the client: exit after this long without clients (Bazel/Gradle style),
+        # so a server nobody asked for by hand does not stay resident for ever. 0: never.
+        self.idle_timeout_s = idle_timeout_s
+        self.last_busy = time.monotonic()
 
     # -- loop
     def serve(self) -> None:
@@ -195,6 +202,8 @@ class Server:
         while not self.stopping or self.workers or self.spare:
             now = time.monotonic()
             pending = [c.deadline for c in self.conns.values() if not c.pid]
+            if self.idle_timeout_s > 0 and not self.stopping:
+                pending.append(self._idle_deadline(now))
             timeout = max(0.0, min(pending) - now) if pending else None
             for key, _ in self.sel.select(timeout):
                 try:
@@ -212,7 +221,16 @@ class Server:
                      f"{REQUEST_TIMEOUT_S:g} s")
                 self._reply(conn.sock, f"E no complete request within {REQUEST_TIMEOUT_S:g} s")
                 self._drop(conn)
+            if self.idle_timeout_s > 0 and not self.stopping and self._idle_deadline(now) <= now:
+                _log(f"idle for {self.idle_timeout_s:g} s: exiting")
+                self._stop_accepting()
         self.sel.close()
+
+    def _idle_deadline(self, now: float) -> float:
+        """When the server has been idle long enough: never while a client or command is there."""
+        if self.conns or self.workers:
+            self.last_busy = now
+        return self.last_busy + self.idle_timeout_s
 
     def _dispatch(self, key) -> None:
         """One ready fd. An event can be stale: handling an earlier one of the same batch may have

@@ -1,28 +1,35 @@
-"""Start a container's first process: fork, namespaces, rootfs, sync with the parent, execve.
+"""Start a container's first process: spawn, namespaces, rootfs, sync with the parent, execve.
 
-This is the latency-critical start path (headline metric: start of ``true`` under 10 ms), so it is
-one ``fork`` of the calling process with no subprocesses, no polling and no imports:
+This is the latency-critical start path (headline metric: create+start of ``true`` <= 5 ms, at most
+twice the ``unshare -fpmiu true`` floor), so the child is not a fork of this (large) Python process:
 
-* The *parent* creates the PID namespace just around ``fork`` (``unshare(CLONE_NEWPID)`` changes only
-  ``pid_for_children``; ``setns`` back right after), so the child *is* PID 1 and the parent can
-  ``waitpid`` it directly: one fork instead of runc's fork+clone+exec of itself.
-* The child unshares mount/UTS/IPC/net(/cgroup), joins its cgroup once the parent says ``C`` (made),
-  builds the rootfs (``runtime.rootfs.mounts``), pivots, and reports ``R`` on a close-on-exec pipe; the
+* The parent encodes the plan (:func:`encode_plan`) into a pipe and ``posix_spawn``s the static C
+  helper ``isobench-nsexec`` (``csrc/nsexec.c``, built by ``make setup``; runc's nsexec and crun do
+  this part in C too). posix_spawn is a vfork: no page tables are copied (a fork of the runtime cost
+  ~0.75 ms) and the child touches none of our pages. The helper does everything between fork and exec.
+* The *parent* creates the PID namespace just around the spawn (``unshare(CLONE_NEWPID)`` changes only
+  ``pid_for_children``; ``setns`` back right after), so the helper *is* PID 1 and the parent can
+  ``waitpid`` it directly.
+* The helper unshares mount/UTS/IPC/net(/cgroup), joins its cgroup once the parent says ``C`` (made),
+  builds the rootfs, pivots, masks /proc and /sys paths, and reports ``R`` on a close-on-exec pipe; the
   parent meanwhile makes the cgroup (the child joins itself: a v1 ``tasks`` write of "0" avoids the
   kernel's global lock and its RCU wait, ~8 ms when the lock was idle), with ``--network none`` brings
-  up its loopback (the child says ``N`` once its network
-  namespace exists), and, on ``R``, attaches the network and writes uid maps, then answers ``G``. The
-  child execs; the pipe's EOF tells the parent the exec happened (an error before exec arrives as
-  ``E <message>``). Work moves to the parent wherever it can overlap the child's mounts: the child's
-  path is the start-up time.
-* With ``--init`` PID 1 is the static C init bound at /dev/init (``csrc/init_shim.c``, built by
-  ``make setup``): the plan's argv simply starts with it.
+  up its loopback (the helper says ``N`` once its network namespace exists), and, on ``R``, attaches
+  the network and writes uid maps, then answers ``G``. The helper drops capabilities, loads the
+  seccomp program compiled here and execs; the pipe's EOF tells the parent the exec happened (an error
+  before exec arrives as ``E <message>``). Work moves to the parent wherever it can overlap the
+  child's mounts: the child's path is the start-up time.
+* With ``--init`` PID 1 is the static C init bound at /dev/init (``csrc/init_shim.c``): the plan's
+  argv simply starts with it.
 
-The child never returns into the caller's code: every path ends in ``execve`` or ``os._exit``.
+``exec`` (a process joining a running container) still forks in Python: :func:`_exec_workload`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import functools
 import gc
 import os
 import resource  # noqa: F401 - used by the child (rlimits) after pivot_root, when nothing can be imported
@@ -32,9 +39,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from runtime import namespaces
-from core import syscalls
+from core import cbin, syscalls
 from core.errors import ContainerError
-from runtime.rootfs.mounts import RootfsPlan, setup as setup_rootfs
+from runtime.rootfs.mounts import RootfsPlan, overlay_options, setup as setup_rootfs
+from runtime.security import PreparedSecurity, prepare as prepare_security
 
 # exit codes in the style of Docker / a shell
 EXIT_SETUP_FAILED = 125
@@ -104,24 +112,19 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
     r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
     r_go, w_go = os.pipe2(os.O_CLOEXEC)
     pidns = namespaces.own_pidns_fd()
-    _enter_pidns_for_child(plan)
     try:
-        pid = os.fork()
-    except BaseException:
-        syscalls.setns(pidns, syscalls.CLONE_NEWPID)
-        raise
-    if pid == 0:  # the container's PID 1
-        gc.disable()  # it execs within milliseconds: a collection would only copy-on-write pages
-        code = EXIT_SETUP_FAILED
+        _enter_pidns_for_child(plan)  # only pid_for_children: a new one makes the child PID 1 there
         try:
-            os.close(r_ready)
-            os.close(w_go)
-            _child(plan, security, stdio, r_go, w_ready)
-        except BaseException as exc:  # noqa: BLE001 - report any setup failure to the parent, then exit
-            _report(w_ready, f"E {_describe(exc)}\n")
+            if helper_runs(plan):
+                pid = _spawn_helper(plan, security, stdio, r_go, w_ready)
+            else:
+                pid = _fork_child(plan, security, stdio, (r_ready, w_go), r_go, w_ready)
         finally:
-            os._exit(code)
-    syscalls.setns(pidns, syscalls.CLONE_NEWPID)  # our next forks are ordinary again
+            syscalls.setns(pidns, syscalls.CLONE_NEWPID)  # our next forks are ordinary again
+    except BaseException:
+        for fd in (r_ready, w_ready, r_go, w_go):
+            os.close(fd)
+        raise
     timings["forked"] = time.perf_counter_ns()
     os.close(w_ready)
     os.close(r_go)
@@ -188,6 +191,126 @@ def _enter_pidns_for_child(plan: LaunchPlan) -> None:
         syscalls.setns(fd, syscalls.CLONE_NEWPID)
     finally:
         os.close(fd)
+
+
+# LaunchPlan and RootfsPlan fields the C helper implements. A plan that sets any other field away from
+# its default (a feature added to the runtime in Python first) starts through the Python child.
+_HELPER_PLAN_FIELDS = frozenset({
+    "container_id", "hostname", "argv", "env", "workdir", "uid", "gid", "groups", "rootfs", "unshare_flags",
+    "cgroupns", "userns_remap", "loopback_up", "die_with_parent", "cgroup_join"})
+_HELPER_ROOTFS_FIELDS = frozenset({
+    "lowerdirs", "upper", "work", "merged", "mounts", "etc_files", "read_only", "overlay_extra", "init_binary"})
+
+
+def _only_fields(obj: object, known: frozenset[str]) -> bool:
+    return all(f.name in known or getattr(obj, f.name) == f.default for f in dataclasses.fields(obj))
+
+
+def helper_runs(plan: LaunchPlan) -> bool:
+    """Does ``isobench-nsexec`` implement everything ``plan`` asks for? (``isobench run``, build steps
+    and the bench's containers: yes.)"""
+    return _only_fields(plan, _HELPER_PLAN_FIELDS) and _only_fields(plan.rootfs, _HELPER_ROOTFS_FIELDS)
+
+
+def _spawn_helper(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go: int,
+                  w_ready: int) -> int:
+    """posix_spawn the C helper (in the PID namespace the caller made) with its plan on fd 5."""
+    r_plan = _plan_pipe(encode_plan(plan, security))
+    # the helper's fds 0-5 (see csrc/nsexec.c); a source already below 6 is moved up first, so no
+    # dup2 of the list overwrites a source a later one still needs
+    sources = [*stdio, r_go, w_ready, r_plan]
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) if fd < 6 else -1 for fd in sources]
+    actions = [(os.POSIX_SPAWN_DUP2, m if m >= 0 else fd, target)
+               for target, (fd, m) in enumerate(zip(sources, moved))]
+    try:
+        return os.posix_spawn(_nsexec(), [f"isobench-{plan.container_id}"], {}, file_actions=actions,
+                              setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+    finally:
+        os.close(r_plan)
+        for m in moved:
+            if m >= 0:
+                os.close(m)
+
+
+def _fork_child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], parent_ends: tuple[int, int],
+                r_go: int, w_ready: int) -> int:
+    """Fork this process as the container's PID 1 (plans with fields the C helper does not implement)."""
+    pid = os.fork()
+    if pid == 0:  # the container's PID 1
+        gc.disable()  # it execs within milliseconds: a collection would only copy-on-write pages
+        code = EXIT_SETUP_FAILED
+        try:
+            for fd in parent_ends:
+                os.close(fd)
+            _child(plan, security, stdio, r_go, w_ready)
+        except BaseException as exc:  # noqa: BLE001 - report any setup failure to the parent, then exit
+            _report(w_ready, f"E {_describe(exc)}\n")
+        finally:
+            os._exit(code)
+    return pid
+
+
+# Python ignores SIGPIPE and SIGXFSZ; ignored dispositions survive execve: the workload gets defaults.
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+@functools.lru_cache(maxsize=1)
+def _nsexec() -> str:
+    """The start helper ``make setup`` compiled (looked up once: the check hashes its source)."""
+    return str(cbin.helper("isobench-nsexec"))
+
+
+def _plan_pipe(data: bytes) -> int:
+    """A pipe's read end already holding ``data`` (then EOF): the helper reads its plan without
+    waiting for us. Grown past the default 64 KiB when a plan (huge env, seccomp program) needs it."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        if len(data) >= 65536:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, len(data) + 4096)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(w, view):]
+    except OSError as exc:
+        os.close(r)
+        raise ContainerError(f"container plan of {len(data)} bytes does not fit a pipe: {exc.strerror}") from exc
+    finally:
+        os.close(w)
+    return r
+
+
+def _fields(*pairs: tuple[str, object]) -> bytes:
+    return b"".join(f"{k}\0{v}\0".encode("utf-8", "surrogateescape") for k, v in pairs)
+
+
+@functools.lru_cache(maxsize=64)
+def _security_fields(p: PreparedSecurity) -> bytes:
+    """The security part of a plan (cached: a harness starts many containers with one profile)."""
+    head = _fields(("privileged", int(p.privileged)), ("keep_mask", p.keep_mask), ("last_cap", p.last_cap),
+                   ("nnp", int(p.no_new_privileges)), *(("masked", m) for m in p.masked_paths),
+                   *(("readonly", r) for r in p.readonly_paths))
+    if p.seccomp_program is None:
+        return head
+    return head + _fields(("seccomp", len(p.seccomp_program))) + p.seccomp_program  # last: raw bytes
+
+
+def encode_plan(plan: LaunchPlan, security: object) -> bytes:
+    """``plan`` in the helper's format: NUL-separated ``key, value`` records (lists repeat their key;
+    ``mount`` and ``etc`` carry 4 and 2 values), the seccomp program last as raw bytes."""
+    prepared = security if isinstance(security, PreparedSecurity) else prepare_security(security)  # type: ignore[arg-type]
+    for text in (*plan.argv, *plan.env, plan.workdir, plan.hostname):
+        if "\0" in text:
+            raise ContainerError(f"container {plan.container_id}: NUL byte in {text!r}")
+    r = plan.rootfs
+    return _fields(
+        ("hostname", plan.hostname), ("workdir", plan.workdir), ("uid", plan.uid), ("gid", plan.gid),
+        ("unshare", plan.unshare_flags), ("cgroupns", int(plan.cgroupns)), ("userns", int(plan.userns_remap)),
+        ("loopback", int(plan.loopback_up)), ("pdeathsig", int(plan.die_with_parent)),
+        ("overlay", overlay_options(r.lowerdirs, r.upper, r.work, r.overlay_extra)), ("merged", r.merged),
+        ("init", r.init_binary), ("read_only", int(r.read_only)),
+        *(("arg", a) for a in plan.argv), *(("env", e) for e in plan.env), *(("group", g) for g in plan.groups),
+        *(("cgjoin", f) for f in plan.cgroup_join), *(("etc", f"{d}\0{h}") for d, h in r.etc_files),
+        *(("mount", f"{m.kind}\0{m.source}\0{m.destination}\0{int(m.read_only)}") for m in r.mounts),
+    ) + _security_fields(prepared)
 
 
 def _failure(plan: LaunchPlan, msg: str, pid: int) -> str:

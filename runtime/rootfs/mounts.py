@@ -1,8 +1,10 @@
 """Mount the container's root (child side): overlay, volumes, /proc, /dev, /sys, /etc files, pivot_root.
 
-The plan is computed in the parent (pure data, survives fork); :func:`setup` only issues syscalls so
-the child's part of the start path stays a few milliseconds. Paths inside the new root are resolved
-with :func:`secure_join` so an image symlink (``/data -> /etc``) cannot redirect a mount to the host.
+The plan is computed in the parent (pure data, survives fork). The start helper ``csrc/nsexec.c``
+mounts it in C (the same steps, in the same order); :func:`setup` here serves the Python child, which
+starts plans with fields the helper does not implement yet (``process.helper_runs``). Paths inside
+the new root are resolved with :func:`secure_join` so an image symlink (``/data -> /etc``) cannot
+redirect a mount to the host.
 """
 
 from __future__ import annotations

@@ -434,3 +434,38 @@ def test_bridge_network_and_published_ports_through_the_server(server, paths, le
         assert "0.0.0.0:18195->80/tcp" in server.run("ps").stdout
     finally:
         assert server.run("rm", "-f", "pub").returncode == 0, cid
+
+
+def test_client_starts_a_server_on_first_use_that_exits_when_idle(client, paths, tmp_path, leak_check):
+    """The default path (no server started by hand): the first command runs in Python while the client
+    starts a server on its socket in the background; later commands are served; the server exits after
+    ISOBENCH_SERVER_IDLE_S without commands. ISOBENCH_SERVER_AUTOSTART=0 starts none."""
+    from tests.imagefixtures import ensure_busybox
+
+    ensure_busybox(paths)
+    sock = tmp_path / "auto.sock"
+    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), P.SOCKET_ENV: str(sock),
+           "ISOBENCH_SERVER_AUTOSTART": "1", "ISOBENCH_SERVER_IDLE_S": "4"}
+    s = Server(client, sock, env)
+    try:
+        # returns with the command (the background starter holds none of our pipes open)
+        p = s.run("run", "--rm", "--network", "none", "busybox", "sh", "-c", "echo hi; exit 3", timeout_s=30)
+        assert (p.returncode, p.stdout) == (3, "hi\n"), p.stderr
+        s.pid, s.start_ticks = _wait_for(lambda: P.read_pidfile(str(sock)), what="the auto-started server")
+        assert _comm(s.pid) == P.PROCESS_NAME and P.accepts(str(sock))
+        assert f"exits after 4 s idle" in Path(P.logfile_path(str(sock))).read_text()
+        worker_seen = []
+        p2 = s.popen("run", "--rm", "--network", "none", "busybox", "sleep", "1")
+        worker_seen += _wait_for(lambda: _children(s.pid), what="a worker of the auto-started server")
+        assert p2.wait(timeout=30) == 0 and worker_seen
+        # idle: gone by itself, socket and pidfile with it
+        _wait_for(lambda: S.proc_start_time(s.pid) is None, timeout_s=30, what="the idle server to exit")
+        assert not sock.exists() and not Path(P.pidfile_path(str(sock))).exists()
+        assert "idle for 4 s: exiting" in Path(P.logfile_path(str(sock))).read_text()
+        off = tmp_path / "off.sock"
+        p = s.run("ps", "-q", env={**env, P.SOCKET_ENV: str(off), "ISOBENCH_SERVER_AUTOSTART": "0"})
+        assert p.returncode == 0, p.stderr
+        time.sleep(1.0)
+        assert not off.exists() and not P.read_pidfile(str(off))
+    finally:
+        s.stop()

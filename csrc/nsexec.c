@@ -1,0 +1,527 @@
+/* isobench-nsexec: a container's first process, from its start to execve of the workload.
+ *
+ * Why C: the start path is a headline metric (create+start to exit of `true` <= 5 ms, at most twice
+ * the `unshare -fpmiu true` floor). A fork of the Python runtime costs ~0.75 ms in page-table copies
+ * alone, and every Python step of the child (each mount through ctypes, each touched object a
+ * copy-on-write fault) adds more. The runtime instead posix_spawn()s this small static program (vfork:
+ * no page tables copied) into the new PID namespace, as runc's nsexec and crun do in C. It runs on the
+ * host binary only up to execve: no container process exists before it execs, so nothing in the
+ * container can reach its /proc/self/exe (CVE-2019-5736); it also makes itself non-dumpable meanwhile.
+ *
+ * The parent (runtime/lifecycle/process.py) computes everything: the plan arrives on fd 5 as
+ * NUL-separated "key\0value\0..." records (see encode_plan there), then EOF. fds 0-2 are the
+ * workload's stdio, fd 3 reads the parent's go-ahead bytes, fd 4 reports to the parent:
+ *   "N\n"                                   network namespace exists (the parent brings its lo up)
+ *   "R <t_ns> <t_rootfs> <t_child> <t_joined>\n"   root built (CLOCK_MONOTONIC ns stamps)
+ *   "E <message>\n"                         a set-up step failed (exit 125)
+ * and is close-on-exec: its EOF tells the parent the workload was exec'd. Parent bytes on fd 3:
+ * "C" (cgroup made: join it by writing "0" to each cgroup_join file), "G" (go: exec).
+ * The steps and their order are those of the Python child this replaced (rootfs as in
+ * runtime/rootfs/mounts.py, masks as in runtime/security/masks.py, security.enter).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FD_GO 3
+#define FD_READY 4
+#define FD_PLAN 5
+#define EXIT_SETUP_FAILED 125
+#define EXIT_CANNOT_EXEC 126
+#define EXIT_NOT_FOUND 127
+#define MAXLIST 512
+#define NOSUID_NODEV_NOEXEC (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+struct list { int n; char *v[MAXLIST]; };
+
+static struct plan {
+    char *hostname, *workdir, *overlay_opts, *merged, *init_binary;
+    long long unshare_flags, uid, gid, last_cap;
+    unsigned long long keep_mask;
+    int cgroupns, userns, loopback, pdeathsig, read_only, privileged, nnp;
+    struct list args, env, groups, cgjoin, mounts /* kind,src,dst,ro quadruples */, etc /* dst,host pairs */,
+        masked, readonly;
+    char *seccomp; size_t seccomp_len;
+} P;
+
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void say(const char *text) {
+    size_t len = strlen(text);
+    while (len > 0) {
+        ssize_t n = write(FD_READY, text, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        text += n;
+        len -= (size_t)n;
+    }
+}
+
+/* Report a set-up failure to the parent on one line and exit 125. */
+static void die(const char *fmt, ...) {
+    char msg[4000] = "E ";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg + 2, sizeof msg - 3, fmt, ap);
+    va_end(ap);
+    for (char *p = msg; *p; p++)
+        if (*p == '\n') *p = ' ';
+    strcat(msg, "\n");
+    say(msg);
+    _exit(EXIT_SETUP_FAILED);
+}
+
+/* ------------------------------------------------------------------ the plan */
+
+static char *read_all(int fd, size_t *len) {
+    size_t cap = 16384, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) die("out of memory reading the plan");
+    for (;;) {
+        if (n == cap && !(buf = realloc(buf, cap *= 2))) die("out of memory reading the plan");
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) die("reading the plan: %s", strerror(errno));
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    *len = n;
+    return buf;
+}
+
+static void push(struct list *l, char *v) {
+    if (l->n >= MAXLIST) die("plan: more than %d entries in one list", MAXLIST);
+    l->v[l->n++] = v;
+}
+
+/* The next NUL-terminated field at *p (advanced past it). */
+static char *field(char **p, char *end, const char *after) {
+    char *s = *p, *z = memchr(s, 0, (size_t)(end - s));
+    if (!z) die("plan: truncated after %s", after);
+    *p = z + 1;
+    return s;
+}
+
+static void parse_plan(void) {
+    size_t len;
+    char *buf = read_all(FD_PLAN, &len), *p = buf, *end = buf + len;
+    close(FD_PLAN);
+    while (p < end) {
+        const char *key = field(&p, end, "the last record");
+        if (!strcmp(key, "seccomp")) {  /* last record: length, then the raw program */
+            P.seccomp_len = strtoull(field(&p, end, key), NULL, 10);
+            if ((size_t)(end - p) != P.seccomp_len) die("plan: seccomp program length mismatch");
+            P.seccomp = p;
+            break;
+        }
+        char *v = field(&p, end, key);
+        if (!strcmp(key, "hostname")) P.hostname = v;
+        else if (!strcmp(key, "workdir")) P.workdir = v;
+        else if (!strcmp(key, "overlay")) P.overlay_opts = v;
+        else if (!strcmp(key, "merged")) P.merged = v;
+        else if (!strcmp(key, "init")) P.init_binary = v;
+        else if (!strcmp(key, "unshare")) P.unshare_flags = strtoll(v, NULL, 10);
+        else if (!strcmp(key, "uid")) P.uid = strtoll(v, NULL, 10);
+        else if (!strcmp(key, "gid")) P.gid = strtoll(v, NULL, 10);
+        else if (!strcmp(key, "last_cap")) P.last_cap = strtoll(v, NULL, 10);
+        else if (!strcmp(key, "keep_mask")) P.keep_mask = strtoull(v, NULL, 10);
+        else if (!strcmp(key, "cgroupns")) P.cgroupns = atoi(v);
+        else if (!strcmp(key, "userns")) P.userns = atoi(v);
+        else if (!strcmp(key, "loopback")) P.loopback = atoi(v);
+        else if (!strcmp(key, "pdeathsig")) P.pdeathsig = atoi(v);
+        else if (!strcmp(key, "read_only")) P.read_only = atoi(v);
+        else if (!strcmp(key, "privileged")) P.privileged = atoi(v);
+        else if (!strcmp(key, "nnp")) P.nnp = atoi(v);
+        else if (!strcmp(key, "arg")) push(&P.args, v);
+        else if (!strcmp(key, "env")) push(&P.env, v);
+        else if (!strcmp(key, "group")) push(&P.groups, v);
+        else if (!strcmp(key, "cgjoin")) push(&P.cgjoin, v);
+        else if (!strcmp(key, "masked")) push(&P.masked, v);
+        else if (!strcmp(key, "readonly")) push(&P.readonly, v);
+        else if (!strcmp(key, "etc")) { push(&P.etc, v); push(&P.etc, field(&p, end, key)); }
+        else if (!strcmp(key, "mount")) { push(&P.mounts, v); push(&P.mounts, field(&p, end, key)); push(&P.mounts, field(&p, end, key));
+                                          push(&P.mounts, field(&p, end, key)); }
+        else die("plan: unknown key %s", key);
+    }
+    if (!P.args.n || !P.workdir || !P.hostname) die("plan: no argv, workdir or hostname");
+    push(&P.args, NULL);
+    push(&P.env, NULL);
+}
+
+/* ------------------------------------------------------------------ paths */
+
+static void do_mount(const char *src, const char *target, const char *fstype, unsigned long flags,
+                     const char *data) {
+    if (mount(src, target, fstype, flags, data) < 0)
+        die("mount '%s' on '%s' (%s): %s", src ? src : "None", target, fstype ? fstype : "None", strerror(errno));
+}
+
+/* root/path with every symlink resolved as if root were "/" (never escapes root); as
+ * runtime.rootfs.mounts.secure_join. */
+static void secure_join(const char *root, const char *path, char *out, size_t outsz) {
+    char cur[PATH_MAX] = "", rest[PATH_MAX * 2], full[PATH_MAX * 2], target[PATH_MAX];
+    int links = 0;
+    snprintf(rest, sizeof rest, "%s", path);
+    for (;;) {
+        char *r = rest;
+        while (*r == '/') r++;
+        if (!*r) break;
+        char *slash = strchr(r, '/');
+        size_t plen = slash ? (size_t)(slash - r) : strlen(r);
+        char part[PATH_MAX];
+        if (plen >= sizeof part) die("path %s: component too long", path);
+        memcpy(part, r, plen);
+        part[plen] = 0;
+        memmove(rest, r + plen, strlen(r + plen) + 1);
+        if (!strcmp(part, ".")) continue;
+        if (!strcmp(part, "..")) {
+            char *last = strrchr(cur, '/');
+            if (last) *last = 0; else cur[0] = 0;
+            continue;
+        }
+        char nxt[PATH_MAX];
+        if (snprintf(nxt, sizeof nxt, "%s%s%s", cur, cur[0] ? "/" : "", part) >= (int)sizeof nxt)
+            die("path %s too long", path);
+        snprintf(full, sizeof full, "%s/%s", root, nxt);
+        struct stat st;
+        if (lstat(full, &st) < 0 || !S_ISLNK(st.st_mode)) {
+            memcpy(cur, nxt, sizeof cur);
+            continue;
+        }
+        if (++links > 40) die("too many symlinks resolving '%s' in the container", path);
+        ssize_t n = readlink(full, target, sizeof target - 1);
+        if (n < 0) die("readlink %s: %s", full, strerror(errno));
+        target[n] = 0;
+        if (target[0] == '/') cur[0] = 0;
+        char joined[PATH_MAX * 2];
+        if (snprintf(joined, sizeof joined, "%s/%s", target, rest) >= (int)sizeof joined)
+            die("path %s too long after symlinks", path);
+        memcpy(rest, joined, sizeof rest);
+    }
+    if (snprintf(out, outsz, "%s%s%s", root, cur[0] ? "/" : "", cur) >= (int)outsz) die("path %s too long", path);
+}
+
+static void mkdir_p(const char *path, mode_t mode) {
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) < 0 && errno != EEXIST) die("mkdir %s: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, mode) < 0 && errno != EEXIST) die("mkdir %s: %s", buf, strerror(errno));
+}
+
+/* Create path (a dir or an empty file) with its parents unless something is there already. */
+static void ensure(const char *path, int is_dir) {
+    struct stat st;
+    if (lstat(path, &st) == 0) return;
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", path);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) {
+        *slash = 0;
+        mkdir_p(parent, 0777);
+    }
+    if (is_dir) {
+        if (mkdir(path, 0755) < 0) die("mkdir %s: %s", path, strerror(errno));
+    } else {
+        int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+        if (fd < 0) die("create %s: %s", path, strerror(errno));
+        close(fd);
+    }
+}
+
+static void bind(const char *src, const char *target, int read_only, int recursive) {
+    do_mount(src, target, NULL, MS_BIND | (recursive ? MS_REC : 0), NULL);
+    if (read_only) do_mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
+}
+
+/* ------------------------------------------------------------------ the root */
+
+static const struct { const char *name; int major, minor; } DEVICES[] = {
+    {"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0},
+};
+static const char *DEV_LINKS[][2] = {
+    {"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"}, {"stdout", "/proc/self/fd/1"},
+    {"stderr", "/proc/self/fd/2"}, {"ptmx", "pts/ptmx"},
+};
+
+static void mount_dev(const char *root) {
+    char dev[PATH_MAX], p[PATH_MAX];
+    snprintf(dev, sizeof dev, "%s/dev", root);
+    ensure(dev, 1);
+    do_mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k");
+    mode_t old = umask(0);  /* nodes get exactly 0666 */
+    for (size_t i = 0; i < sizeof DEVICES / sizeof DEVICES[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dev, DEVICES[i].name);
+        if (mknod(p, S_IFCHR | 0666, makedev(DEVICES[i].major, DEVICES[i].minor)) < 0)
+            die("mknod %s: %s", p, strerror(errno));
+    }
+    umask(old);
+    for (size_t i = 0; i < sizeof DEV_LINKS / sizeof DEV_LINKS[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dev, DEV_LINKS[i][0]);
+        if (symlink(DEV_LINKS[i][1], p) < 0) die("symlink %s: %s", p, strerror(errno));
+    }
+    snprintf(p, sizeof p, "%s/pts", dev);
+    if (mkdir(p, 0777) < 0) die("mkdir %s: %s", p, strerror(errno));
+    do_mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
+    snprintf(p, sizeof p, "%s/shm", dev);
+    if (mkdir(p, 01777) < 0) die("mkdir %s: %s", p, strerror(errno));
+    do_mount("shm", p, "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k");
+    snprintf(p, sizeof p, "%s/mqueue", dev);
+    if (mkdir(p, 0777) < 0) die("mkdir %s: %s", p, strerror(errno));
+    do_mount("mqueue", p, "mqueue", NOSUID_NODEV_NOEXEC, NULL);
+    /* /dev/console: no terminal to give; /dev/null keeps programs that open it working */
+    snprintf(p, sizeof p, "%s/console", dev);
+    int fd = open(p, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0) die("create %s: %s", p, strerror(errno));
+    close(fd);
+    char null[PATH_MAX];
+    snprintf(null, sizeof null, "%s/null", dev);
+    do_mount(null, p, NULL, MS_BIND, NULL);
+}
+
+static void mount_sys(const char *root) {
+    char target[PATH_MAX];
+    snprintf(target, sizeof target, "%s/sys", root);
+    ensure(target, 1);
+    /* a fresh sysfs shows this network namespace's interfaces; the host's network namespace
+     * (--network host) gets a read-only bind of the host's instead, which the kernel allows */
+    if (mount("sysfs", target, "sysfs", NOSUID_NODEV_NOEXEC | MS_RDONLY, NULL) < 0) bind("/sys", target, 1, 1);
+}
+
+static void setup_rootfs(void) {
+    const char *root = P.merged;
+    char target[PATH_MAX];
+    do_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);  /* nothing propagates back to the host */
+    do_mount("overlay", root, "overlay", 0, P.overlay_opts);
+    for (int i = 0; i + 3 < P.mounts.n; i += 4) {
+        const char *kind = P.mounts.v[i], *src = P.mounts.v[i + 1], *dst = P.mounts.v[i + 2];
+        int ro = P.mounts.v[i + 3][0] == '1';
+        secure_join(root, dst, target, sizeof target);
+        if (!strcmp(kind, "tmpfs")) {
+            ensure(target, 1);
+            do_mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | (ro ? MS_RDONLY : 0), "mode=1777");
+        } else {
+            struct stat st;
+            ensure(target, stat(src, &st) == 0 && S_ISDIR(st.st_mode));
+            bind(src, target, ro, 1);
+        }
+    }
+    secure_join(root, "/proc", target, sizeof target);
+    ensure(target, 1);
+    do_mount("proc", target, "proc", NOSUID_NODEV_NOEXEC, NULL);
+    mount_dev(root);
+    if (P.init_binary && P.init_binary[0]) {
+        snprintf(target, sizeof target, "%s/dev/init", root);
+        ensure(target, 0);
+        bind(P.init_binary, target, 1, 0);
+    }
+    mount_sys(root);
+    for (int i = 0; i + 1 < P.etc.n; i += 2) {
+        struct stat st;
+        secure_join(root, P.etc.v[i], target, sizeof target);
+        if (lstat(target, &st) == 0 && S_ISLNK(st.st_mode)) continue;  /* dangling link: the image's choice */
+        ensure(target, 0);
+        do_mount(P.etc.v[i + 1], target, NULL, MS_BIND, NULL);
+    }
+    if (chdir(root) < 0) die("chdir %s: %s", root, strerror(errno));
+    if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot_root '%s': %s", root, strerror(errno));
+    if (umount2(".", MNT_DETACH) < 0) die("umount '.': %s", strerror(errno));  /* the host's tree is gone */
+    if (chdir("/") < 0) die("chdir /: %s", strerror(errno));
+    if (P.read_only) do_mount(NULL, "/", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
+}
+
+/* Masked and read-only /proc and /sys paths (runtime/security/masks.py): absent ones are skipped. */
+static void apply_masks(void) {
+    for (int i = 0; i < P.readonly.n; i++) {
+        const char *p = P.readonly.v[i];
+        if (mount(p, p, NULL, MS_BIND | MS_REC, NULL) < 0) {
+            if (errno == ENOENT) continue;
+            die("masking /proc and /sys paths failed: mount '%s' on '%s' (None): %s", p, p, strerror(errno));
+        }
+        if (mount(p, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | NOSUID_NODEV_NOEXEC, NULL) < 0)
+            die("masking /proc and /sys paths failed: remount '%s' read-only: %s", p, strerror(errno));
+    }
+    for (int i = 0; i < P.masked.n; i++) {
+        const char *p = P.masked.v[i];
+        struct stat st;
+        if (stat(p, &st) < 0) continue;
+        int r = S_ISDIR(st.st_mode) ? mount("tmpfs", p, "tmpfs", MS_RDONLY | NOSUID_NODEV_NOEXEC, "size=0,mode=0555")
+                                    : mount("/dev/null", p, NULL, MS_BIND, NULL);
+        if (r < 0) die("masking /proc and /sys paths failed: mask '%s': %s", p, strerror(errno));
+    }
+}
+
+/* ------------------------------------------------------------------ sync with the parent */
+
+static char got[64];
+static size_t ngot;
+
+/* Read the parent's bytes until `want` arrived (it may come with others). */
+static void await(char want, const char *gone) {
+    while (!memchr(got, want, ngot)) {
+        if (ngot == sizeof got) ngot = 0;
+        ssize_t n = read(FD_GO, got + ngot, sizeof got - ngot);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) die("%s", gone);
+        ngot += (size_t)n;
+    }
+}
+
+static long long join_cgroup(void) {
+    await('C', "the runtime went away before the container's cgroup was ready");
+    for (int i = 0; i < P.cgjoin.n; i++) {
+        const char *f = P.cgjoin.v[i];
+        int fd = open(f, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "0", 1) != 1) {
+            char dir[PATH_MAX];
+            snprintf(dir, sizeof dir, "%s", f);
+            char *slash = strrchr(dir, '/');
+            if (slash) *slash = 0;
+            die("cannot join cgroup %s: %s", dir, strerror(errno));
+        }
+        close(fd);
+    }
+    return now_ns();
+}
+
+/* ------------------------------------------------------------------ security (runtime/security) */
+
+static void load_seccomp(const char *step) {
+    struct sock_fprog prog = {.len = (unsigned short)(P.seccomp_len / 8), .filter = (struct sock_filter *)P.seccomp};
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) < 0)
+        die("container init: %s failed: prctl(PR_SET_SECCOMP): %s", step, strerror(errno));
+}
+
+static void set_ids(void) {
+    gid_t groups[MAXLIST];
+    for (int i = 0; i < P.groups.n; i++) groups[i] = (gid_t)strtoul(P.groups.v[i], NULL, 10);
+    if (syscall(SYS_setgroups, P.groups.n, groups) < 0 || syscall(SYS_setgid, (gid_t)P.gid) < 0 ||
+        syscall(SYS_setuid, (uid_t)P.uid) < 0)
+        die("container init: setgroups/setgid/setuid %lld:%lld failed: %s", P.uid, P.gid, strerror(errno));
+}
+
+static void enter_security(void) {
+    if (P.privileged) {
+        set_ids();
+        if (P.nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+            die("container init: no_new_privs failed: %s", strerror(errno));
+        return;
+    }
+    for (long long cap = 0; cap <= P.last_cap; cap++)
+        if (!(P.keep_mask & (1ULL << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+            die("container init: capability bounding set failed: prctl(PR_CAPBSET_DROP %lld): %s", cap, strerror(errno));
+    if (P.seccomp && !P.nnp) load_seccomp("seccomp (before setuid)");
+    set_ids();
+    unsigned long long keep = P.uid == 0 ? P.keep_mask : 0;
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2] = {
+        {(uint32_t)keep, (uint32_t)keep, 0}, {(uint32_t)(keep >> 32), (uint32_t)(keep >> 32), 0}};
+    if (syscall(SYS_capset, &hdr, data) < 0) die("container init: capset failed: %s", strerror(errno));
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        die("container init: capset failed: PR_CAP_AMBIENT_CLEAR_ALL: %s", strerror(errno));
+    if (P.nnp) {
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("container init: no_new_privs failed: %s", strerror(errno));
+        if (P.seccomp) load_seccomp("seccomp");
+    }
+}
+
+/* ------------------------------------------------------------------ exec */
+
+/* execvpe with the *container's* PATH (glibc's uses the caller's), errors as Python's os.execvpe. */
+static void exec_workload(void) {
+    char *file = P.args.v[0];
+    int err, saved = 0;
+    if (strchr(file, '/')) {
+        execve(file, P.args.v, P.env.v);
+        err = errno;
+    } else {
+        const char *path = "/bin:/usr/bin";
+        for (int i = 0; P.env.v[i]; i++)
+            if (!strncmp(P.env.v[i], "PATH=", 5)) path = P.env.v[i] + 5;
+        err = ENOENT;
+        for (const char *d = path;; ) {
+            const char *colon = strchrnul(d, ':');
+            char full[PATH_MAX];
+            int dl = (int)(colon - d);
+            if (dl == 0) snprintf(full, sizeof full, "%s", file);
+            else snprintf(full, sizeof full, "%.*s%s%s", dl, d, d[dl - 1] == '/' ? "" : "/", file);
+            execve(full, P.args.v, P.env.v);
+            err = errno;
+            if (err != ENOENT && err != ENOTDIR && !saved) saved = err;
+            if (!*colon) break;
+            d = colon + 1;
+        }
+        if (saved) err = saved;
+    }
+    char msg[PATH_MAX + 100];
+    int code = EXIT_CANNOT_EXEC;
+    if (err == ENOENT) {
+        snprintf(msg, sizeof msg, "isobench: exec: \"%s\": executable file not found in $PATH\n", file);
+        code = EXIT_NOT_FOUND;
+    } else if (err == EACCES || err == EPERM) {
+        snprintf(msg, sizeof msg, "isobench: exec: \"%s\": permission denied\n", file);
+    } else {
+        snprintf(msg, sizeof msg, "isobench: exec: \"%s\": %s\n", file, strerror(err));
+    }
+    if (write(2, msg, strlen(msg)) < 0) { /* nothing left to tell */ }
+    _exit(code);
+}
+
+int main(void) {
+    long long t_child = now_ns(), t_joined = 0;
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);  /* nobody opens our /proc/<pid>/exe (the host binary) */
+    parse_plan();
+    if (P.pdeathsig) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL);
+    if (P.cgroupns) t_joined = join_cgroup();  /* the namespace's root is the cgroup we are in at unshare */
+    if (unshare((int)P.unshare_flags) < 0) die("unshare(0x%llx): %s", P.unshare_flags, strerror(errno));
+    if (P.loopback) say("N\n");  /* our network namespace exists: the parent brings lo up meanwhile */
+    if (!P.cgroupns) t_joined = join_cgroup();
+    long long t_ns = now_ns();
+    setup_rootfs();
+    apply_masks();
+    if (sethostname(P.hostname, strlen(P.hostname)) < 0) die("sethostname %s: %s", P.hostname, strerror(errno));
+    long long t_rootfs = now_ns();
+    /* last: mounts above were made by real root, owned by the host's user namespace */
+    if (P.userns && unshare(CLONE_NEWUSER) < 0) die("unshare(CLONE_NEWUSER): %s", strerror(errno));
+    char line[128];
+    snprintf(line, sizeof line, "R %lld %lld %lld %lld\n", t_ns, t_rootfs, t_child, t_joined);
+    say(line);
+    await('G', "the runtime went away before the container started");
+    close(FD_GO);
+    mkdir_p(P.workdir, 0777);
+    if (chdir(P.workdir) < 0) die("chdir %s: %s", P.workdir, strerror(errno));
+    /* only 0-2 (and the report fd, until exec) reach the workload */
+    if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0) die("close_range: %s", strerror(errno));
+    enter_security();
+    exec_workload();
+    return EXIT_CANNOT_EXEC;
+}
