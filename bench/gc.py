@@ -25,10 +25,9 @@ from core.paths import PREFIX, HostPaths
 _ID = re.compile(rf"/tmp/bench/({PREFIX}[0-9a-f]+)(/|$)")
 
 
-def _runc_orphans() -> list[str]:
-    if shutil.which("runc") is None:
-        return []
-    res = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+def _oci_orphans(runtime: str) -> list[str]:
+    """Containers of a dead harness that the OCI runtime ``runtime`` (runc, crun, ...) still lists."""
+    res = subprocess.run([runtime, "list", "--format", "json"], capture_output=True, text=True)
     try:
         items = json.loads(res.stdout or "null") or []
     except json.JSONDecodeError:
@@ -49,11 +48,14 @@ def _mounts() -> list[tuple[str, str]]:
 
 def gc(paths: HostPaths) -> list[str]:
     removed: list[str] = []
-    for cid in _runc_orphans():
-        res = subprocess.run(["runc", "delete", "-f", cid], capture_output=True, text=True)
-        if res.returncode == 0:
-            removed.append(f"runc container {cid}")
+    from bench.environments import ociruntimes
     from bench.environments import runc as runcenv
+
+    for rt in ociruntimes.found_on_host():  # the bench runs each one it finds
+        for cid in _oci_orphans(rt.path):
+            res = subprocess.run([rt.path, "delete", "-f", cid], capture_output=True, text=True)
+            if res.returncode == 0:
+                removed.append(f"{rt.name} container {cid}")
 
     # a runc killed while creating leaves a state dir `runc list` cannot show (no state.json)
     if runcenv.RUNC_STATE_ROOT.is_dir():

@@ -79,11 +79,20 @@ def load_workload(name: str) -> Workload:
 
 
 def make_environment(name: str, paths: HostPaths) -> Environment:
-    mod = {"native": ("bench.environments.native", "NativeEnvironment"),
-           "container": ("bench.environments.container", "ContainerEnvironment"),
-           "runc": ("bench.environments.runc", "RuncEnvironment"),
-           "vm": ("bench.environments.vm", "VMEnvironment"),
-           "vm-container": ("bench.environments.vm_container", "VMContainerEnvironment")}[name]
+    mods = {"native": ("bench.environments.native", "NativeEnvironment"),
+            "container": ("bench.environments.container", "ContainerEnvironment"),
+            "runc": ("bench.environments.runc", "RuncEnvironment"),
+            "vm": ("bench.environments.vm", "VMEnvironment"),
+            "vm-container": ("bench.environments.vm_container", "VMContainerEnvironment")}
+    if name not in mods:  # another OCI runtime (crun, --runtime NAME=PATH): runc's environment class
+        from bench.environments.ociruntimes import registered
+        from bench.environments.runc import RuncEnvironment
+
+        rt = registered(name)
+        if rt is None:
+            raise BenchError(f"no OCI runtime {name!r} (not on PATH, not given with --runtime)")
+        return RuncEnvironment(paths, rt)
+    mod = mods[name]
     return getattr(importlib.import_module(mod[0]), mod[1])(paths)
 
 

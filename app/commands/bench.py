@@ -23,7 +23,11 @@ def register(sub) -> None:
     b.add_argument("--profile", default="quick", metavar="quick|full", help="quick (default) or full")
     b.add_argument("--only", metavar="LIST", help=f"comma list of workloads ({','.join(WORKLOADS)})")
     b.add_argument("--env", metavar="LIST", help=f"comma list of environments ({','.join(ENVS)}; default all of "
-                                                 f"these) or {','.join(OPTIONAL_ENVS)} (containers in a Linux VM)")
+                                                 f"these and the OCI runtimes found on the host or given with "
+                                                 f"--runtime) or {','.join(OPTIONAL_ENVS)} (containers in a Linux VM)")
+    b.add_argument("--runtime", action="append", default=[], metavar="NAME=PATH",
+                   help="one more OCI runtime to run the start-up benchmark in, beside runc and the ones found "
+                        "on the host (crun, youki, runsc); its NAME is its column (repeatable)")
     b.add_argument("--values", type=int, metavar="N", help="measured values per metric (overrides the profile)")
     b.add_argument("--seed", type=int, metavar="N",
                    help="seed of the random environment order per round (default: a fresh one, in meta.json)")
@@ -43,9 +47,15 @@ def _bench(args: argparse.Namespace) -> int:
 
     if os.geteuid() != 0:
         raise UsageError("isobench bench needs root (namespaces, cgroups, mounts, libvirt)")
+    from bench.environments import ociruntimes
+
     profile = profiles.get(args.profile).with_values(args.values).with_gap(args.gap)
     workloads = runner.parse_list(args.only, WORKLOADS, "--only")
-    envs = runner.parse_list(args.env, ENVS + OPTIONAL_ENVS, "--env") if args.env else ENVS
+    runtimes = ociruntimes.environments(tuple(args.runtime))
+    ociruntimes.register(runtimes)
+    others = tuple(rt.name for rt in runtimes if rt.name != "runc")
+    default_envs = ENVS[:3] + others + ENVS[3:]  # the other OCI runtimes beside runc, before the VM
+    envs = runner.parse_list(args.env, default_envs + OPTIONAL_ENVS, "--env") if args.env else default_envs
     run_dir = Path(args.out) if args.out else runner.default_run_dir()
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"--out {run_dir}: directory exists and is not empty")

@@ -1,4 +1,9 @@
-"""runc: the same image as an OCI bundle, run by the reference OCI runtime with ``runc run``.
+"""runc (and every other OCI runtime): the same image as an OCI bundle, run with ``RUNTIME run``.
+
+One class serves runc, the reference, and the other runtimes of :mod:`ociruntimes` (crun, youki,
+runsc, ``--runtime NAME=PATH``): each is an environment named after the runtime, driven through the
+same command line on the same bundle. A runtime that cannot run it here fails with its own message,
+which the runner records for that benchmark and environment.
 
 The bundle's config.json starts from ``runc spec`` defaults (runc's own notion of a default container:
 its namespaces, 3 capabilities, masked paths) and changes only what the job needs: the rootfs (an
@@ -19,6 +24,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import interrupt
 from bench.environments import images, rootfs
@@ -28,6 +34,9 @@ from core import leases
 from core import syscalls
 from core.errors import BenchError, CgroupError, IsobenchError
 from core.paths import HostPaths, new_id
+
+if TYPE_CHECKING:
+    from bench.environments.ociruntimes import OciRuntime
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 RUNC_STATE_ROOT = Path("/run/runc")  # runc's default --root for root
@@ -105,23 +114,34 @@ def bundle_config(job: Job, image_config: dict, rootfs_path: Path, obj_id: str, 
     return cfg
 
 
+def _instance_cgroup(obj_id: str, for_reading: bool = False):
+    """The runtime's view (``runtime.cgroups.Cgroup``) of ``/isobench-<id>`` in every hierarchy that has
+    it (v1 controllers, runc's named ones, or a v2 tree); None when the runtime made none. For reading,
+    a hybrid host's controller-less v2 directory is left out (its readers would look there first)."""
+    from runtime.cgroups import Cgroup, detect
+    from runtime.cgroups.cgroup import UNIFIED
+
+    layout = detect()
+    dirs = {d.parent.name: d for d in CGROUP_ROOT.glob(f"*/{obj_id}")}
+    if (CGROUP_ROOT / obj_id).is_dir():  # a pure v2 host
+        dirs[UNIFIED] = CGROUP_ROOT / obj_id
+    if for_reading and layout.driver == "v1":
+        dirs.pop(UNIFIED, None)
+    return Cgroup(obj_id, dirs, layout) if dirs else None
+
+
 def cgroup_readings(obj_id: str) -> dict:
-    """Hierarchical CPU time and memory peak of ``/isobench-<id>`` (v1 controllers or v2)."""
-    out: dict = {}
-    files = {"cpu_usage_s": [(CGROUP_ROOT / "cpuacct" / obj_id / "cpuacct.usage", 1e-9)],
-             "memory_peak_bytes": [(CGROUP_ROOT / "memory" / obj_id / "memory.max_usage_in_bytes", 1),
-                                   (CGROUP_ROOT / obj_id / "memory.peak", 1)]}
-    for key, candidates in files.items():
-        for path, scale in candidates:
-            with contextlib.suppress(OSError, ValueError):
-                out[key] = int(path.read_text().split()[0]) * scale
-                break
-    oom = CGROUP_ROOT / "memory" / obj_id / "ctr" / "memory.oom_control"
-    with contextlib.suppress(OSError):
-        for line in oom.read_text().splitlines():
-            if line.startswith("oom_kill "):
-                out["oom_kills"] = int(line.split()[1])
-    return out
+    """Hierarchical CPU time, memory peak and OOM kills of ``/isobench-<id>`` (the parent of the
+    runtime's ``ctr``), through the runtime's cgroup readers: v1 controllers or v2 alike."""
+    cg = _instance_cgroup(obj_id, for_reading=True)
+    if cg is None:
+        return {}
+    try:
+        u = cg.usage()
+    except (CgroupError, OSError):
+        return {}
+    return {"cpu_usage_s": u.cpu_usage_ns / 1e9, "memory_peak_bytes": u.memory_peak_bytes,
+            "oom_kills": u.oom_kill_count}
 
 
 def remove_cgroups(obj_id: str) -> None:
@@ -131,15 +151,9 @@ def remove_cgroups(obj_id: str) -> None:
     A runc killed while it created the container can leave its ``runc init`` inside, so the instance's
     own cgroup is emptied first; both steps are the runtime's (``Cgroup.kill_all``, ``Cgroup.destroy``).
     """
-    from runtime.cgroups import Cgroup, detect
-    from runtime.cgroups.cgroup import UNIFIED
-
-    dirs = {d.parent.name: d for d in CGROUP_ROOT.glob(f"*/{obj_id}")}
-    if (CGROUP_ROOT / obj_id).is_dir():  # a pure v2 host
-        dirs[UNIFIED] = CGROUP_ROOT / obj_id
-    if not dirs:
+    cg = _instance_cgroup(obj_id)
+    if cg is None:
         return
-    cg = Cgroup(obj_id, dirs, detect())
     try:
         cg.kill_all()
         cg.destroy()
@@ -167,6 +181,8 @@ class RuncInstance(Instance):
     def __init__(self, env: "RuncEnvironment", job: Job) -> None:
         self.created_ns = time.perf_counter_ns()
         self.env, self.job = env, job
+        self.env_name = env.name
+        self.cmd = env.runtime.path
         self.id = f"isobench-{new_id()}"
         self.phases: dict[str, float] = {}
         self.readings: dict = {}
@@ -199,7 +215,7 @@ class RuncInstance(Instance):
             self.phases["bundle"] = elapsed_s(self.created_ns)
             # runc dies with the harness (PDEATHSIG); `isobench gc` (bench.gc) then deletes the container
             with interrupt.deferred():  # a Ctrl-C inside Popen would orphan a runc creating the container
-                self.proc = subprocess.Popen(["runc", "run", "--bundle", str(self.root.dir), self.id],
+                self.proc = subprocess.Popen([self.cmd, "run", "--bundle", str(self.root.dir), self.id],
                                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                              stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
             self.pump = OutputPump(self.proc.stdout, job.ready_marker)
@@ -236,7 +252,7 @@ class RuncInstance(Instance):
         if self.job.ready_marker is None:
             return elapsed_s(self.created_ns)
         if not self.pump.wait_marker(timeout_s):
-            raise BenchError(f"runc {self.id}: not ready after {timeout_s}s (output: {self.pump.text(0.1)[-300:]!r})")
+            raise BenchError(f"{self.env_name} {self.id}: not ready after {timeout_s}s (output: {self.pump.text(0.1)[-300:]!r})")
         return (self.pump.ready_ns - self.created_ns) / 1e9
 
     def pids(self) -> list[int]:
@@ -255,7 +271,7 @@ class RuncInstance(Instance):
         try:
             code = self.proc.wait(timeout_s if timeout_s is not None else self.job.timeout_s)
         except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"runc {self.id}: still running after {exc.timeout}s") from exc
+            raise BenchError(f"{self.env_name} {self.id}: still running after {exc.timeout}s") from exc
         wall = elapsed_s(self.created_ns)
         self.phases["exit"] = wall
         self.readings = cgroup_readings(self.id)
@@ -271,7 +287,7 @@ class RuncInstance(Instance):
             # give it a moment to finish creating first (this is clean-up, never a measured path)
             deadline = time.monotonic() + 2.0
             while self.proc.poll() is None:
-                res = syscalls.run(["runc", "kill", self.id, "KILL"], check=False, timeout_s=10)
+                res = syscalls.run([self.cmd, "kill", self.id, "KILL"], check=False, timeout_s=10)
                 if res.returncode == 0 or time.monotonic() > deadline:
                     break
                 time.sleep(0.02)
@@ -279,7 +295,7 @@ class RuncInstance(Instance):
                 kill_wait(self.proc, 10)
             if self.proc.stdout:
                 self.proc.stdout.close()
-        syscalls.run(["runc", "delete", "-f", self.id], check=False, timeout_s=10)
+        syscalls.run([self.cmd, "delete", "-f", self.id], check=False, timeout_s=10)
         remove_abandoned_state(self.id)
         if self.net_attached:
             from runtime.network import container as net
@@ -302,16 +318,21 @@ class RuncInstance(Instance):
         leases.release(self.id)
         self._unregister()
         if errors:
-            raise BenchError(f"runc {self.id}: cleanup: {'; '.join(errors)}")
+            raise BenchError(f"{self.env_name} {self.id}: cleanup: {'; '.join(errors)}")
 
 
 class RuncEnvironment(Environment):
+    """runc, or the OCI runtime ``runtime`` (its name is the environment's)."""
+
     name = "runc"
 
-    def __init__(self, paths: HostPaths) -> None:
-        if shutil.which("runc") is None:
+    def __init__(self, paths: HostPaths, runtime: "OciRuntime | None" = None) -> None:
+        from bench.environments.ociruntimes import registered
+
+        rt = runtime or registered("runc")
+        if rt is None:
             raise BenchError("runc not found (apt-get install runc)")
-        self.paths = paths
+        self.paths, self.runtime, self.name = paths, rt, rt.name
 
     def start(self, job: Job) -> Instance:
         return RuncInstance(self, job)
@@ -324,6 +345,7 @@ class RuncEnvironment(Environment):
             inst.stop()
 
     def describe(self) -> dict:
-        res = syscalls.run(["runc", "--version"], check=False)
-        return {"execution": "runc run of an OCI bundle (runc spec defaults, overlay rootfs, cgroupfs)",
+        res = syscalls.run([self.runtime.path, "--version"], check=False)
+        return {"execution": f"{self.name} run of an OCI bundle (runc spec defaults, overlay rootfs, cgroupfs)",
+                "runtime": self.runtime.path,
                 "version": (res.stdout or b"").decode().splitlines()[0] if res.stdout else "?"}

@@ -92,3 +92,25 @@ def test_memory_limit_is_enforced(env_name, paths, busybox_image, leak_check):
     assert out.exit_code == 137, out.output
     assert "survived" not in out.output
     assert 0 < out.extra["memory_peak_bytes"] <= (32 << 20) * 1.02
+
+
+@pytest.mark.requires("root", "runc")
+def test_every_oci_runtime_on_the_host_runs_the_bundle_or_says_why(paths, busybox_image, leak_check):
+    """runc and each other OCI runtime found here (crun, youki, runsc) run the same bundle through the
+    same environment; one that cannot fails with its own message, which the runner records. crun 1.8
+    refuses this machine's hybrid cgroup layout."""
+    from bench.environments.ociruntimes import found_on_host
+    from bench.environments.runc import RuncEnvironment
+    from runtime.cgroups import detect
+
+    runtimes = found_on_host()
+    assert runtimes[0].name == "runc"
+    for rt in runtimes:
+        out = RuncEnvironment(paths, rt).run(Job(image=busybox_image, argv=("/bin/true",), timeout_s=60))
+        if rt.name == "runc":
+            assert out.exit_code == 0, out.output
+            assert out.extra["cpu_usage_s"] > 0 and out.extra["memory_peak_bytes"] > 0  # runtime's readers
+        elif out.exit_code != 0:
+            assert out.output.strip(), f"{rt.name} failed without saying why"
+        if rt.name == "crun" and detect().version == "hybrid":
+            assert out.exit_code != 0 and "hybrid" in out.output, out.output
