@@ -268,7 +268,9 @@ def _resolve_metric(summary: pd.DataFrame, benchmark: str, metrics: tuple[str, .
 
 def weight_performance(summary: pd.DataFrame, facts: dict, failures: list | None = None) -> pd.DataFrame:
     failed = failed_pairs(failures)
-    envs = env_order(list(ENVIRONMENTS) + list(summary["environment"].unique()))
+    # an environment that only failed (an OCI runtime that cannot run here) still gets its column
+    envs = env_order(list(ENVIRONMENTS) + list(summary["environment"].unique())
+                     + [e for _, e in failed if e != "*"])
     sizes = facts.get("sizes") or {}
     rows = []
     for spec in WEIGHT_ROWS:

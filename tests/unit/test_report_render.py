@@ -132,3 +132,18 @@ def test_failed_benchmark_cells_say_failed():
     weight = tables.weight_performance(empty, {}, [{"benchmark": "cpu", "environment": "vm", "error": "boom"}])
     cpu = weight[weight["measured as"] == "CPU throughput, 1 CPU"].iloc[0]
     assert cpu["vm"] == tables.FAILED and cpu["container"] == tables.NOT_MEASURED
+
+
+def test_an_oci_runtime_that_only_failed_gets_its_column():
+    """crun on a hybrid cgroup host: every start-up value failed; its column says so (the reason is in
+    the failed-benchmarks table), beside runc's."""
+    import pandas as pd
+
+    empty = tables.metric_summary(pd.DataFrame(columns=["benchmark", "environment", "metric", "value", "unit",
+                                                        "iteration", "direction"]))
+    failures = [{"benchmark": "startup", "environment": "crun",
+                 "error": "crun: cgroups in hybrid mode not supported, drop all controllers from cgroupv2"}]
+    df = tables.weight_performance(empty, {}, failures)
+    assert list(df.columns).index("crun") > list(df.columns).index("runc")
+    start = df[df["aspect"] == "Startup"] if "Startup" in set(df["aspect"]) else df
+    assert tables.FAILED in set(start["crun"])
