@@ -163,11 +163,17 @@ class ContainerEnvironment(Environment):
         return ContainerInstance(self, job)
 
     def run(self, job: Job) -> Outcome:
+        """Create to exit, then teardown (``delete``) timed apart: ``extra["teardown_s"]``."""
         inst = ContainerInstance(self, job)
         try:
-            return inst.wait()
-        finally:
+            out = inst.wait()
+        except BaseException:
             inst.stop()
+            raise
+        t0 = time.perf_counter_ns()
+        inst.stop()
+        out.extra["teardown_s"] = elapsed_s(t0)
+        return out
 
     def describe(self) -> dict:
         return {"execution": "isobench runtime in-process: overlayfs, namespaces, cgroups, seccomp, caps"}

@@ -1,9 +1,11 @@
-"""runc (and every other OCI runtime): the same image as an OCI bundle, run with ``RUNTIME run``.
+"""runc (and every other OCI runtime): the same image as an OCI bundle, ``RUNTIME create`` + ``start``.
 
 One class serves runc, the reference, and the other runtimes of :mod:`ociruntimes` (crun, youki,
 runsc, ``--runtime NAME=PATH``): each is an environment named after the runtime, driven through the
 same command line on the same bundle. A runtime that cannot run it here fails with its own message,
-which the runner records for that benchmark and environment.
+which the runner records for that benchmark and environment. Start-up is measured as everywhere else,
+from the instance's creation to the workload's exit (the harness, a subreaper, waits for the
+container's init itself); ``delete`` is teardown, timed apart (``extra["teardown_s"]`` of ``run``).
 
 The bundle's config.json starts from ``runc spec`` defaults (runc's own notion of a default container:
 its namespaces, 3 capabilities, masked paths) and changes only what the job needs: the rootfs (an
@@ -186,7 +188,12 @@ class RuncInstance(Instance):
         self.id = f"isobench-{new_id()}"
         self.phases: dict[str, float] = {}
         self.readings: dict = {}
-        self.proc: subprocess.Popen | None = None
+        self.pid = 0                       # the container's init, our child once `create` exited
+        self.pidfd = -1
+        self.exit_code: int | None = None
+        self.create_failed: int | None = None   # `create` exit code when the runtime refused the bundle
+        self.created = False               # `create` ran (its container may exist): stop() deletes it
+        self.pump: OutputPump | None = None
         self.holder: subprocess.Popen | None = None
         self.net_attached = False
         self.root = None
@@ -213,15 +220,37 @@ class RuncInstance(Instance):
             cfg = bundle_config(job, rec.config, self.root.rootfs, self.id, port, netns, disk)
             (self.root.dir / "config.json").write_text(json.dumps(cfg))
             self.phases["bundle"] = elapsed_s(self.created_ns)
-            # runc dies with the harness (PDEATHSIG); `isobench gc` (bench.gc) then deletes the container
-            with interrupt.deferred():  # a Ctrl-C inside Popen would orphan a runc creating the container
-                self.proc = subprocess.Popen([self.cmd, "run", "--bundle", str(self.root.dir), self.id],
-                                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-            self.pump = OutputPump(self.proc.stdout, job.ready_marker)
+            self._create_and_start()
         except BaseException:
             self.stop()
             raise
+
+    def _create_and_start(self) -> None:
+        """``RUNTIME create`` (the container's stdout and stderr: our pipe, runc's pass-through mode),
+        then ``RUNTIME start``. The span measured is from the instance's creation to the workload's
+        exit, as for every environment; ``delete`` is teardown, timed apart by :meth:`RuncEnvironment.run`."""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        self.pump = OutputPump(os.fdopen(r, "rb", buffering=0), self.job.ready_marker)
+        pidfile = self.root.dir / "init.pid"
+        try:
+            with interrupt.deferred():  # a Ctrl-C inside would leave a container nobody recorded
+                self.created = True
+                res = subprocess.run([self.cmd, "create", "--bundle", str(self.root.dir), "--pid-file",
+                                      str(pidfile), self.id], stdin=subprocess.DEVNULL, stdout=w, stderr=w,
+                                     preexec_fn=_die_with_parent, timeout=120)
+        finally:
+            os.close(w)  # the container holds its own copy: EOF comes when it exits
+        if res.returncode != 0:  # the runtime's own reason is in the output (crun: hybrid cgroups)
+            self.create_failed = res.returncode
+            return
+        self.pid = int(pidfile.read_text().strip())
+        self.pidfd = os.pidfd_open(self.pid)
+        self.phases["created"] = elapsed_s(self.created_ns)
+        res = subprocess.run([self.cmd, "start", self.id], stdin=subprocess.DEVNULL, capture_output=True,
+                             timeout=60)
+        if res.returncode != 0:
+            raise BenchError(f"{self.env_name} start {self.id} failed: {(res.stderr or b'').decode().strip()[-300:]}")
+        self.phases["started"] = elapsed_s(self.created_ns)
 
     def _network(self, port: int) -> str:
         from runtime.network import container as net
@@ -256,46 +285,58 @@ class RuncInstance(Instance):
         return (self.pump.ready_ns - self.created_ns) / 1e9
 
     def pids(self) -> list[int]:
-        return process_tree(self.proc.pid) if self.proc and self.proc.poll() is None else []
+        return process_tree(self.pid) if self.pid and self.exit_code is None else []
 
     def workload_pids(self) -> list[int]:
-        return self.pids()[1:]  # without the `runc run` parent
+        return self.pids()  # the runtime does not stay: after `start` only the workload runs
 
     def usage(self) -> Usage:
         pids = self.pids()
         r = cgroup_readings(self.id)
         return Usage(pss_bytes=pss_bytes(pids), cpu_s=r.get("cpu_usage_s", 0.0),
-                     memory_peak_bytes=r.get("memory_peak_bytes"), detail=f"{len(pids)} processes incl. runc")
+                     memory_peak_bytes=r.get("memory_peak_bytes"),
+                     detail=f"{len(pids)} processes (the runtime exits after start)")
+
+    def _reap(self, timeout_s: float | None) -> bool:
+        """Wait for the container's init (our child: the environment is a subreaper) to exit."""
+        import select
+
+        if self.exit_code is not None or self.pidfd < 0:
+            return True
+        if not select.select([self.pidfd], [], [], timeout_s)[0]:
+            return False
+        _, status = os.waitpid(self.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        self.exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as runc run says
+        os.close(self.pidfd)
+        self.pidfd = -1
+        return True
 
     def wait(self, timeout_s: float | None = None) -> Outcome:
-        try:
-            code = self.proc.wait(timeout_s if timeout_s is not None else self.job.timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"{self.env_name} {self.id}: still running after {exc.timeout}s") from exc
+        if self.create_failed is not None:
+            return Outcome(exit_code=self.create_failed, output=self.pump.text(), wall_s=elapsed_s(self.created_ns),
+                           phases=dict(self.phases))
+        limit = timeout_s if timeout_s is not None else self.job.timeout_s
+        if not self._reap(limit):
+            raise BenchError(f"{self.env_name} {self.id}: still running after {limit}s")
         wall = elapsed_s(self.created_ns)
         self.phases["exit"] = wall
         self.readings = cgroup_readings(self.id)
-        return Outcome(exit_code=code, output=self.pump.text(), wall_s=wall, phases=dict(self.phases),
+        return Outcome(exit_code=self.exit_code, output=self.pump.text(), wall_s=wall, phases=dict(self.phases),
                        extra=dict(self.readings))
 
     def stop(self) -> None:
         """Idempotent: every step checks what is left, so a stop cut short by Ctrl-C can be finished."""
         errors = []
-        if self.proc is not None:
-            # `runc kill` works once runc has created the container; a Ctrl-C can stop us earlier, while
-            # it is still creating it. Killing `runc run` then would strand its half-made container, so
-            # give it a moment to finish creating first (this is clean-up, never a measured path)
-            deadline = time.monotonic() + 2.0
-            while self.proc.poll() is None:
-                res = syscalls.run([self.cmd, "kill", self.id, "KILL"], check=False, timeout_s=10)
-                if res.returncode == 0 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
-            with contextlib.suppress(BenchError):
-                kill_wait(self.proc, 10)
-            if self.proc.stdout:
-                self.proc.stdout.close()
-        syscalls.run([self.cmd, "delete", "-f", self.id], check=False, timeout_s=10)
+        if self.pid and self.exit_code is None:
+            syscalls.run([self.cmd, "kill", self.id, "KILL"], check=False, timeout_s=10)
+            if not self._reap(10.0):
+                errors.append(f"container init {self.pid} survived SIGKILL for 10 s")
+        if self.created:
+            syscalls.run([self.cmd, "delete", "-f", self.id], check=False, timeout_s=10)
+            self.created = False
+        if self.pump is not None:
+            self.pump.text(1.0)
         remove_abandoned_state(self.id)
         if self.net_attached:
             from runtime.network import container as net
@@ -333,16 +374,27 @@ class RuncEnvironment(Environment):
         if rt is None:
             raise BenchError("runc not found (apt-get install runc)")
         self.paths, self.runtime, self.name = paths, rt, rt.name
+        # `create` exits once the container waits for `start`: its init then becomes the child of
+        # the nearest subreaper. Being that subreaper, the harness waits for the workload's exit
+        # status itself (as containerd's shim and conmon do), without a runtime process in between.
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
 
     def start(self, job: Job) -> Instance:
         return RuncInstance(self, job)
 
     def run(self, job: Job) -> Outcome:
+        """Create to exit, then teardown (``delete`` and the rest of the clean-up) timed apart:
+        ``extra["teardown_s"]``."""
         inst = RuncInstance(self, job)
         try:
-            return inst.wait()
-        finally:
+            out = inst.wait()
+        except BaseException:
             inst.stop()
+            raise
+        t0 = time.perf_counter_ns()
+        inst.stop()
+        out.extra["teardown_s"] = elapsed_s(t0)
+        return out
 
     def describe(self) -> dict:
         res = syscalls.run([self.runtime.path, "--version"], check=False)
