@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -54,12 +55,13 @@
 struct list { int n; char *v[MAXLIST]; };
 
 static struct plan {
-    char *hostname, *workdir, *overlay_opts, *merged, *init_binary;
-    long long unshare_flags, uid, gid, last_cap;
+    char *hostname, *workdir, *overlay_opts, *merged, *init_binary, *rootfs_dir, *exec_fifo, *oom_score_adj;
+    long long unshare_flags, uid, gid, last_cap, umask;
     unsigned long long keep_mask;
-    int cgroupns, userns, loopback, pdeathsig, read_only, privileged, nnp;
+    int cgroupns, userns, loopback, pdeathsig, read_only, privileged, nnp, oci;
     struct list args, env, groups, cgjoin, mounts /* kind,src,dst,ro quadruples */, etc /* dst,host pairs */,
-        masked, readonly;
+        masked, readonly, joinns, sysctl /* key,value pairs */, rlimits /* name,kind,soft,hard */,
+        ocimounts /* dest,fstype,source,flags,data,propagation */, devices /* path,mode,major,minor,uid,gid */;
     char *seccomp; size_t seccomp_len;
 } P;
 
@@ -129,6 +131,7 @@ static void parse_plan(void) {
     size_t len;
     char *buf = read_all(FD_PLAN, &len), *p = buf, *end = buf + len;
     close(FD_PLAN);
+    P.umask = -1;
     while (p < end) {
         const char *key = field(&p, end, "the last record");
         if (!strcmp(key, "seccomp")) {  /* last record: length, then the raw program */
@@ -143,6 +146,19 @@ static void parse_plan(void) {
         else if (!strcmp(key, "overlay")) P.overlay_opts = v;
         else if (!strcmp(key, "merged")) P.merged = v;
         else if (!strcmp(key, "init")) P.init_binary = v;
+        else if (!strcmp(key, "rootfs_dir")) P.rootfs_dir = v;
+        else if (!strcmp(key, "exec_fifo")) P.exec_fifo = v;
+        else if (!strcmp(key, "oom_score_adj")) P.oom_score_adj = v;
+        else if (!strcmp(key, "umask")) P.umask = strtoll(v, NULL, 10);
+        else if (!strcmp(key, "oci")) P.oci = atoi(v);
+        else if (!strcmp(key, "joinns")) push(&P.joinns, v);
+        else if (!strcmp(key, "sysctl")) { push(&P.sysctl, v); push(&P.sysctl, field(&p, end, key)); }
+        else if (!strcmp(key, "rlimit") || !strcmp(key, "ocimount") || !strcmp(key, "device")) {
+            struct list *l = key[0] == 'r' ? &P.rlimits : key[0] == 'o' ? &P.ocimounts : &P.devices;
+            int n = key[0] == 'r' ? 4 : 6;
+            push(l, v);
+            for (int i = 1; i < n; i++) push(l, field(&p, end, key));
+        }
         else if (!strcmp(key, "unshare")) P.unshare_flags = strtoll(v, NULL, 10);
         else if (!strcmp(key, "uid")) P.uid = strtoll(v, NULL, 10);
         else if (!strcmp(key, "gid")) P.gid = strtoll(v, NULL, 10);
@@ -315,11 +331,109 @@ static void mount_sys(const char *root) {
     if (mount("sysfs", target, "sysfs", NOSUID_NODEV_NOEXEC | MS_RDONLY, NULL) < 0) bind("/sys", target, 1, 1);
 }
 
+static void pivot(const char *root) {
+    if (chdir(root) < 0) die("chdir %s: %s", root, strerror(errno));
+    if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot_root '%s': %s", root, strerror(errno));
+    if (umount2(".", MNT_DETACH) < 0) die("umount '.': %s", strerror(errno));  /* the host's tree is gone */
+    if (chdir("/") < 0) die("chdir /: %s", strerror(errno));
+    if (P.read_only) do_mount(NULL, "/", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
+}
+
+/* A bundle's linux.devices (runtime/rootfs/ocimounts.py make_devices). */
+static void make_devices(const char *root) {
+    char path[PATH_MAX];
+    for (int i = 0; i + 5 < P.devices.n; i += 6) {
+        secure_join(root, P.devices.v[i], path, sizeof path);
+        char parent[PATH_MAX];
+        snprintf(parent, sizeof parent, "%s", path);
+        char *slash = strrchr(parent, '/');
+        if (slash && slash != parent) { *slash = 0; mkdir_p(parent, 0777); }
+        struct stat st;
+        if (lstat(path, &st) == 0 && unlink(path) < 0) die("unlink %s: %s", path, strerror(errno));
+        mode_t old = umask(0);
+        int r = mknod(path, (mode_t)strtoul(P.devices.v[i + 1], NULL, 10),
+                      makedev(strtoul(P.devices.v[i + 2], NULL, 10), strtoul(P.devices.v[i + 3], NULL, 10)));
+        umask(old);
+        if (r < 0) die("mknod %s: %s", P.devices.v[i], strerror(errno));
+        if (chown(path, (uid_t)strtoul(P.devices.v[i + 4], NULL, 10), (gid_t)strtoul(P.devices.v[i + 5], NULL, 10)) < 0)
+            die("chown %s: %s", P.devices.v[i], strerror(errno));
+    }
+}
+
+/* runc's default nodes and links in a tmpfs /dev, and /dev/console: /dev/null (ocimounts.populate_dev). */
+static void populate_dev(const char *dev) {
+    char p[PATH_MAX + 64];
+    struct stat st;
+    mode_t old = umask(0);
+    for (size_t i = 0; i < sizeof DEVICES / sizeof DEVICES[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dev, DEVICES[i].name);
+        if (lstat(p, &st) < 0 && mknod(p, S_IFCHR | 0666, makedev(DEVICES[i].major, DEVICES[i].minor)) < 0)
+            die("mknod %s: %s", p, strerror(errno));
+    }
+    umask(old);
+    for (size_t i = 0; i < sizeof DEV_LINKS / sizeof DEV_LINKS[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dev, DEV_LINKS[i][0]);
+        if (lstat(p, &st) < 0 && symlink(DEV_LINKS[i][1], p) < 0) die("symlink %s: %s", p, strerror(errno));
+    }
+    snprintf(p, sizeof p, "%s/console", dev);
+    ensure(p, 0);
+    char null[PATH_MAX + 64];
+    snprintf(null, sizeof null, "%s/null", dev);
+    do_mount(null, p, NULL, MS_BIND, NULL);
+}
+
+#define BIND_KEEP (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME)
+
+/* A bundle's mounts, already parsed into flags and data by the parent (ocimounts.plan), as
+ * ocimounts.apply: binds take a remount for their flags; a refused sysfs (the host's network
+ * namespace) becomes a read-only bind of the host's. (cgroup mounts are the Python child's.) */
+static void apply_oci_mounts(const char *root) {
+    char target[PATH_MAX];
+    int dev_tmpfs = 0;
+    for (int i = 0; i + 5 < P.ocimounts.n; i += 6) {
+        const char *dest = P.ocimounts.v[i], *fstype = P.ocimounts.v[i + 1], *src = P.ocimounts.v[i + 2],
+                   *data = P.ocimounts.v[i + 4];
+        unsigned long flags = strtoul(P.ocimounts.v[i + 3], NULL, 10), prop = strtoul(P.ocimounts.v[i + 5], NULL, 10);
+        secure_join(root, dest, target, sizeof target);
+        if (flags & MS_BIND) {
+            struct stat st;
+            if (stat(src, &st) < 0) die("bind mount source '%s' for %s: %s", src, dest, strerror(errno));
+            ensure(target, S_ISDIR(st.st_mode));
+            do_mount(src, target, NULL, flags & (MS_BIND | MS_REC), NULL);
+            if (flags & BIND_KEEP) do_mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | (flags & BIND_KEEP), NULL);
+        } else {
+            ensure(target, 1);
+            if (mount(src[0] ? src : fstype, target, fstype, flags, data[0] ? data : NULL) < 0) {
+                if (strcmp(fstype, "sysfs") || errno != EPERM) die("mount %s on %s: %s", fstype, dest, strerror(errno));
+                bind("/sys", target, 1, 1);
+            }
+        }
+        if (prop) do_mount(NULL, target, NULL, prop, NULL);
+        size_t dl = strlen(dest);
+        while (dl > 1 && dest[dl - 1] == '/') dl--;
+        if (dl == 4 && !strncmp(dest, "/dev", 4) && !strcmp(fstype, "tmpfs")) dev_tmpfs = 1;
+    }
+    make_devices(root);
+    if (dev_tmpfs) {
+        char dev[PATH_MAX + 8];
+        snprintf(dev, sizeof dev, "%s/dev", root);
+        populate_dev(dev);
+    }
+}
+
 static void setup_rootfs(void) {
     const char *root = P.merged;
     char target[PATH_MAX];
     do_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);  /* nothing propagates back to the host */
-    do_mount("overlay", root, "overlay", 0, P.overlay_opts);
+    if (P.overlay_opts)
+        do_mount("overlay", root, "overlay", 0, P.overlay_opts);
+    else  /* a bundle's plain root.path */
+        do_mount(P.rootfs_dir ? P.rootfs_dir : "", root, NULL, MS_BIND | MS_REC, NULL);
+    if (P.oci) {
+        apply_oci_mounts(root);
+        pivot(root);
+        return;
+    }
     for (int i = 0; i + 3 < P.mounts.n; i += 4) {
         const char *kind = P.mounts.v[i], *src = P.mounts.v[i + 1], *dst = P.mounts.v[i + 2];
         int ro = P.mounts.v[i + 3][0] == '1';
@@ -350,11 +464,7 @@ static void setup_rootfs(void) {
         ensure(target, 0);
         do_mount(P.etc.v[i + 1], target, NULL, MS_BIND, NULL);
     }
-    if (chdir(root) < 0) die("chdir %s: %s", root, strerror(errno));
-    if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot_root '%s': %s", root, strerror(errno));
-    if (umount2(".", MNT_DETACH) < 0) die("umount '.': %s", strerror(errno));  /* the host's tree is gone */
-    if (chdir("/") < 0) die("chdir /: %s", strerror(errno));
-    if (P.read_only) do_mount(NULL, "/", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
+    pivot(root);
 }
 
 /* Masked and read-only /proc and /sys paths (runtime/security/masks.py): absent ones are skipped. */
@@ -409,6 +519,39 @@ static long long join_cgroup(void) {
         close(fd);
     }
     return now_ns();
+}
+
+/* ------------------------------------------------------------------ process settings (runtime-spec) */
+
+static void write_text(const char *path, const char *text, const char *what) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text)) die("%s: %s (%s)", what, strerror(errno), path);
+    close(fd);
+}
+
+/* linux.sysctl, after /proc is mounted and before the masks make /proc/sys read-only. */
+static void apply_sysctl(void) {
+    for (int i = 0; i + 1 < P.sysctl.n; i += 2) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "/proc/sys/%s", P.sysctl.v[i]);
+        for (char *c = path + 10; *c; c++)
+            if (*c == '.') *c = '/';
+        write_text(path, P.sysctl.v[i + 1], "linux.sysctl");
+    }
+}
+
+/* process.rlimits, oomScoreAdj and user.umask, before R: a refused rlimit fails `create`. */
+static void process_settings(void) {
+    for (int i = 0; i + 3 < P.rlimits.n; i += 4) {
+        struct rlimit r = {strtoull(P.rlimits.v[i + 2], NULL, 10), strtoull(P.rlimits.v[i + 3], NULL, 10)};
+        if (P.rlimits.v[i + 2][0] == '-') r.rlim_cur = RLIM_INFINITY;
+        if (P.rlimits.v[i + 3][0] == '-') r.rlim_max = RLIM_INFINITY;
+        if (setrlimit(atoi(P.rlimits.v[i + 1]), &r) < 0)
+            die("process.rlimits: cannot set %s to %s/%s: %s", P.rlimits.v[i], P.rlimits.v[i + 2], P.rlimits.v[i + 3],
+                strerror(errno));
+    }
+    if (P.oom_score_adj) write_text("/proc/self/oom_score_adj", P.oom_score_adj, "process.oomScoreAdj");
+    if (P.umask >= 0) umask((mode_t)P.umask);
 }
 
 /* ------------------------------------------------------------------ security (runtime/security) */
@@ -501,14 +644,25 @@ int main(void) {
     if (P.pdeathsig) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     signal(SIGPIPE, SIG_DFL);
     signal(SIGXFSZ, SIG_DFL);
+    for (int i = 0; i < P.joinns.n; i++) {  /* namespaces the spec names by path (podman's network) */
+        int fd = open(P.joinns.v[i], O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || setns(fd, 0) < 0) die("setns %s: %s", P.joinns.v[i], strerror(errno));
+        close(fd);
+    }
+    int fifo = -1;  /* created, not started: the exec waits until `start` reads this fifo */
+    if (P.exec_fifo && (fifo = open(P.exec_fifo, O_PATH | O_CLOEXEC)) < 0)
+        die("open %s: %s", P.exec_fifo, strerror(errno));
     if (P.cgroupns) t_joined = join_cgroup();  /* the namespace's root is the cgroup we are in at unshare */
     if (unshare((int)P.unshare_flags) < 0) die("unshare(0x%llx): %s", P.unshare_flags, strerror(errno));
     if (P.loopback) say("N\n");  /* our network namespace exists: the parent brings lo up meanwhile */
     if (!P.cgroupns) t_joined = join_cgroup();
     long long t_ns = now_ns();
     setup_rootfs();
+    apply_sysctl();
     apply_masks();
-    if (sethostname(P.hostname, strlen(P.hostname)) < 0) die("sethostname %s: %s", P.hostname, strerror(errno));
+    if (P.hostname[0] && sethostname(P.hostname, strlen(P.hostname)) < 0)  /* "": the host's UTS namespace */
+        die("sethostname %s: %s", P.hostname, strerror(errno));
+    process_settings();
     long long t_rootfs = now_ns();
     /* last: mounts above were made by real root, owned by the host's user namespace */
     if (P.userns && unshare(CLONE_NEWUSER) < 0) die("unshare(CLONE_NEWUSER): %s", strerror(errno));
@@ -519,6 +673,14 @@ int main(void) {
     close(FD_GO);
     mkdir_p(P.workdir, 0777);
     if (chdir(P.workdir) < 0) die("chdir %s: %s", P.workdir, strerror(errno));
+    if (fifo >= 0) {  /* blocks until `start` opens the fifo for reading */
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fifo);
+        int w = open(path, O_WRONLY | O_CLOEXEC);
+        if (w < 0 || write(w, "0", 1) != 1) die("exec fifo %s: %s", P.exec_fifo, strerror(errno));
+        close(w);
+        close(fifo);
+    }
     /* only 0-2 (and the report fd, until exec) reach the workload */
     if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0) die("close_range: %s", strerror(errno));
     enter_security();

@@ -193,13 +193,16 @@ def _enter_pidns_for_child(plan: LaunchPlan) -> None:
         os.close(fd)
 
 
-# LaunchPlan and RootfsPlan fields the C helper implements. A plan that sets any other field away from
-# its default (a feature added to the runtime in Python first) starts through the Python child.
+# LaunchPlan and RootfsPlan fields the C helper implements (pid_ns and id_maps are the parent's). A plan
+# that sets any other field away from its default (a terminal's console_fd; a feature added to the
+# runtime in Python first) starts through the Python child, as does a bundle with a "cgroup" mount.
 _HELPER_PLAN_FIELDS = frozenset({
     "container_id", "hostname", "argv", "env", "workdir", "uid", "gid", "groups", "rootfs", "unshare_flags",
-    "cgroupns", "userns_remap", "loopback_up", "die_with_parent", "cgroup_join"})
+    "cgroupns", "userns_remap", "loopback_up", "die_with_parent", "cgroup_join", "pid_ns", "join_ns", "id_maps",
+    "rlimits", "oom_score_adj", "sysctl", "umask", "exec_fifo"})
 _HELPER_ROOTFS_FIELDS = frozenset({
-    "lowerdirs", "upper", "work", "merged", "mounts", "etc_files", "read_only", "overlay_extra", "init_binary"})
+    "lowerdirs", "upper", "work", "merged", "mounts", "etc_files", "read_only", "overlay_extra", "init_binary",
+    "oci_mounts", "oci_devices", "cgroup_dirs", "rootfs_dir"})
 
 
 def _only_fields(obj: object, known: frozenset[str]) -> bool:
@@ -209,7 +212,8 @@ def _only_fields(obj: object, known: frozenset[str]) -> bool:
 def helper_runs(plan: LaunchPlan) -> bool:
     """Does ``isobench-nsexec`` implement everything ``plan`` asks for? (``isobench run``, build steps
     and the bench's containers: yes.)"""
-    return _only_fields(plan, _HELPER_PLAN_FIELDS) and _only_fields(plan.rootfs, _HELPER_ROOTFS_FIELDS)
+    return (_only_fields(plan, _HELPER_PLAN_FIELDS) and _only_fields(plan.rootfs, _HELPER_ROOTFS_FIELDS)
+            and not any(m.fstype == "cgroup" for m in plan.rootfs.oci_mounts or ()))
 
 
 def _spawn_helper(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go: int,
@@ -301,15 +305,26 @@ def encode_plan(plan: LaunchPlan, security: object) -> bytes:
         if "\0" in text:
             raise ContainerError(f"container {plan.container_id}: NUL byte in {text!r}")
     r = plan.rootfs
+    oci = r.oci_mounts is not None
     return _fields(
         ("hostname", plan.hostname), ("workdir", plan.workdir), ("uid", plan.uid), ("gid", plan.gid),
         ("unshare", plan.unshare_flags), ("cgroupns", int(plan.cgroupns)), ("userns", int(plan.userns_remap)),
         ("loopback", int(plan.loopback_up)), ("pdeathsig", int(plan.die_with_parent)),
-        ("overlay", overlay_options(r.lowerdirs, r.upper, r.work, r.overlay_extra)), ("merged", r.merged),
-        ("init", r.init_binary), ("read_only", int(r.read_only)),
+        *((("overlay", overlay_options(r.lowerdirs, r.upper, r.work, r.overlay_extra)),) if r.lowerdirs else ()),
+        *((("rootfs_dir", r.rootfs_dir),) if r.rootfs_dir else ()), ("merged", r.merged),
+        ("init", r.init_binary), ("read_only", int(r.read_only)), ("oci", int(oci)),
         *(("arg", a) for a in plan.argv), *(("env", e) for e in plan.env), *(("group", g) for g in plan.groups),
         *(("cgjoin", f) for f in plan.cgroup_join), *(("etc", f"{d}\0{h}") for d, h in r.etc_files),
         *(("mount", f"{m.kind}\0{m.source}\0{m.destination}\0{int(m.read_only)}") for m in r.mounts),
+        *(("ocimount", f"{m.destination}\0{m.fstype}\0{m.source}\0{m.flags}\0{m.data}\0{m.propagation}")
+          for m in r.oci_mounts or ()),
+        *(("device", f"{d.path}\0{d.mode}\0{os.major(d.rdev)}\0{os.minor(d.rdev)}\0{d.uid}\0{d.gid}")
+          for d in r.oci_devices),
+        *(("joinns", j) for j in plan.join_ns), *(("sysctl", f"{k}\0{v}") for k, v in plan.sysctl),
+        *(("rlimit", f"{_RLIMIT_NAMES.get(kind, kind)}\0{kind}\0{soft}\0{hard}") for kind, soft, hard in plan.rlimits),
+        *((("oom_score_adj", plan.oom_score_adj),) if plan.oom_score_adj is not None else ()),
+        *((("umask", plan.umask),) if plan.umask is not None else ()),
+        *((("exec_fifo", plan.exec_fifo),) if plan.exec_fifo else ()),
     ) + _security_fields(prepared)
 
 
