@@ -120,9 +120,9 @@ def noise_floor(groups: dict, key: tuple[str, str, str], unit: str, median: floa
     if companion is not None and (bench, companion, env) in groups:
         noise = float(groups[(bench, companion, env)]["value"].median())
         return noise, bool(median < noise)
-    if unit in SIZE_UNITS and isfinite(median) and median <= 0:
-        spread = [abs(v) for v in (median, *ci) if isfinite(v)]
-        return max(spread), True
+    spread = max([abs(v) for v in (median, *ci) if isfinite(v)], default=0.0)
+    if unit in SIZE_UNITS and isfinite(median) and median <= 0 and spread > 0:
+        return spread, True    # an exact 0 every time (native has no cgroup of its own) is a plain 0
     return float("nan"), False
 
 

@@ -56,6 +56,8 @@ def test_a_negative_size_without_companion_is_noise_not_a_size():
     row = tables.lookup(summary, "footprint", "shared_mib_per_instance", "container")
     assert row["below_noise"] and row["noise"] >= 0.1
     assert tables.fmt_ratio(-2.57) == "—" and tables.fmt_ratio(0.0) == "—"
+    zero = samples.assign(value=0.0)
+    assert not tables.lookup(tables.metric_summary(zero), "footprint", "shared_mib_per_instance", "native")["below_noise"]
     assert tables.ci_text(-3.0, 20.0, "MiB") == "≤ 0 – 20.0"
 
 
