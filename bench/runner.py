@@ -395,14 +395,14 @@ def run_workload(w: Workload, environments: dict[str, Environment], ctx: Context
                 wlog.flush()
                 if it < warm:
                     continue
-                accel = env.accelerator()[0] if env.name == "vm" else "none"
+                accel = env.accelerator()[0]   # "none" for environments on the host kernel
                 step_rep = ctx.step_replicate or f"{env.name}-{it - warm}"
                 ms = [replace(m, replicate=m.replicate or step_rep) for m in ms]
                 round_values[env.name] = {m.metric: (float(m.value), m.replicate) for m in ms}
                 record(w, env.name, ms, it - warm, accel, date, step_s, state)
             if it >= warm:
                 for env_name, ms in derived_ratios(w, round_values).items():
-                    accel = environments[env_name].accelerator()[0] if env_name == "vm" else "none"
+                    accel = environments[env_name].accelerator()[0]
                     record(w, env_name, ms, it - warm, accel, "", 0.0, state)
             state.save(ctx.facts)
         try:

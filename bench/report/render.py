@@ -100,17 +100,22 @@ def _banner(meta: dict) -> list[tuple[str, str]]:
 
 
 def env_labels(samples, meta: dict) -> dict[str, str]:
-    """Column labels: the VM says how it ran (``vm (TCG, microvm)``), from the samples' accelerator
-    column (else the run's) and the machine type QEMU really used."""
-    accels = sorted({str(a) for a in samples.loc[samples["environment"] == "vm", "accelerator"]} - {"none", "nan"}) \
-        if "accelerator" in samples else []
-    if not accels and "vm" in set(samples["environment"]):
-        accels = [str(meta.get("accelerator") or "unknown")]
-    parts = [", ".join(a.upper() for a in accels)] if accels else []
+    """Column labels: an environment that ran in a VM says how (``vm (TCG, microvm)``), from the
+    samples' accelerator column (the run's accelerator for older runs' ``vm``) and, for ``vm``, the
+    machine type QEMU really used."""
+    out = {}
     machine = meta.get("vm_machine") or ((meta.get("execution") or {}).get("vm") or {}).get("machine")
-    if machine and not str(machine).startswith(("not booted", "microvm (requested")):
-        parts.append(str(machine))
-    return {"vm": f"vm ({', '.join(parts)})"} if parts else {}
+    for env in dict.fromkeys(samples["environment"]):
+        rows = samples[samples["environment"] == env]
+        accels = sorted({str(a) for a in rows["accelerator"]} - {"none", "nan"}) if "accelerator" in rows else []
+        if env == "vm" and not accels:
+            accels = [str(meta.get("accelerator") or "unknown")]
+        parts = [", ".join(a.upper() for a in accels)] if accels else []
+        if env == "vm" and machine and not str(machine).startswith(("not booted", "microvm (requested")):
+            parts.append(str(machine))
+        if parts:
+            out[env] = f"{env} ({', '.join(parts)})"
+    return out
 
 
 def noise_metrics(facts: dict) -> dict[tuple[str, str], str]:
@@ -147,7 +152,7 @@ def build_context(run: Run) -> dict:
     meta, facts = run.meta or {}, run.facts or {}
     summary = tables.metric_summary(run.samples, noise_metrics(facts))
     labels = env_labels(run.samples, meta)
-    tcg = {"vm": "TCG"} if "TCG" in labels.get("vm", "") else {}   # every VM figure says so
+    tcg = {env: "TCG" for env, label in labels.items() if "TCG" in label}   # every emulated figure says so
     benchmarks = list(dict.fromkeys(summary["benchmark"]))
     per_benchmark = [(b, _table(f"metric {b}", lambda b=b: tables.benchmark_table(summary, b)))
                      for b in benchmarks]

@@ -34,6 +34,7 @@ SUMMARY_COLUMNS = ["benchmark", "metric", "environment", "unit", "direction", "n
                    "median", "ci_low", "ci_high", "cv_pct", "noise", "below_noise", "ratio_native", "ratio_ci_low",
                    "ratio_ci_high"]
 SIZE_UNITS = {"MiB", "KiB", "GiB", "bytes", "B"}
+CORE_ENVIRONMENTS = ("native", "container", "runc", "vm")   # every run has these; others are opt-in
 # metric -> its noise-floor metric, for runs that predate facts.json "noise_metrics"
 DEFAULT_NOISE = {("footprint", "density_mib_per_instance"): "density_noise_mib"}
 _N_SUFFIX = re.compile(r"^(?P<base>.+)_n(?P<n>\d+)$")
@@ -268,10 +269,11 @@ def _resolve_metric(summary: pd.DataFrame, benchmark: str, metrics: tuple[str, .
 
 def weight_performance(summary: pd.DataFrame, facts: dict, failures: list | None = None) -> pd.DataFrame:
     failed = failed_pairs(failures)
-    # an environment that only failed (an OCI runtime that cannot run here) still gets its column
-    envs = env_order(list(ENVIRONMENTS) + list(summary["environment"].unique())
-                     + [e for _, e in failed if e != "*"])
     sizes = facts.get("sizes") or {}
+    # the four core environments always, plus any that was measured, sized or only failed (an OCI runtime
+    # that cannot run here still gets its column); an opt-in environment that was not asked for gets none
+    ran = set(summary["environment"]) | {e for _, e in failed if e != "*"} | set(sizes)
+    envs = env_order(list(CORE_ENVIRONMENTS) + sorted(ran))
     rows = []
     for spec in WEIGHT_ROWS:
         metric = _resolve_metric(summary, spec.benchmark, spec.metric)
