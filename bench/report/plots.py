@@ -66,7 +66,8 @@ def _phase_axis(ax, phases: dict, envs: list[str], scale: float, unit: str, titl
     ax.margins(x=0.18)
     handles, names = ax.get_legend_handles_labels()
     uniq = dict(zip(names, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.4),
+    ax.legend(uniq.values(), uniq.keys(), fontsize=9, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+              borderaxespad=3.0,  # a fixed gap below the axis label, whatever the axis height
               ncol=2, frameon=False)
     ax.grid(axis="x", alpha=0.3)
 
