@@ -81,6 +81,7 @@ class Container:
     timings_ns: dict[str, int] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     final_usage: Any = None
+    interrupted_by: int = 0  # a signal the monitor carried out by SIGKILL (monitor.deliver): 128+it
     _plan: LaunchPlan | None = None
     _security: Any = None
     _cgroup: Any = None
@@ -494,6 +495,8 @@ def wait(c: Container, timeout_s: float | None = None) -> int:
 def record_exit(c: Container, status: int) -> None:
     """After waitpid: the exit code, OOM kill, final usage; then free cgroup, network and lease."""
     code = exit_code_of(status)
+    if c.interrupted_by and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        code = 128 + c.interrupted_by
     try:
         c.final_usage = c._cgroup.usage() if c._cgroup is not None else None
     except (OSError, IsobenchError):

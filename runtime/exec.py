@@ -31,7 +31,7 @@ def exec_in(paths: HostPaths, ref: str, argv: list[str], *, env: tuple[str, ...]
     ``tty``: a pty relayed to our stdin/stdout; ``console_fd``: a socket to send the pty master over."""
     from runtime import api, security
     from runtime.config_image import merge_env
-    from runtime.lifecycle.process import _exec_workload, LaunchPlan, exit_code_of
+    from runtime.lifecycle.process import _exec_workload, LaunchPlan, exit_code_of, reset_signals
     from runtime import console
     from runtime.oci import bundle
     from runtime.rootfs.mounts import RootfsPlan
@@ -100,8 +100,7 @@ def exec_in(paths: HostPaths, ref: str, argv: list[str], *, env: tuple[str, ...]
     if pid == 0:
         code = 126
         try:
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+            reset_signals()
             if console_fd >= 0:
                 if ours >= 0:
                     os.close(ours)

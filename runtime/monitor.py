@@ -6,7 +6,7 @@ with ``--rm``, remove it. The CLI forks this monitor (double fork + setsid, so k
 terminal does not touch it); the monitor holds the container's lease, runs :mod:`runtime.api`
 create/start in-process and reports back on a pipe::
 
-    S <id> <pid>\\n           started (the CLI prints the id with -d, or forwards signals to pid)
+    S <id> <pid> <monitor>\\n started (the CLI prints the id with -d, or forwards signals to monitor)
     X <exit code>\\n          exited, recorded, cleaned up (foreground: the CLI exits with it)
     E <exit code> <message>\\n create/start failed; nothing is left behind
 
@@ -52,6 +52,7 @@ class Launch:
         self.buf = b""
         self.container_id = ""
         self.pid = 0
+        self.monitor_pid = 0  # a foreground run's signals go here: the monitor delivers them
 
     def _line(self) -> str:
         while b"\n" not in self.buf:
@@ -78,8 +79,8 @@ class Launch:
         return line.split()[1:]
 
     def started(self) -> tuple[str, int]:
-        cid, pid = self._message("S")
-        self.container_id, self.pid = cid, int(pid)
+        cid, pid, monitor_pid = self._message("S")[:3]
+        self.container_id, self.pid, self.monitor_pid = cid, int(pid), int(monitor_pid)
         return self.container_id, self.pid
 
     def exit_code(self) -> int:
@@ -119,18 +120,8 @@ def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool, in
     (runtime.console) that we relay to our terminal, in raw mode, so Ctrl-C reaches it as a byte."""
     from runtime import api
 
-    target: list[int] = []  # the container's pid once it runs; signals before that wait in pending
-    pending: list[int] = []
-
-    def forward(sig, _frame):  # Ctrl-C / SIGTERM reach the container, as with docker run
-        if not target:
-            pending.append(sig)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(target[0], sig)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, forward)  # from the start: no window where Ctrl-C orphans a started container
+    forwarder = Forwarder()
+    forwarder.install()  # from the start: no window where Ctrl-C orphans a started container
     stdin = os.dup(0) if interactive else os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # until the child has it
     ours = theirs = -1
     if tty:
@@ -146,9 +137,7 @@ def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool, in
         os.close(stdin)
         if theirs >= 0:
             os.close(theirs)
-    target.append(c.pid)  # type: ignore[arg-type]
-    for sig in pending:
-        forward(sig, None)
+    forwarder.attach(c)
     if tty:
         sock = socket.socket(fileno=ours)
         try:
@@ -163,6 +152,68 @@ def run_here(config: ContainerConfig, paths: HostPaths, *, auto_remove: bool, in
     if auto_remove:
         api.delete(c)
     return code
+
+
+# What a foreground run passes on to its container, as docker run's signal proxy does.
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class Forwarder:
+    """The foreground monitor's signal handler: signals reach the container's PID 1 once it runs
+    (those that arrive while it is being created wait, then go)."""
+
+    def __init__(self) -> None:
+        self.container = None
+        self.pending: list[int] = []
+
+    def install(self) -> None:
+        for sig in FORWARDED:
+            signal.signal(sig, self)
+
+    def attach(self, c) -> None:
+        self.container = c
+        for sig in self.pending:
+            self(sig, None)
+        self.pending = []
+
+    def __call__(self, sig: int, _frame) -> None:
+        if self.container is None:
+            self.pending.append(sig)
+            return
+        deliver(self.container, sig)
+
+
+def deliver(c, sig: int) -> None:
+    """Send ``sig`` to the container's PID 1; Ctrl-C ends the run even when PID 1 has no handler.
+
+    The kernel drops a signal whose action is the default for a PID namespace's init (only SIGKILL
+    and SIGSTOP from the parent namespace get through), so ``isobench run busybox sleep 30`` would
+    ignore Ctrl-C forever. For SIGINT, and only when PID 1 neither catches, blocks (an init's
+    sigwait) nor ignores it, the monitor carries out the default action itself: it kills the
+    container and records 128+SIGINT = 130, the code the workload would have had as an ordinary
+    process. Other signals are only forwarded (``docker stop`` semantics: SIGTERM, then a kill)."""
+    pid = c.pid
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    if sig == signal.SIGINT and not _has_disposition(pid, sig):
+        c.interrupted_by = sig  # record_exit reports 128+sig for the SIGKILL below
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _has_disposition(pid: int, sig: int) -> bool:
+    """Does the process catch, block or ignore ``sig`` (``SigCgt``/``SigBlk``/``SigIgn`` of
+    /proc/PID/status)? Unreadable (it just exited): treated as yes, nothing more to do."""
+    bit = 1 << (sig - 1)
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            masks = [int(line.split()[1], 16) for line in f
+                     if line.startswith(("SigCgt:", "SigBlk:", "SigIgn:"))]
+    except (OSError, ValueError, IndexError):
+        return True
+    return any(m & bit for m in masks)
 
 
 def _create_and_start(config: ContainerConfig, paths: HostPaths, stdio: tuple[int, int, int] | None, *,
@@ -206,8 +257,16 @@ def _to_devnull(fds: tuple[int, ...]) -> None:
 def _monitor(config: ContainerConfig, paths: HostPaths, detach: bool, auto_remove: bool, w: int) -> None:
     from runtime import api
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A detached monitor outlives the terminal: a hang-up or a stray Ctrl-C must not end it (its
+    # container starts with default dispositions all the same: process.reset_signals). A foreground
+    # one is the container's signal proxy: the CLI forwards what it gets to us.
+    forwarder = None
+    if detach:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    else:
+        forwarder = Forwarder()
+        forwarder.install()
     c = None
     try:
         if detach:
@@ -217,7 +276,9 @@ def _monitor(config: ContainerConfig, paths: HostPaths, detach: bool, auto_remov
             stdio = (os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), 1, 2)
         c = _create_and_start(config, paths, stdio, auto_remove=auto_remove, detach=detach)
         _to_devnull((0, 1, 2))  # keep no copy of the CLI's terminal/pipes while we wait
-        _send(w, f"S {c.id} {c.pid}")
+        if forwarder is not None:
+            forwarder.attach(c)
+        _send(w, f"S {c.id} {c.pid} {os.getpid()}")
         if detach:
             _exec_shim(c, paths, w)  # returns only when the shim is unavailable
         code = api.wait(c)

@@ -8,7 +8,7 @@ PKGS=(
   python3 python3-venv python3-dev gcc libc6-dev libseccomp2 pkg-config make git
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev dnsmasq-base
   busybox-static linux-image-amd64 runc crun iptables nftables iproute2 procps util-linux psmisc
-  e2fsprogs debootstrap skopeo umoci ca-certificates podman conmon
+  e2fsprogs debootstrap skopeo umoci ca-certificates podman conmon docker-registry
   sysbench fio iperf3 wrk stress-ng chromium
   openssh-client openssh-server
 )

@@ -239,21 +239,31 @@ def _run(args) -> int:
         # an isobench server's worker needs no fork; with -i/-t we relay our own terminal, as docker does
         _exit_now(monitor.run_here(config, paths, auto_remove=args.rm, interactive=args.interactive,
                                    tty=args.tty))
-    handle = launch(config, paths, detach=args.detach, auto_remove=args.rm)
     if args.detach:
-        print(handle.container_id)
+        print(launch(config, paths, detach=True, auto_remove=args.rm).container_id)
         return 0
+    # Ctrl-C / SIGTERM go to the monitor, which delivers them to the container (monitor.deliver);
+    # caught from the start, so one that arrives while the container is created is not lost
+    pending: list[int] = []
+    monitor_pid: list[int] = []
 
-    def forward(sig, _frame):  # Ctrl-C / SIGTERM reach the container, as with docker run
+    def forward(sig, _frame):
+        if not monitor_pid:
+            pending.append(sig)
+            return
         try:
             import os
 
-            os.kill(handle.pid, sig)
+            os.kill(monitor_pid[0], sig)
         except ProcessLookupError:
             pass
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+    for sig in monitor.FORWARDED:
         signal.signal(sig, forward)
+    handle = launch(config, paths, detach=False, auto_remove=args.rm)
+    monitor_pid.append(handle.monitor_pid)
+    for sig in pending:
+        forward(sig, None)
     _exit_now(handle.exit_code())
 
 

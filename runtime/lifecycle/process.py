@@ -390,9 +390,7 @@ def _child(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go
     t_child = time.perf_counter_ns()
     if plan.die_with_parent:
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-    # Python ignores SIGPIPE/SIGXFSZ; ignored dispositions survive execve, so restore the defaults.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    reset_signals()
     got = b""
     for path in plan.join_ns:  # namespaces the spec names by path (podman's network namespace)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -466,6 +464,26 @@ def _process_settings(plan: LaunchPlan) -> None:
         syscalls.write_file("/proc/self/oom_score_adj", str(plan.oom_score_adj))
     if plan.umask is not None:
         os.umask(plan.umask)
+
+
+def reset_signals() -> None:
+    """Default dispositions and an empty blocked mask, as runc gives a container's process.
+
+    Handlers are reset by ``execve`` anyway, but *ignored* signals and the blocked mask survive it: a
+    monitor that ignores SIGINT/SIGHUP (so a terminal's hang-up cannot kill it), Python's own SIGPIPE
+    and SIGXFSZ, or a caller started under ``nohup`` would otherwise hand their choices to the
+    workload (``SigIgn`` in /proc/PID/status), and Ctrl-C or ``kill -s INT`` would do nothing."""
+    for sig in _IGNORABLE:
+        if signal.getsignal(sig) in (signal.SIG_IGN, None):  # None: set outside Python, maybe ignored
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass  # glibc's reserved real-time signals
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+# Every signal a disposition can be set for (SIGKILL and SIGSTOP cannot be caught or ignored).
+_IGNORABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
 def _join_cgroup(plan: LaunchPlan, r_go: int, got: bytes) -> bytes:

@@ -22,8 +22,8 @@ def _launch(text: bytes) -> Launch:
 
 
 def test_monitor_protocol_started_then_exit():
-    h = _launch(b"S abc123 4242\nX 3\n")
-    assert h.started() == ("abc123", 4242)
+    h = _launch(b"S abc123 4242 4343\nX 3\n")
+    assert h.started() == ("abc123", 4242) and h.monitor_pid == 4343
     assert h.exit_code() == 3
 
 
