@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from core.errors import IsobenchError
@@ -19,6 +20,7 @@ COMMAND_MODULES = (
     "app.commands.image",       # image build/ls/inspect/rm/save/load/import
     "app.commands.container",   # run/ps/stop/kill/rm/logs/exec/inspect/stats/wait
     "app.commands.network",     # network ls/prune, port
+    "app.commands.volume",      # volume ls/inspect/rm/prune
     "app.commands.vm",           # vm run/ps/stop/rm/logs/inspect, doctor
     "app.commands.bench",         # bench
     "app.commands.fleet",         # fleet run (many hosts through Ansible)
@@ -62,13 +64,44 @@ def preload() -> argparse.ArgumentParser:
     return parser
 
 
+# "argument COMMAND: invalid choice: 'x' (choose from 'image', 'run', ...)": argparse's wording for
+# an unknown verb lists every choice; a verb's metavar (COMMAND, VERB, ACTION) is upper case.
+_UNKNOWN_VERB = re.compile(r"argument [A-Z]+: invalid choice: '([^']*)' \(choose from .*\)$", re.S)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like docker
-        self.exit(2, f"isobench: {self.prog}: {message}\n")
+        """``isobench: message`` or ``isobench run: message``: argparse's prog already is "isobench
+        run", so it is the prefix (not "isobench: isobench run: ..."); an unknown verb is one line
+        pointing at --help instead of the list of every verb."""
+        unknown = _UNKNOWN_VERB.match(message)
+        if unknown:
+            message = f"unknown command {unknown.group(1)!r} (see `{self.prog} --help`)"
+        prefix = "isobench:" if self.prog == "isobench" else f"{self.prog}:"
+        self.exit(2, f"{prefix} {message}\n")
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked (importlib.metadata
+    costs milliseconds that every other command would pay)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib import metadata
+
+        try:
+            version = metadata.version("isobench")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed; run make setup)"
+        print(f"isobench {version}")  # stdout, as `docker --version`; parser.exit would use stderr
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="isobench", description="Containers vs VMs, measured.")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     # the `server start` verb hands this module to the server it starts (app.server sits below the CLI)

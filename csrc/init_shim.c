@@ -34,7 +34,9 @@ int main(int argc, char **argv) {
         sigprocmask(SIG_SETMASK, &old, NULL);
         execvp(argv[first], argv + first);
         int err = errno;
-        if (err == ENOENT)
+        if (err == ENOENT && strchr(argv[first], '/'))  /* a path is not looked up in $PATH */
+            fprintf(stderr, "isobench: exec: \"%s\": no such file or directory\n", argv[first]);
+        else if (err == ENOENT)
             fprintf(stderr, "isobench: exec: \"%s\": executable file not found in $PATH\n", argv[first]);
         else
             fprintf(stderr, "isobench: exec: \"%s\": %s\n", argv[first], strerror(err));

@@ -501,7 +501,10 @@ def record_exit(c: Container, status: int) -> None:
         c.final_usage = c._cgroup.usage() if c._cgroup is not None else None
     except (OSError, IsobenchError):
         c.final_usage = None
-    oom = bool(c.final_usage and c.final_usage.oom_kill_count > 0 and code == 128 + signal.SIGKILL)
+    # Docker's rule: OOMKilled when the kernel's OOM killer killed any process of the container's
+    # cgroup (v1 memory.oom_control / v2 memory.events ``oom_kill``), whatever PID 1's exit code: in
+    # `sh -c 'dd ... | cat > /dev/shm/x'` it kills dd and the shell exits 0.
+    oom = bool(c.final_usage and c.final_usage.oom_kill_count > 0)
     c.exit_code, c.oom_killed = code, oom
     c.state.update(status="exited", exit_code=code, oom_killed=oom, finished_at=S.now_iso())
     if c.final_usage is not None:

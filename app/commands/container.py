@@ -140,6 +140,10 @@ def parse_volume(text: str):
         if not src.startswith("/"):
             raise UsageError(f"-v {text!r}: host path {src!r} must be absolute")
         return MountSpec(destination=dst, source=src, type="bind", read_only=ro)
+    from runtime.volumes import NAME_RE
+
+    if not NAME_RE.fullmatch(src):  # a name, never a path: "a/../../x" must not leave the volumes dir
+        raise UsageError(f"-v {text!r}: volume name {src!r} is not valid (letters, digits, then also _ . -)")
     return MountSpec(destination=dst, source=src, type="volume", read_only=ro)
 
 

@@ -1,4 +1,4 @@
-"""The ``isobench image`` verbs: build, ls, inspect, rm, save, load, import.
+"""The ``isobench image`` verbs: build, pull, push, ls, inspect, rm, save, load, import.
 
 Thin wrappers over :mod:`runtime.image`; nothing heavy is imported at module level because this parser
 is built on every ``isobench`` start (container start latency is measured through the same CLI).
@@ -23,8 +23,20 @@ def register(sub) -> None:
     b.add_argument("--build-arg", action="append", default=[], metavar="K=V")
     b.add_argument("--no-cache", action="store_true", help="do not reuse cached layers")
     b.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
+    _registry_options(b)
     b.add_argument("context", metavar="CONTEXT")
     b.set_defaults(func=_build)
+
+    pl = verbs.add_parser("pull", help="copy an image from a registry (skopeo) into the store")
+    _registry_options(pl)
+    pl.add_argument("ref", metavar="[HOST[:PORT]/]NAME[:TAG]")
+    pl.set_defaults(func=_pull)
+
+    ps = verbs.add_parser("push", help="copy an image to a registry (skopeo), digest unchanged")
+    _registry_options(ps)
+    ps.add_argument("name", metavar="NAME")
+    ps.add_argument("ref", metavar="HOST[:PORT]/NAME[:TAG]")
+    ps.set_defaults(func=_push)
 
     ls = verbs.add_parser("ls", help="list images")
     ls.add_argument("-q", "--quiet", action="store_true", help="only names")
@@ -35,6 +47,8 @@ def register(sub) -> None:
     ins.set_defaults(func=_inspect)
 
     rm = verbs.add_parser("rm", help="remove images")
+    rm.add_argument("-f", "--force", action="store_true",
+                    help="untag an image containers use (their layers stay until they are removed)")
     rm.add_argument("names", nargs="+", metavar="NAME")
     rm.set_defaults(func=_rm)
 
@@ -51,6 +65,43 @@ def register(sub) -> None:
     im.add_argument("source", metavar="ROOTFS_DIR_OR_TAR")
     im.add_argument("name", metavar="NAME[:TAG]")
     im.set_defaults(func=_import)
+
+
+def _tls(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"--tls-verify {text!r} is not true or false")
+
+
+def _registry_options(p) -> None:
+    p.add_argument("--authfile", metavar="FILE",
+                   help="registry credentials (default: ${XDG_RUNTIME_DIR}/containers/auth.json, ~/.docker/config.json)")
+    p.add_argument("--tls-verify", type=_tls, default=None, metavar="true|false",
+                   help="verify the registry's TLS certificate (default: yes, except for loopback registries)")
+
+
+def _access(args: argparse.Namespace):
+    from runtime.image.registry import Access
+
+    return Access(authfile=args.authfile, tls_verify=args.tls_verify)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from runtime.image.registry import pull
+
+    rec = pull(_store(), args.ref, _access(args), log=lambda s: print(s, flush=True))
+    print(f"Pulled {rec.name} ({rec.manifest_digest})")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from runtime.image.registry import parse_ref, push
+
+    digest = push(_store(), args.name, args.ref, _access(args))
+    print(f"Pushed {args.name} to {parse_ref(args.ref).remote} ({digest})")
+    return 0
 
 
 def _store():
@@ -74,7 +125,8 @@ def _build(args: argparse.Namespace) -> int:
         build_args[k] = v
     ctx = Path(args.context)
     opts = BuildOptions(context_dir=ctx, dockerfile=Path(args.file) if args.file else ctx / "Dockerfile",
-                        tag=args.tag, build_args=build_args, no_cache=args.no_cache)
+                        tag=args.tag, build_args=build_args, no_cache=args.no_cache,
+                        authfile=args.authfile, tls_verify=args.tls_verify)
     out = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     rec = build(_store(), opts, log=out)
     if args.quiet:
@@ -116,11 +168,18 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
-    store = _store()
+    from core.errors import IsobenchError
+
+    store, rc = _store(), 0
     for name in args.names:
-        store.remove(name)
+        try:
+            store.remove(name, force=args.force)
+        except IsobenchError as exc:  # one line per refused name; the others are still removed
+            print(f"isobench: {exc}", file=sys.stderr)
+            rc = 1
+            continue
         print(f"Deleted: {name}")
-    return 0
+    return rc
 
 
 def _save(args: argparse.Namespace) -> int:

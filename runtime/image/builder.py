@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from core.errors import BuildError, ImageError
+from core.errors import BuildError, ImageError, IsobenchError
 from runtime.image import dockerfile as D
 from runtime.image import layers as L
 from core.scratch import make_scratch, remove_scratch, scratch_dir
@@ -41,6 +41,8 @@ class BuildOptions:
     tag: str
     build_args: dict[str, str] = field(default_factory=dict)
     no_cache: bool = False
+    authfile: str | None = None       # registry credentials for FROM host/name (None: the usual files)
+    tls_verify: bool | None = None    # None: verify except for loopback registries
 
 
 @dataclass
@@ -249,6 +251,21 @@ class Builder:
         assert self.df is not None
         return ins.where(self.df.path)
 
+    def _base_image(self, ref: str) -> ImageRecord:
+        """A FROM image: in the store (or a built-in base), else pulled when ``ref`` names its
+        registry (``FROM localhost:5000/app:1``), as docker build does; Docker Hub short names are
+        not pulled implicitly (this project sends no traffic off the machine unasked)."""
+        from runtime.image import registry
+
+        try:
+            return self.store.resolve(ref)
+        except ImageError:
+            if not registry.names_registry(ref):
+                raise
+        self.log(f"FROM {ref}: not here, pulling it")
+        return registry.pull(self.store, ref, registry.Access(self.opts.authfile, self.opts.tls_verify),
+                             log=self.log)
+
     def _fail(self, ins: D.Instruction, msg: str) -> BuildError:
         return BuildError(f"{self._where(ins)}: {msg}")
 
@@ -308,11 +325,12 @@ class Builder:
             if not ref:
                 raise self._fail(ins, f"FROM {words[0]!r} expands to an empty image name")
             try:
-                base = self.store.resolve(ref)
-            except ImageError as exc:
+                base = self._base_image(ref)
+            except IsobenchError as exc:
                 if str(exc).startswith("unknown image"):
                     raise self._fail(ins, f"unknown base image {ref!r} (built-in bases: busybox, debian:bookworm, "
-                                          "scratch; others: isobench image ls)") from exc
+                                          "scratch; others: isobench image ls; registry images name their "
+                                          "registry, e.g. localhost:5000/app:1)") from exc
                 raise self._fail(ins, f"base image {ref!r}: {exc}") from exc
             cfg = copy.deepcopy(base.config)
             stage = _Stage(alias, list(base.layers), cfg.get("config") or {}, cfg.get("history") or [],

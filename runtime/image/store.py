@@ -40,7 +40,8 @@ _GC_GRACE_S = 600  # blobs younger than this survive `rm` (in-flight builds)
 from runtime.image.oci import FIXED_CREATED  # noqa: E402,F401 - re-exported for builder and transfer
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+# [registry host:port/]name[:tag]; a registry without a port already matches as a dotted component
+_NAME_RE = re.compile(r"^(?:[a-zA-Z0-9][a-zA-Z0-9.-]*:[0-9]+/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
 
 
 def write_state_json(path: Path, obj) -> None:
@@ -358,9 +359,13 @@ class ImageStore:
                 out.append(self._record(name, m["digest"]))
         return sorted(out, key=lambda r: r.name)
 
-    def remove(self, ref: str) -> None:
-        """Drop the name from the index and delete blobs no remaining image references. Unpacked
-        layer and flat caches stay (running containers may use them; they are keyed by digest)."""
+    def remove(self, ref: str, *, force: bool = False) -> None:
+        """Drop the name from the index and delete blobs no remaining image and no container uses.
+
+        An image a container of this state root uses (running or stopped, not removed) is refused, as
+        Docker does, unless another name keeps it; ``force`` only untags it: the blobs (manifest,
+        config, layers) stay while such a container exists, and the next ``image rm`` after it is gone
+        collects them. Unpacked layer and flat caches stay (keyed by digest)."""
         rec = self._lookup(ref)
         if rec is None:
             raise ImageError(f"unknown image {ref!r} (try: isobench image ls)")
@@ -372,13 +377,30 @@ class ImageStore:
             else:
                 kept = [m for m in index["manifests"]
                         if m.get("annotations", {}).get(REF_ANNOTATION) != rec.name]
+            users = self.container_users()
+            if not force and removed_digest in users and all(m["digest"] != removed_digest for m in kept):
+                who = users[removed_digest]
+                more = f" and {len(who) - 1} more" if len(who) > 1 else ""
+                raise ImageError(f"image {rec.name} is in use by container {who[0]}{more}: remove the "
+                                 f"container first (isobench rm), or untag it with isobench image rm -f")
             index["manifests"] = kept
             write_state_json(self.root / "index.json", index)
-            self._gc_blobs(kept)
+            self._gc_blobs(kept, users)
 
-    def _gc_blobs(self, manifests: list[dict]) -> None:
+    def container_users(self) -> dict[str, list[str]]:
+        """Manifest digest -> the containers of this state root made from it (name, else short id)."""
+        from runtime.lifecycle.state import iter_states
+
+        out: dict[str, list[str]] = {}
+        for st in iter_states(self.paths):
+            digest = st.get("image_digest")
+            if digest:
+                out.setdefault(digest, []).append(st.get("name") or str(st.get("id", ""))[:12])
+        return out
+
+    def _gc_blobs(self, manifests: list[dict], users: dict[str, list[str]]) -> None:
         live: set[str] = set()
-        for m in manifests:
+        for m in manifests + [{"digest": d} for d in users if self.has_blob(d)]:
             live.add(m["digest"])
             try:
                 man = self.read_json_blob(m["digest"])

@@ -509,8 +509,9 @@ def _exec_workload(plan: LaunchPlan, security: object, env: dict[str, str]) -> N
     argv = list(plan.argv)
     try:
         os.execvpe(argv[0], argv, env)
-    except FileNotFoundError:
-        msg, code = f'isobench: exec: "{argv[0]}": executable file not found in $PATH\n', EXIT_NOT_FOUND
+    except FileNotFoundError:  # a path is not looked up in $PATH: say what is missing, as runc does
+        where = "no such file or directory" if "/" in argv[0] else "executable file not found in $PATH"
+        msg, code = f'isobench: exec: "{argv[0]}": {where}\n', EXIT_NOT_FOUND
     except PermissionError:
         msg, code = f'isobench: exec: "{argv[0]}": permission denied\n', EXIT_CANNOT_EXEC
     except OSError as exc:

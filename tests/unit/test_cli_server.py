@@ -173,7 +173,7 @@ def test_cli_main_accepts_a_prebuilt_parser(capsys):
         cli.main(["run"], parser=parser)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("isobench: isobench run: ") and err.count("\n") == 1
+    assert err.startswith("isobench run: ") and err.count("\n") == 1  # one prefix, not "isobench: isobench run:"
 
 
 def test_parser_module_imports_nothing_heavy():
