@@ -19,6 +19,9 @@ if ! flock -n 9; then
   exit 75
 fi
 echo "$run_id" > "$root/fleet.lock.owner"
+# the owner file names the holder only while it holds the lock; a half-unpacked copy never stays
+new=""
+trap 'rm -f "$root/fleet.lock.owner"; if [ -n "$new" ]; then rm -rf "$new"; fi' EXIT
 
 # The project directory is replaced whole, so only a directory this script made (marker) is touched.
 if [ -e "$project" ] && [ ! -e "$project/.isobench-fleet" ] && [ -n "$(ls -A "$project" 2>/dev/null)" ]; then
