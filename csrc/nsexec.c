@@ -625,8 +625,9 @@ static void exec_workload(void) {
     }
     char msg[PATH_MAX + 100];
     int code = EXIT_CANNOT_EXEC;
-    if (err == ENOENT) {
-        snprintf(msg, sizeof msg, "isobench: exec: \"%s\": executable file not found in $PATH\n", file);
+    if (err == ENOENT) {  /* a path is not looked up in $PATH: say what is missing, as runc does */
+        snprintf(msg, sizeof msg, "isobench: exec: \"%s\": %s\n", file,
+                 strchr(file, '/') ? "no such file or directory" : "executable file not found in $PATH");
         code = EXIT_NOT_FOUND;
     } else if (err == EACCES || err == EPERM) {
         snprintf(msg, sizeof msg, "isobench: exec: \"%s\": permission denied\n", file);
@@ -637,13 +638,27 @@ static void exec_workload(void) {
     _exit(code);
 }
 
+/* Default dispositions and an empty blocked mask, as runc gives a container's process (the Python
+ * child's process.reset_signals): ignored signals and the mask survive execve, so a monitor that
+ * ignores SIGINT/SIGHUP, Python's SIGPIPE/SIGXFSZ or a caller under nohup would hand them on. */
+static void reset_signals(void) {
+    /* raw rt_sigaction: glibc refuses its two reserved real-time signals (32, 33), which its
+     * posix_spawn leaves ignored in the new process, and those would reach the workload too */
+    struct { void *handler; unsigned long flags; void *restorer; unsigned long mask; } dfl = {0};
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
 int main(void) {
     long long t_child = now_ns(), t_joined = 0;
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);  /* nobody opens our /proc/<pid>/exe (the host binary) */
     parse_plan();
     if (P.pdeathsig) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    signal(SIGPIPE, SIG_DFL);
-    signal(SIGXFSZ, SIG_DFL);
+    reset_signals();
     for (int i = 0; i < P.joinns.n; i++) {  /* namespaces the spec names by path (podman's network) */
         int fd = open(P.joinns.v[i], O_RDONLY | O_CLOEXEC);
         if (fd < 0 || setns(fd, 0) < 0) die("setns %s: %s", P.joinns.v[i], strerror(errno));
