@@ -305,6 +305,7 @@ class VMContainerEnvironment(Environment):
         self.images = bench_images(paths) if images is None else images
         self.image = guest_image(paths, self.images, log)
         self.guest = GuestVM(paths, self.image, vcpus=self.vcpus)
+        self.machine = self.guest.vm.domain_cfg.machine   # what QEMU really ran (microvm, or q35 as fallback)
         try:
             self.boot_s = self.guest.wait_agent()
             self.info = self.guest.call({"op": "ping"})

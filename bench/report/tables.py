@@ -459,7 +459,8 @@ VM_CONTAINER_FIGURES = (  # (label, benchmark, metric)
     ("CPU, 1 thread", "cpu", "events_per_s_1t"),
     ("memory bandwidth", "memory", "bandwidth_mib_s"),
     ("HTTP requests/s through the port", "network", "http_requests_per_s"),
-    ("host PSS per idle container", "footprint", "pss_per_instance_mib"),
+    ("QEMU PSS per idle container (largest N)", "footprint", "pss_mib_per_instance"),
+    ("host memory per extra container (MemAvailable slope)", "footprint", "density_mib_per_instance"),
 )
 
 

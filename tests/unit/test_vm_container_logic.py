@@ -102,3 +102,21 @@ def test_only_the_newest_composed_root_is_kept(tmp_path):
     removed = guestroot.prune_others(roots / "new")
     assert sorted(p.name for p in removed) == ["old1", "old2"]
     assert sorted(p.name for p in roots.iterdir()) == [".tmp-root-x", "new"]
+
+
+def test_windows_macos_row_quotes_vm_container_figures_labelled_tcg():
+    import pandas as pd
+
+    from bench.report.tables import platform_table, vm_container_figures
+
+    cols = ["benchmark", "metric", "environment", "unit", "median", "ratio_native"]
+    summary = pd.DataFrame([["startup", "create_to_exit_s", "vm-container", "s", 0.125, 28.6],
+                            ["startup", "cold_create_to_exit_s", "vm-container", "s", 10.6, float("nan")],
+                            ["startup", "create_to_exit_s", "native", "s", 0.004, 1.0]], columns=cols)
+    text = vm_container_figures(summary, "tcg")
+    assert text.startswith("measured here [vm-container, TCG: emulated VM]")
+    assert "start-up, VM already up 125 ms (×28.6 native)" in text and "boot included) 10.6 s" in text
+    assert vm_container_figures(summary[summary["environment"] == "native"], "tcg").startswith("not measured")
+    rows = platform_table({"platform": {"vm_container_execution": "inside a microvm"}}, {"accelerator": "tcg"}, summary)
+    row = rows[rows["platform"].str.contains("as run here")].iloc[0]
+    assert row["VMs"] == "inside a microvm" and "TCG" in row["containers (course notes)"]
