@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -233,7 +234,7 @@ class RuncInstance(Instance):
         self.pump = OutputPump(os.fdopen(r, "rb", buffering=0), self.job.ready_marker)
         pidfile = self.root.dir / "init.pid"
         try:
-            with interrupt.deferred():  # a Ctrl-C inside would leave a container nobody recorded
+            with interrupt.deferred(), _subreaper():  # a Ctrl-C inside would leave a container nobody recorded
                 self.created = True
                 res = subprocess.run([self.cmd, "create", "--bundle", str(self.root.dir), "--pid-file",
                                       str(pidfile), self.id], stdin=subprocess.DEVNULL, stdout=w, stderr=w,
@@ -362,6 +363,31 @@ class RuncInstance(Instance):
             raise BenchError(f"{self.env_name} {self.id}: cleanup: {'; '.join(errors)}")
 
 
+_subreaper_lock = threading.Lock()
+_subreaper_users = 0
+
+
+@contextlib.contextmanager
+def _subreaper():
+    """Be a child subreaper only while ``RUNTIME create`` runs. `create` exits once the container waits
+    for `start`: its init then becomes the child of the nearest subreaper, so the harness waits for the
+    workload's exit status itself (as containerd's shim and conmon do). Only for that window: a process
+    that stays a subreaper inherits every orphan of its descendants (detached monitors, servers) as
+    zombies it never reaps, and a long-lived host of the harness (pytest, a notebook) piles them up."""
+    global _subreaper_users
+    with _subreaper_lock:
+        if _subreaper_users == 0:
+            syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+        _subreaper_users += 1
+    try:
+        yield
+    finally:
+        with _subreaper_lock:
+            _subreaper_users -= 1
+            if _subreaper_users == 0:
+                syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 0)
+
+
 class RuncEnvironment(Environment):
     """runc, or the OCI runtime ``runtime`` (its name is the environment's)."""
 
@@ -374,10 +400,6 @@ class RuncEnvironment(Environment):
         if rt is None:
             raise BenchError("runc not found (apt-get install runc)")
         self.paths, self.runtime, self.name = paths, rt, rt.name
-        # `create` exits once the container waits for `start`: its init then becomes the child of
-        # the nearest subreaper. Being that subreaper, the harness waits for the workload's exit
-        # status itself (as containerd's shim and conmon do), without a runtime process in between.
-        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
 
     def start(self, job: Job) -> Instance:
         return RuncInstance(self, job)
