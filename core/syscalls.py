@@ -225,6 +225,20 @@ def madvise(addr: int, length: int, advice: int) -> bool:
     return _libc.madvise(addr, length, advice) == 0
 
 
+# rt_sigaction(2) by number: glibc's signal()/sigaction() refuse its two reserved real-time signals
+# (32, 33), yet an *ignored* one survives execve into a container's process.
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(os.uname().machine)
+_SIGACTION_DFL = ctypes.create_string_buffer(32)  # struct kernel_sigaction, all zero: SIG_DFL, no flags
+
+
+def default_disposition_raw(sig: int) -> None:
+    """Set ``sig`` to SIG_DFL with the raw system call (also glibc's reserved signals)."""
+    if _SYS_RT_SIGACTION is None:
+        return  # another architecture: only Python's own reset applies
+    _check(_libc.syscall(ctypes.c_long(_SYS_RT_SIGACTION), ctypes.c_long(sig), _SIGACTION_DFL, None,
+                         ctypes.c_long(8)), f"rt_sigaction({sig}, SIG_DFL)")
+
+
 def mknod(path: str, mode: int, device: int) -> None:
     os.mknod(path, mode, device)
 

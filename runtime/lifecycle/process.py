@@ -478,7 +478,9 @@ def reset_signals() -> None:
             try:
                 signal.signal(sig, signal.SIG_DFL)
             except (OSError, ValueError):
-                pass  # glibc's reserved real-time signals
+                pass  # glibc's reserved real-time signals: below
+    for sig in range(32, signal.SIGRTMIN):  # glibc's reserved ones (32, 33): Python cannot name them
+        syscalls.default_disposition_raw(sig)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
