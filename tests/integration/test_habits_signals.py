@@ -101,6 +101,8 @@ def _execd(pid: int) -> bool:
     return bool(comm) and not comm.startswith("isobench")
 
 
+@pytest.mark.xfail(strict=False, reason="known intermittent bug (issue 17, open): on fresh clones one of the four "
+                   "runs sometimes ignores the group SIGINT and exits 0 after the full sleep; cause not found yet")
 def test_ctrl_c_ends_a_foreground_run_with_130(server, paths, tmp_path, leak_check):
     for env in (_no_server_env(server, tmp_path), server.env):
         for argv in (["busybox", "sleep", "30"], ["--init", "busybox", "sleep", "30"]):
