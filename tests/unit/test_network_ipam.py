@@ -3,6 +3,7 @@
 
 import ipaddress
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -94,14 +95,18 @@ def test_orphan_claims_dropped(root):
 
 
 def _alloc(args):
-    root, owner = args
+    root, run_dir, owner = args
+    os.environ["ISOBENCH_RUN_DIR"] = run_dir  # a forkserver child has the environment of its server
     return str(ipam.allocate_address(owner, HostPaths(root=Path(root))).ip)
 
 
 def test_fifty_concurrent_processes_get_distinct_addresses(root):
-    ctx = multiprocessing.get_context("fork")
+    # forkserver, not fork: pytest's process has threads by now (earlier tests' pumps and watchers),
+    # and a child forked while one of them holds a lock hangs on it (seen: a worker stuck for 900 s)
+    ctx = multiprocessing.get_context("forkserver")
+    run_dir = os.environ["ISOBENCH_RUN_DIR"]
     with ctx.Pool(50) as pool:
-        got = pool.map(_alloc, [(str(root.root), f"c{i:02d}") for i in range(50)])
+        got = pool.map(_alloc, [(str(root.root), run_dir, f"c{i:02d}") for i in range(50)])
     assert len(set(got)) == 50
     assert len(ipam.allocations(root)) == 50
     assert len(ipam.all_claims()) == 50
