@@ -59,10 +59,12 @@ def _prune_bridge_made_by_the_session():
     yield
     if existed or os.geteuid() != 0 or not Path("/sys/class/net/isobench0").exists():
         return
-    from runtime.network.gc import prune
     from core.paths import HostPaths
+    from runtime.network.gc import prune
 
-    prune(HostPaths.from_env())
+    _, users = prune(HostPaths.from_env())
+    # the leak check of the whole session: a bridge this session made and nothing live still uses
+    assert users or not Path("/sys/class/net/isobench0").exists(), "the session left bridge isobench0 behind"
 
 
 HOST_TEST_LOCK = "/run/lock/isobench-host-tests.lock"

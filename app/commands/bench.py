@@ -67,12 +67,20 @@ def _bench(args: argparse.Namespace) -> int:
     from bench import interrupt
 
     interrupt.install()
+    from runtime.network import bridge
+
+    bridge_existed = bridge.bridge_exists(bridge.load_config(paths).bridge)
     try:
         state = runner.run_benchmarks(paths=paths, profile=profile, workloads=workloads, envs=envs, run_dir=run_dir,
                                      seed=args.seed)
     except KeyboardInterrupt:
         interrupted = True
         state = None
+    finally:
+        if not bridge_existed:  # a bench leaves the host as it found it: its bridge and base rules go
+            from runtime.network.gc import prune
+
+            prune(paths)  # kept while a live container of any root still uses it
     if not args.out:
         runner.point_latest(run_dir)
     took = time.monotonic() - t0
