@@ -51,6 +51,25 @@ static const int FORWARDED[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUS
 static volatile sig_atomic_t worker_pid;
 static sigset_t saved_mask;
 
+/* "ISOBENCH_CLIENT_SIGIGN=<hex mask>", /proc/PID/status SigIgn style: the signals ignored when we started.
+ * Sent in the request's environment (not ours): the worker ignores them as a Python CLI exec'd here
+ * would have inherited them (app.server.worker). Before this, a client started with SIGINT ignored
+ * (a non-interactive shell's background job, nohup, a CI runner) dropped a Ctrl-C of `run` that the
+ * Python CLI forwards. */
+#define SIGIGN_ENV "ISOBENCH_CLIENT_SIGIGN"
+static char sigign_entry[64];
+
+static void note_ignored_signals(void) {
+    unsigned long long mask = 0;
+    for (int s = 1; s < 64; s++) {
+        struct sigaction old;
+        if (sigaction(s, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_IGN)
+            mask |= 1ULL << (s - 1);
+    }
+    if (mask)
+        snprintf(sigign_entry, sizeof sigign_entry, "%s=%llx", SIGIGN_ENV, mask);
+}
+
 static void forward(int sig, siginfo_t *info, void *ctx) {
     (void)ctx;
     int saved = errno;
@@ -174,7 +193,10 @@ static char *build_request(int argc, char **argv, size_t *len_out) {
     for (int i = 0; i < argc; i++)
         total += strlen(argv[i]) + 1;
     for (char **e = environ; *e; e++)
-        total += strlen(*e) + 1;
+        if (strncmp(*e, SIGIGN_ENV "=", sizeof SIGIGN_ENV) != 0)
+            total += strlen(*e) + 1;
+    if (sigign_entry[0])
+        total += strlen(sigign_entry) + 1;
     if (total > MAX_REQUEST_BYTES)
         return NULL;
     char *buf = malloc(8 + total), *p = buf + 8;
@@ -190,7 +212,10 @@ static char *build_request(int argc, char **argv, size_t *len_out) {
     for (int i = 0; i < argc; i++)
         PUT(argv[i]);
     for (char **e = environ; *e; e++)
-        PUT(*e);
+        if (strncmp(*e, SIGIGN_ENV "=", sizeof SIGIGN_ENV) != 0)
+            PUT(*e);
+    if (sigign_entry[0])
+        PUT(sigign_entry);
 #undef PUT
     *len_out = 8 + total;
     return buf;
@@ -235,16 +260,16 @@ static void install_forwarding(void) {
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
     sigfillset(&sa.sa_mask);
     for (size_t i = 0; i < NFORWARDED; i++) {
-        struct sigaction old;
-        /* ignored when we started (nohup, a shell's background job): stays ignored, as for Python */
-        if (sigaction(FORWARDED[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN)
-            continue;
+        /* Even one ignored when we started (nohup, a shell's background job): the worker ignores it
+         * too (SIGIGN_ENV), as the Python CLI would have, and the `run` verb's signal proxy forwards
+         * it all the same, as the Python CLI's does (and docker's sigproxy). */
         sigaction(FORWARDED[i], &sa, NULL);
     }
 }
 
 int main(int argc, char **argv) {
     sigemptyset(&saved_mask);
+    note_ignored_signals();
     if (argc > 1 && strcmp(argv[1], "server") == 0)
         run_python(argv);
     const char *path = getenv(SOCKET_ENV);

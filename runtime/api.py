@@ -41,7 +41,7 @@ from runtime.oci.specconv import exposed_ports
 from core.errors import ContainerError, IsobenchError
 from runtime.lifecycle import state as S
 from runtime.lifecycle.state import wait_pid_exit
-from runtime.lifecycle.process import LaunchPlan, exit_code_of, spawn
+from runtime.lifecycle.process import LaunchPlan, exit_code_of, reap_child, spawn
 from core.paths import HostPaths, host_name, new_id
 from runtime.rootfs.mounts import RootfsPlan
 from runtime.spec import ContainerConfig
@@ -90,6 +90,7 @@ class Container:
     _stdio: tuple[int, int, int] | None = None
     _own_fds: tuple[int, ...] = ()
     _is_parent: bool = False
+    _wait_memo: dict[int, int] = field(default_factory=dict)  # reap_child's: survives a Ctrl-C mid-wait
 
     @property
     def dir(self) -> Path:
@@ -486,7 +487,7 @@ def wait(c: Container, timeout_s: float | None = None) -> int:
         return _wait_foreign(c, timeout_s)
     if timeout_s is not None and not wait_pid_exit(c.pid, c.pid_start, timeout_s):
         raise ContainerError(f"container {c.id} still running after {timeout_s:g} s")
-    _, status = os.waitpid(c.pid, 0)
+    status = reap_child(c.pid, c._wait_memo)
     c.timings_ns["exited"] = time.perf_counter_ns()
     record_exit(c, status)
     return c.exit_code  # type: ignore[return-value]

@@ -31,7 +31,7 @@ def exec_in(paths: HostPaths, ref: str, argv: list[str], *, env: tuple[str, ...]
     ``tty``: a pty relayed to our stdin/stdout; ``console_fd``: a socket to send the pty master over."""
     from runtime import api, security
     from runtime.config_image import merge_env
-    from runtime.lifecycle.process import _exec_workload, LaunchPlan, exit_code_of, reset_signals
+    from runtime.lifecycle.process import _exec_workload, LaunchPlan, exit_code_of, reap_child, reset_signals
     from runtime import console
     from runtime.oci import bundle
     from runtime.rootfs.mounts import RootfsPlan
@@ -137,12 +137,7 @@ def exec_in(paths: HostPaths, ref: str, argv: list[str], *, env: tuple[str, ...]
             console.relay(master)
         finally:
             os.close(master)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return exit_code_of(status)
-        except InterruptedError:
-            continue
+    return exit_code_of(reap_child(pid, {}))
 
 
 def _write_pid_file(dir_fd: int, name: str, pid: int) -> None:

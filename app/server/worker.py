@@ -22,6 +22,28 @@ def _fresh_dispositions() -> dict:
     return table
 
 
+SIGIGN_ENV = "ISOBENCH_CLIENT_SIGIGN"  # set by csrc/client.c in the request's environment only
+
+
+def _ignore_as_the_client(mask_hex: str) -> None:
+    """Ignore the signals the client was started with ignored (a hex mask, as /proc SigIgn), as a Python
+    CLI exec'd in its place would have inherited them: ``nohup isobench ...`` ignores SIGHUP, a
+    non-interactive shell's background job SIGINT. The ``run`` verb's signal proxy then installs its own
+    handlers over them, in the worker as in the Python CLI."""
+    import signal
+
+    try:
+        mask = int(mask_hex, 16) if mask_hex else 0
+    except ValueError:
+        return
+    for sig in range(1, 64):
+        if mask & (1 << (sig - 1)) and sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except (OSError, ValueError):
+                pass  # not settable from Python (e.g. glibc's reserved real-time signals)
+
+
 def _adopt_limits(peer_pid: int) -> None:
     """The client's nice value and rlimits (best effort: the client may be gone, or ask for more than
     we may grant), so ``nice isobench ...`` and ``ulimit`` apply as they would to the Python CLI."""
@@ -232,6 +254,7 @@ def run_worker(req: Request, fds: list[int], peer_pid: int, run_cli, report_fd: 
         key, sep, value = entry.partition(b"=")
         if sep and key:
             os.environb[key] = value
+    _ignore_as_the_client(os.environ.pop(SIGIGN_ENV, ""))
     os.umask(req.umask)
     _adopt_limits(peer_pid)
     import time

@@ -37,6 +37,7 @@ from core import leases
 from core import syscalls
 from core.errors import BenchError, CgroupError, IsobenchError
 from core.paths import HostPaths, new_id
+from runtime.lifecycle.process import reap_child
 
 if TYPE_CHECKING:
     from bench.environments.ociruntimes import OciRuntime
@@ -191,6 +192,7 @@ class RuncInstance(Instance):
         self.readings: dict = {}
         self.pid = 0                       # the container's init, our child once `create` exited
         self.pidfd = -1
+        self._wait_memo: dict[int, int] = {}   # reap_child's: the status survives a Ctrl-C mid-wait
         self.exit_code: int | None = None
         self.create_failed: int | None = None   # `create` exit code when the runtime refused the bundle
         self.created = False               # `create` ran (its container may exist): stop() deletes it
@@ -306,8 +308,7 @@ class RuncInstance(Instance):
             return True
         if not select.select([self.pidfd], [], [], timeout_s)[0]:
             return False
-        _, status = os.waitpid(self.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
+        code = os.waitstatus_to_exitcode(reap_child(self.pid, self._wait_memo))
         self.exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as runc run says
         os.close(self.pidfd)
         self.pidfd = -1

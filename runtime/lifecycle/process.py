@@ -27,6 +27,7 @@ twice the ``unshare -fpmiu true`` floor), so the child is not a fork of this (la
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -98,6 +99,41 @@ def exit_code_of(status: int) -> int:
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
     return 128 + os.WSTOPSIG(status)
+
+
+STATUS_LOST = 255 << 8
+"""The wait status used when the exit status is gone (another waiter reaped the child): exit 255, as
+Docker reports a container whose exit it could not observe."""
+
+
+def reap_child(pid: int, memo: dict[int, int]) -> int:
+    """Wait for our child ``pid`` and reap it; its wait status, safe against an interrupt (Ctrl-C).
+
+    Why: a KeyboardInterrupt raised between ``waitpid`` returning and its result being stored loses the
+    status and leaves a second ``waitpid`` with ECHILD. So the status is first read without reaping
+    (``waitid(WNOWAIT)``), kept in ``memo`` (the caller's, surviving the interrupt), and only then the
+    zombie is reaped; a retry after an interrupt at any point finds the status in ``memo`` or the zombie
+    still there."""
+    if pid not in memo:
+        while True:
+            try:
+                r = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                r = None
+            break
+        memo[pid] = STATUS_LOST if r is None else _status_of_waitid(r)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    return memo[pid]
+
+
+def _status_of_waitid(r: os.waitid_result) -> int:
+    """A waitid result as the int wait status waitpid would have given (for the WIF* macros)."""
+    if r.si_code == os.CLD_EXITED:
+        return (r.si_status & 0xFF) << 8
+    return (r.si_status & 0x7F) | (0x80 if r.si_code == os.CLD_DUMPED else 0)
 
 
 def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
