@@ -67,7 +67,7 @@ def _prune_bridge_made_by_the_session():
     assert users or not Path("/sys/class/net/isobench0").exists(), "the session left bridge isobench0 behind"
 
 
-HOST_TEST_LOCK = "/run/lock/isobench-host-tests.lock"
+HOST_TEST_LOCK = hostprobe.HOST_TEST_LOCK
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

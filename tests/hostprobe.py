@@ -94,6 +94,17 @@ def _kvm_ok() -> tuple[bool, str]:
     return result.accel == "kvm", f"KVM probe chose {result.accel}: {result.reason}"
 
 
+HOST_TEST_LOCK = "/run/lock/isobench-host-tests.lock"  # tests/conftest.py takes it for a session
+
+
+def _waits_for_the_host_lock(cmd: str) -> bool:
+    """``flock /run/lock/isobench-host-tests.lock CMD``: a bench or experiment of another session that
+    queues for the host as test sessions do (flock(1) stays its parent while CMD runs, but the lock
+    makes that impossible during this session)."""
+    head = cmd.split()[:6]  # also behind a wrapper: `timeout 1200 flock LOCK CMD`
+    return HOST_TEST_LOCK in head and any(os.path.basename(t) == "flock" for t in head[:head.index(HOST_TEST_LOCK)])
+
+
 def host_objects() -> dict[str, set[str]]:
     """Everything named after the project that exists on the host right now."""
     objs: dict[str, set[str]] = {}
@@ -133,6 +144,8 @@ def host_objects() -> dict[str, set[str]]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
+        if _waits_for_the_host_lock(cmd):
+            continue  # another session's `flock LOCK cmd`, queued behind this one: it has made nothing yet
         if f"{NAME}-" in cmd and "pytest" not in cmd and not _idle_spare(pid):
             procs.add(f"{pid} {cmd.strip()[:120]}")
     objs["processes"] = procs

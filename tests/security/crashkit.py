@@ -105,6 +105,13 @@ def leftovers(root: Path) -> dict[str, list[str]]:
         out["partial_files"] += [str(Path(dirpath, f)) for f in filenames if f.startswith(".tmp-")]
     mi = Path("/proc/self/mountinfo").read_text().splitlines()
     out["mounts"] = [ln.split()[4] for ln in mi if str(root) in ln.split()[4]]
+    out["processes"] = leftovers_processes(root)
+    return {k: v for k, v in out.items() if v}
+
+
+def leftovers_processes(root: Path) -> list[str]:
+    """``PID CMDLINE`` of live processes whose command line mentions ``root`` or whose ISOBENCH_ROOT is it."""
+    out = []
     me = os.getpid()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == me:
@@ -112,11 +119,12 @@ def leftovers(root: Path) -> dict[str, list[str]]:
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             env = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
+            zombie = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+        except (OSError, IndexError):
             continue
-        if str(root) in cmd or f"ISOBENCH_ROOT={root}".encode() in env:
-            out["processes"].append(f"{pid} {cmd[:100]}")
-    return {k: v for k, v in out.items() if v}
+        if not zombie and (str(root) in cmd or f"ISOBENCH_ROOT={root}".encode() in env):
+            out.append(f"{pid} {cmd[:100]}")
+    return out
 
 
 def cleanup_root(root: Path) -> list[str]:
@@ -164,10 +172,15 @@ def live_leases(root: Path) -> list[str]:
 
 def wait_owners_gone(root: Path, timeout_s: float) -> list[str]:
     """After a crash, owners of this root's objects that outlive the killed CLI (a container monitor, a
-    qemu) should finish on their own; wait up to ``timeout_s`` and return those still alive."""
+    qemu) should finish on their own; wait up to ``timeout_s`` and return those still alive.
+
+    Why processes too: a monitor the CLI forked just before it was killed holds no lease yet (it takes
+    one early in create); under load it may still be importing or creating when the leases are all
+    gone, and gc then runs before it and it is counted as left behind (seen on a loaded CI host)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        alive = live_leases(root)
+        alive = live_leases(root) + [f"process {p}" for p in leftovers_processes(root)]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.5)
+
