@@ -157,8 +157,12 @@ PROBES: dict[str, Probe] = {
     "bpf": Probe(
         (HELPER, "bpf"), _helper_blocked, "create a BPF map (bpf(2))", needs_helper=True),
     "host_runtime_exe": Probe(
+        # a process that exits or execs between readlink and stat is skipped, not reported: only a stable
+        # exe whose file differs from the path of the same name in the container counts
         sh("for p in /proc/[0-9]*; do t=$(readlink $p/exe 2>/dev/null) || continue; "
-           "[ \"$(stat -L -c %d:%i $p/exe 2>/dev/null)\" = \"$(stat -L -c %d:%i \"$t\" 2>/dev/null)\" ] "
+           "a=$(stat -L -c %d:%i $p/exe 2>/dev/null) || continue; "
+           "[ \"$(readlink $p/exe 2>/dev/null)\" = \"$t\" ] || continue; "
+           "[ \"$a\" = \"$(stat -L -c %d:%i \"$t\" 2>/dev/null)\" ] "
            "|| echo HOSTEXE $p $t; done; "
            "for d in /var/lib/isobench /run/isobench /run/runc {state_root}; do [ -e $d ] && echo STATE $d; done; true"),
         lambda code, out: "HOSTEXE" not in out and "STATE" not in out,

@@ -109,8 +109,9 @@ def leftovers(root: Path) -> dict[str, list[str]]:
     return {k: v for k, v in out.items() if v}
 
 
-def leftovers_processes(root: Path) -> list[str]:
-    """``PID CMDLINE`` of live processes whose command line mentions ``root`` or whose ISOBENCH_ROOT is it."""
+def leftovers_processes(root: Path, by_command_line: bool = True) -> list[str]:
+    """``PID CMDLINE`` of live processes whose ISOBENCH_ROOT is ``root`` or (``by_command_line``) whose
+    command line mentions it (qemu's does: its disks are under the root, but libvirtd started it)."""
     out = []
     me = os.getpid()
     for pid in os.listdir("/proc"):
@@ -122,7 +123,7 @@ def leftovers_processes(root: Path) -> list[str]:
             zombie = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
         except (OSError, IndexError):
             continue
-        if not zombie and (str(root) in cmd or f"ISOBENCH_ROOT={root}".encode() in env):
+        if not zombie and ((by_command_line and str(root) in cmd) or f"ISOBENCH_ROOT={root}".encode() in env):
             out.append(f"{pid} {cmd[:100]}")
     return out
 
@@ -176,10 +177,11 @@ def wait_owners_gone(root: Path, timeout_s: float) -> list[str]:
 
     Why processes too: a monitor the CLI forked just before it was killed holds no lease yet (it takes
     one early in create); under load it may still be importing or creating when the leases are all
-    gone, and gc then runs before it and it is counted as left behind (seen on a loaded CI host)."""
+    gone, and gc then runs before it and it is counted as left behind (seen on a loaded CI host). Only
+    processes started with this ISOBENCH_ROOT: a VM's qemu (libvirtd's child) is gc's to stop."""
     deadline = time.monotonic() + timeout_s
     while True:
-        alive = live_leases(root) + [f"process {p}" for p in leftovers_processes(root)]
+        alive = live_leases(root) + [f"process {p}" for p in leftovers_processes(root, by_command_line=False)]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.5)
