@@ -13,20 +13,21 @@ A failure is one line on stderr (and in ``--log``, as runc writes it: text or JS
 
 from __future__ import annotations
 
-import argparse
 import sys
+from types import SimpleNamespace
 
 DEFAULT_ROOT = "/run/isobench-runtime"
 OCI_VERSION = "1.0.2"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors: one line, exit 2 (as argparse, minus usage text)
-        sys.stderr.write(f"isobench-runtime: {message}\n")
-        sys.exit(2)
+def build_parser():  # -> argparse.ArgumentParser (imported here: fast_parse needs none of it)
+    import argparse
 
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # usage errors: one line, exit 2 (argparse's, minus usage)
+            sys.stderr.write(f"isobench-runtime: {message}\n")
+            sys.exit(2)
 
-def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="isobench-runtime", description="OCI runtime (runc-compatible command line) of isobench.")
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"state directory (default {DEFAULT_ROOT})")
     p.add_argument("--log", default="", help="also write errors to this file")
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _bundle_opts(p: argparse.ArgumentParser) -> None:
+def _bundle_opts(p) -> None:
     p.add_argument("-b", "--bundle", default=".", help="bundle directory (default: the current one)")
     p.add_argument("--pid-file", help="write the container's pid here")
     p.add_argument("--console-socket", help="unix socket to send the terminal's master to")
@@ -101,8 +102,91 @@ def entry() -> None:
     sys.exit(main(sys.argv[1:]))
 
 
+# What fast_parse knows: options taking a value, and flags (store_true), by name -> dest; everything
+# else (abbreviations, help, "--", bundled short flags, errors) goes through argparse.
+_GLOBAL_VALUES = {"--root": "root", "--log": "log", "--log-format": "log_format", "--rootless": "rootless"}
+_GLOBAL_FLAGS = {"--debug": "debug", "--systemd-cgroup": "systemd_cgroup", "-v": "version", "--version": "version"}
+_BUNDLE_VALUES = {"-b": "bundle", "--bundle": "bundle", "--pid-file": "pid_file", "--console-socket": "console_socket",
+                  "--preserve-fds": "preserve_fds"}
+_BUNDLE_FLAGS = {"--no-pivot": "no_pivot", "--no-new-keyring": "no_new_keyring"}
+_BUNDLE_DEFAULTS = {"bundle": ".", "pid_file": None, "console_socket": None, "no_pivot": False,
+                    "no_new_keyring": False, "preserve_fds": 0}
+# verb -> (value options, flag options, defaults, positionals (name, required))
+_FAST_VERBS: dict[str, tuple[dict[str, str], dict[str, str], dict[str, object], tuple[tuple[str, bool], ...]]] = {
+    "create": (_BUNDLE_VALUES, _BUNDLE_FLAGS, _BUNDLE_DEFAULTS, (("id", True),)),
+    "run": (_BUNDLE_VALUES, {**_BUNDLE_FLAGS, "-d": "detach", "--detach": "detach", "--keep": "keep"},
+            {**_BUNDLE_DEFAULTS, "detach": False, "keep": False}, (("id", True),)),
+    "start": ({}, {}, {}, (("id", True),)),
+    "state": ({}, {}, {}, (("id", True),)),
+    "kill": ({}, {"-a": "all", "--all": "all"}, {"all": False}, (("id", True), ("signal", False))),
+    "delete": ({}, {"-f": "force", "--force": "force"}, {"force": False}, (("id", True),)),
+}
+
+
+def fast_parse(argv: list[str]) -> SimpleNamespace | None:
+    """The command lines conmon and podman pass, parsed without building the argparse parser (its
+    construction is ~1/3 of a verb's start-up); None for anything else, which argparse then parses
+    (and reports). Gives the same namespace as ``build_parser().parse_args(argv)``."""
+    ns: dict[str, object] = {"root": DEFAULT_ROOT, "log": "", "log_format": "text", "debug": False,
+                             "systemd_cgroup": False, "rootless": "false", "version": False, "verb": None}
+    i, n = 0, len(argv)
+    while i < n and argv[i].startswith("-"):
+        name, eq, value = argv[i].partition("=")
+        if name in _GLOBAL_VALUES:
+            if not eq:
+                if i + 1 >= n or argv[i + 1].startswith("-"):
+                    return None
+                i += 1
+                value = argv[i]
+            ns[_GLOBAL_VALUES[name]] = value
+        elif name in _GLOBAL_FLAGS and not eq:
+            ns[_GLOBAL_FLAGS[name]] = True
+        else:
+            return None
+        i += 1
+    if ns["log_format"] not in ("text", "json") or i >= n or argv[i] not in _FAST_VERBS:
+        return None
+    verb = argv[i]
+    values, flags, defaults, positionals = _FAST_VERBS[verb]
+    ns.update(verb=verb, **defaults)
+    got: list[str] = []
+    run = False  # the previous token was a positional
+    i += 1
+    while i < n:
+        arg = argv[i]
+        if arg.startswith("-") and arg != "-":
+            name, eq, value = arg.partition("=")
+            if name in values:
+                if not eq:
+                    if i + 1 >= n or argv[i + 1].startswith("-"):
+                        return None
+                    i += 1
+                    value = argv[i]
+                if values[name] == "preserve_fds":
+                    if not value.isdigit():
+                        return None
+                    ns["preserve_fds"] = int(value)
+                else:
+                    ns[values[name]] = value
+            elif name in flags and not eq:
+                ns[flags[name]] = True
+            else:
+                return None
+        else:
+            if got and not run:  # positionals in two runs: argparse takes only the first
+                return None
+            got.append(arg)
+        run = not arg.startswith("-") or arg == "-"
+        i += 1
+    if len(got) > len(positionals) or any(req and k >= len(got) for k, (_, req) in enumerate(positionals)):
+        return None
+    for k, (dest, _) in enumerate(positionals):
+        ns[dest] = got[k] if k < len(got) else "SIGTERM"  # the only optional positional: kill's signal
+    return SimpleNamespace(**ns)
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = fast_parse(argv) or build_parser().parse_args(argv)
     if args.version:
         from runtime.oci import RUNTIME_VERSION
 
@@ -124,7 +208,7 @@ def main(argv: list[str]) -> int:
         return 130
 
 
-def _log_error(args: argparse.Namespace, msg: str) -> None:
+def _log_error(args, msg: str) -> None:
     sys.stderr.write(f"isobench-runtime: {msg}\n")
     if not args.log:
         return

@@ -3,9 +3,12 @@ id checks, one-line usage errors, the log file formats."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from app import oci_cli, oci_verbs
 from core.errors import UsageError
@@ -66,3 +69,41 @@ def test_version_and_features(capsys):
     assert oci_cli.main(["features"]) == 0
     f = json.loads(capsys.readouterr().out)
     assert f["linux"]["cgroup"]["systemd"] is False and "SCMP_ACT_ERRNO" in f["linux"]["seccomp"]["actions"]
+
+
+CONMON_LINES = [
+    ["--root", "/r", "--log", "/l", "--log-format", "json", "--systemd-cgroup", "create", "--bundle", "/b",
+     "--pid-file", "/p", "--console-socket", "/s", "--no-pivot", "--no-new-keyring", "id1"],
+    ["--root=/r", "start", "id1"], ["--root", "/r", "state", "id1"], ["kill", "id1", "9"], ["kill", "--all", "id1"],
+    ["delete", "--force", "id1"], ["delete", "id1"], ["run", "-d", "-b", "/b", "--keep", "x"],
+    ["create", "--preserve-fds", "2", "-b", "/b", "x"], ["--debug", "--rootless", "false", "state", "x"],
+]
+
+
+def _argparse_or_exit(argv):
+    with contextlib.redirect_stderr(io.StringIO()):  # argparse's own error line
+        try:
+            return vars(oci_cli.build_parser().parse_args(argv))
+        except SystemExit:
+            return None
+
+
+@pytest.mark.parametrize("argv", CONMON_LINES)
+def test_fast_parse_takes_conmon_lines_as_argparse_does(argv):
+    fast = oci_cli.fast_parse(argv)
+    assert fast is not None and vars(fast) == _argparse_or_exit(argv)
+
+
+_TOKENS = ["--root", "/r", "--root=/x", "--log", "--log-format", "json", "xml", "--debug", "-v", "create", "start",
+           "state", "kill", "delete", "run", "exec", "list", "-b", "--bundle", "--bundle=/b", "--pid-file", "-d",
+           "--keep", "-a", "--all", "-f", "--force", "--preserve-fds", "3", "-x", "id1", "id2", "9", "-9", "--",
+           "--bund", "-df", "--no-pivot", "--console-socket="]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_TOKENS), max_size=8))
+def test_fast_parse_never_disagrees_with_argparse(argv):
+    """Whatever fast_parse accepts, argparse parses the same way; the rest is argparse's to parse."""
+    fast = oci_cli.fast_parse(argv)
+    if fast is not None:
+        assert vars(fast) == _argparse_or_exit(argv), argv
