@@ -12,9 +12,12 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any, Callable
 
 from core.errors import ContainerError, UsageError
+
+TYPE_CHECKING = False  # typing's import is a few ms of every verb (a Python process each)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 

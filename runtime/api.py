@@ -32,20 +32,24 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from runtime import namespaces
-from core import leases, syscalls
-from runtime.oci import bundle, specconv
-from runtime.oci.specconv import exposed_ports
+from core import leases
 from core.errors import ContainerError, IsobenchError
 from runtime.lifecycle import state as S
 from runtime.lifecycle.state import wait_pid_exit
-from runtime.lifecycle.process import LaunchPlan, exit_code_of, reap_child, spawn
 from core.paths import HostPaths, host_name, new_id
-from runtime.rootfs.mounts import RootfsPlan
-from runtime.spec import ContainerConfig
-from runtime.validate import validate
+
+TYPE_CHECKING = False  # typing's import costs every `isobench-runtime` verb (a process each) a few ms
+if TYPE_CHECKING:
+    from typing import Any
+
+    from runtime.lifecycle.process import LaunchPlan
+    from runtime.oci import bundle
+    from runtime.spec import ContainerConfig
+
+# The create path's modules (bundle parser, spec converter, launch plan, rootfs, validation) are
+# imported by the functions that use them: `isobench-runtime start|state|kill|delete` is a fresh
+# Python process per verb and needs none of them (~40 ms of imports of a ~90 ms verb).
 
 LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
@@ -134,6 +138,10 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
     open by the caller) or None: stdin /dev/null, output to ``stdout.log``/``stderr.log``.
     ``console_fd``: a terminal (``-it``), its master sent over this socket (:mod:`runtime.console`)."""
     t_call = time.perf_counter_ns()
+    from runtime.oci import bundle
+    from runtime.oci.specconv import exposed_ports
+    from runtime.validate import validate
+
     validate(config)
     cid = new_id()
     hostname = config.hostname or cid[:12]
@@ -184,6 +192,8 @@ def create_from_bundle(bundle_dir: Path | str, paths: HostPaths, container_id: s
     ``hold`` (OCI's create/start split) the started process then waits before exec until another
     process calls :func:`resume` (runc's exec.fifo)."""
     t_call = time.perf_counter_ns()
+    from runtime.oci import bundle, specconv
+
     b = bundle.load(bundle_dir)
     if b.process.terminal and console_fd < 0:
         raise ContainerError(f"{b.dir}/config.json: process.terminal is true but no console socket was given")
@@ -201,7 +211,11 @@ def create_from_bundle(bundle_dir: Path | str, paths: HostPaths, container_id: s
 def _launch_plan(b: bundle.Bundle, cid: str, paths: HostPaths, cgroup_plan: Any, *, bridge: bool,
                  console_fd: int, exec_fifo: str) -> LaunchPlan:
     """The bundle as the child's launch plan: namespaces, root, mounts, process settings."""
+    from runtime.lifecycle.process import LaunchPlan
     from runtime.rootfs import ocimounts
+    from runtime.rootfs.mounts import RootfsPlan
+
+    ns_flags = _namespace_flags()
 
     if console_fd >= 0:
         from runtime import console  # noqa: F401 - the child uses it after pivot_root, unable to import
@@ -218,7 +232,7 @@ def _launch_plan(b: bundle.Bundle, cid: str, paths: HostPaths, cgroup_plan: Any,
                 raise ContainerError(f"{b.dir}/config.json: joining a {kind} namespace by path is not supported")
             join.append(path)
         else:
-            flags |= NAMESPACE_FLAGS[kind]
+            flags |= ns_flags[kind]
     if b.namespace("pid") is None:
         pid_ns = "host"
     if b.namespace("mount") is None:
@@ -230,7 +244,7 @@ def _launch_plan(b: bundle.Bundle, cid: str, paths: HostPaths, cgroup_plan: Any,
             raise ContainerError(f"{b.dir}/config.json: a user namespace needs linux.uidMappings and gidMappings")
         id_maps = ("".join(f"{c} {h} {n}\n" for c, h, n in b.uid_mappings),
                    "".join(f"{c} {h} {n}\n" for c, h, n in b.gid_mappings))
-    cgroupns = bool(flags & NAMESPACE_FLAGS["cgroup"])
+    cgroupns = bool(flags & ns_flags["cgroup"])
     mounts, devices = ocimounts.plan(b.mounts, b.devices)
     overlay = b.overlay
     p = b.process
@@ -239,7 +253,7 @@ def _launch_plan(b: bundle.Bundle, cid: str, paths: HostPaths, cgroup_plan: Any,
     return LaunchPlan(
         container_id=cid, hostname=b.hostname if b.namespace("uts") == "" else "", argv=p.args, env=p.env,
         workdir=p.cwd, uid=p.uid, gid=p.gid, groups=p.additional_gids, unshare_flags=flags, cgroupns=cgroupns,
-        userns_remap=userns, loopback_up=not bridge and bool(flags & NAMESPACE_FLAGS["network"]),
+        userns_remap=userns, loopback_up=not bridge and bool(flags & ns_flags["network"]),
         cgroup_join=cgroup_plan.self_join_files(), pid_ns=pid_ns, join_ns=tuple(join), id_maps=id_maps,
         rlimits=rlimits, oom_score_adj=p.oom_score_adj, sysctl=b.sysctl, umask=p.umask, exec_fifo=exec_fifo,
         console_fd=console_fd, console_size=p.console_size,
@@ -290,6 +304,8 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
         if etc is not None:
             _write_etc(cdir, etc[0], etc[1])
         if write_bundle:  # `isobench run` makes a bundle: the container's dir is it
+            from runtime.oci import bundle
+
             bundle.write(cdir, b.spec)
         if stdio is None:
             stdio, owned = _open_logs(cdir)
@@ -306,6 +322,8 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
             undo.callback(net.detach, cid, paths)
         remap = b.namespace("user") is not None
         if remap and overlay is not None:  # the container's root must own its writable layer's top
+            from runtime import namespaces
+
             host_root = b.uid_mappings[0][1] if b.uid_mappings else namespaces.REMAP_HOST_BASE
             for d in overlay[1:]:
                 os.chown(d, host_root, host_root)
@@ -332,11 +350,14 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
     return c
 
 
-# runtime-spec namespace type -> unshare(2) flag (pid and user are made elsewhere: see LaunchPlan)
-NAMESPACE_FLAGS: dict[str, int] = {
-    "network": syscalls.CLONE_NEWNET, "mount": syscalls.CLONE_NEWNS, "ipc": syscalls.CLONE_NEWIPC,
-    "uts": syscalls.CLONE_NEWUTS, "cgroup": syscalls.CLONE_NEWCGROUP,
-}
+@functools.lru_cache(maxsize=1)
+def _namespace_flags() -> dict[str, int]:
+    """runtime-spec namespace type -> unshare(2) flag (pid and user are made elsewhere: see LaunchPlan)."""
+    from core import syscalls
+
+    return {"network": syscalls.CLONE_NEWNET, "mount": syscalls.CLONE_NEWNS, "ipc": syscalls.CLONE_NEWIPC,
+            "uts": syscalls.CLONE_NEWUTS, "cgroup": syscalls.CLONE_NEWCGROUP}
+
 # runtime-spec type -> /proc/<pid>/ns name, in the order exec joins them (user last, mount before it)
 _PROC_NS = (("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("cgroup", "cgroup"), ("pid", "pid"),
             ("mount", "mnt"), ("user", "user"))
@@ -351,6 +372,7 @@ def warm_security() -> None:
     """Resolve and compile the default seccomp profile for the default caps (a server warms its caches:
     every container created later with default security finds them)."""
     from runtime import security
+    from runtime.oci import specconv
     from runtime.security import caps
     from runtime.spec import SecuritySpec
 
@@ -397,6 +419,8 @@ def start(c: Container) -> None:
         raise ContainerError(f"container {c.id} was not created by this process; only its creator can start it")
     if c.pid is not None:
         raise ContainerError(f"container {c.id} is already started")
+    from runtime.lifecycle.process import spawn
+
     t0 = time.perf_counter_ns()
     attachment: list[Any] = []
 
@@ -487,6 +511,8 @@ def wait(c: Container, timeout_s: float | None = None) -> int:
         return _wait_foreign(c, timeout_s)
     if timeout_s is not None and not wait_pid_exit(c.pid, c.pid_start, timeout_s):
         raise ContainerError(f"container {c.id} still running after {timeout_s:g} s")
+    from runtime.lifecycle.process import reap_child
+
     status = reap_child(c.pid, c._wait_memo)
     c.timings_ns["exited"] = time.perf_counter_ns()
     record_exit(c, status)
@@ -495,6 +521,8 @@ def wait(c: Container, timeout_s: float | None = None) -> int:
 
 def record_exit(c: Container, status: int) -> None:
     """After waitpid: the exit code, OOM kill, final usage; then free cgroup, network and lease."""
+    from runtime.lifecycle.process import exit_code_of
+
     code = exit_code_of(status)
     if c.interrupted_by and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
         code = 128 + c.interrupted_by

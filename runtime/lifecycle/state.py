@@ -18,13 +18,15 @@ import json
 import os
 import re
 import select
-import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
 
 from core.errors import ContainerError, UsageError
 from core.paths import HostPaths
+
+TYPE_CHECKING = False  # typing's import is a few ms of every `isobench-runtime` verb
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 STATE_FILE = "state.json"
 TEMP_STATE = re.compile(r"^\.state\.json\.(\d+)$")  # write_state's temp name; group 1: the writer's pid
@@ -147,6 +149,8 @@ def lookup(paths: HostPaths, ref: str) -> dict[str, Any]:
 
 def remove_dir(paths: HostPaths, cid: str) -> None:
     """The container's writable layer, logs and state: gone after ``rm`` (ephemeral by design)."""
+    import shutil
+
     shutil.rmtree(container_dir(paths, cid), ignore_errors=True)
 
 
