@@ -11,8 +11,8 @@
  * The parent (runtime/lifecycle/process.py) computes everything: the plan arrives on fd 5 as
  * NUL-separated "key\0value\0..." records (see encode_plan there), then EOF. fds 0-2 are the
  * workload's stdio, fd 3 reads the parent's go-ahead bytes, fd 4 reports to the parent:
- *   "N\n"                                   network namespace exists (the parent brings its lo up)
- *   "R <t_ns> <t_rootfs> <t_child> <t_joined>\n"   root built (CLOCK_MONOTONIC ns stamps)
+ *   "R <t_ns> <t_rootfs> <t_child> <t_joined> <t_lo>\n"   root built (CLOCK_MONOTONIC ns stamps; t_lo
+ *                                           0 unless it brought its new network namespace's lo up)
  *   "E <message>\n"                         a set-up step failed (exit 125)
  * and is close-on-exec: its EOF tells the parent the workload was exec'd. Parent bytes on fd 3:
  * "C" (cgroup made: join it by writing "0" to each cgroup_join file), "G" (go: exec).
@@ -26,6 +26,7 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <net/if.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -33,9 +34,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -272,7 +275,7 @@ static void ensure(const char *path, int is_dir) {
     }
 }
 
-static void bind(const char *src, const char *target, int read_only, int recursive) {
+static void bind_mount(const char *src, const char *target, int read_only, int recursive) {
     do_mount(src, target, NULL, MS_BIND | (recursive ? MS_REC : 0), NULL);
     if (read_only) do_mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
 }
@@ -328,7 +331,7 @@ static void mount_sys(const char *root) {
     ensure(target, 1);
     /* a fresh sysfs shows this network namespace's interfaces; the host's network namespace
      * (--network host) gets a read-only bind of the host's instead, which the kernel allows */
-    if (mount("sysfs", target, "sysfs", NOSUID_NODEV_NOEXEC | MS_RDONLY, NULL) < 0) bind("/sys", target, 1, 1);
+    if (mount("sysfs", target, "sysfs", NOSUID_NODEV_NOEXEC | MS_RDONLY, NULL) < 0) bind_mount("/sys", target, 1, 1);
 }
 
 static void pivot(const char *root) {
@@ -405,7 +408,7 @@ static void apply_oci_mounts(const char *root) {
             ensure(target, 1);
             if (mount(src[0] ? src : fstype, target, fstype, flags, data[0] ? data : NULL) < 0) {
                 if (strcmp(fstype, "sysfs") || errno != EPERM) die("mount %s on %s: %s", fstype, dest, strerror(errno));
-                bind("/sys", target, 1, 1);
+                bind_mount("/sys", target, 1, 1);
             }
         }
         if (prop) do_mount(NULL, target, NULL, prop, NULL);
@@ -444,7 +447,7 @@ static void setup_rootfs(void) {
         } else {
             struct stat st;
             ensure(target, stat(src, &st) == 0 && S_ISDIR(st.st_mode));
-            bind(src, target, ro, 1);
+            bind_mount(src, target, ro, 1);
         }
     }
     secure_join(root, "/proc", target, sizeof target);
@@ -454,7 +457,7 @@ static void setup_rootfs(void) {
     if (P.init_binary && P.init_binary[0]) {
         snprintf(target, sizeof target, "%s/dev/init", root);
         ensure(target, 0);
-        bind(P.init_binary, target, 1, 0);
+        bind_mount(P.init_binary, target, 1, 0);
     }
     mount_sys(root);
     for (int i = 0; i + 1 < P.etc.n; i += 2) {
@@ -518,6 +521,23 @@ static long long join_cgroup(void) {
         }
         close(fd);
     }
+    return now_ns();
+}
+
+/* --network none: lo up in the network namespace just made, by the ioctls of runtime's set_link_up
+ * (microseconds here; in the parent it cost a setns'd socket and a round trip through Python while
+ * this process waited for its go-ahead). */
+static long long loopback_up(void) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0) die("loopback: %s", strerror(errno));
+    if (!(ifr.ifr_flags & IFF_UP)) {
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) die("loopback: cannot bring lo up: %s", strerror(errno));
+    }
+    close(s);
     return now_ns();
 }
 
@@ -654,7 +674,7 @@ static void reset_signals(void) {
 }
 
 int main(void) {
-    long long t_child = now_ns(), t_joined = 0;
+    long long t_child = now_ns(), t_joined = 0, t_lo = 0;
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);  /* nobody opens our /proc/<pid>/exe (the host binary) */
     parse_plan();
     if (P.pdeathsig) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -669,7 +689,7 @@ int main(void) {
         die("open %s: %s", P.exec_fifo, strerror(errno));
     if (P.cgroupns) t_joined = join_cgroup();  /* the namespace's root is the cgroup we are in at unshare */
     if (unshare((int)P.unshare_flags) < 0) die("unshare(0x%llx): %s", P.unshare_flags, strerror(errno));
-    if (P.loopback) say("N\n");  /* our network namespace exists: the parent brings lo up meanwhile */
+    if (P.loopback) t_lo = loopback_up();
     if (!P.cgroupns) t_joined = join_cgroup();
     long long t_ns = now_ns();
     setup_rootfs();
@@ -682,7 +702,7 @@ int main(void) {
     /* last: mounts above were made by real root, owned by the host's user namespace */
     if (P.userns && unshare(CLONE_NEWUSER) < 0) die("unshare(CLONE_NEWUSER): %s", strerror(errno));
     char line[128];
-    snprintf(line, sizeof line, "R %lld %lld %lld %lld\n", t_ns, t_rootfs, t_child, t_joined);
+    snprintf(line, sizeof line, "R %lld %lld %lld %lld %lld\n", t_ns, t_rootfs, t_child, t_joined, t_lo);
     say(line);
     await('G', "the runtime went away before the container started");
     close(FD_GO);

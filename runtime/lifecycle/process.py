@@ -13,9 +13,10 @@ twice the ``unshare -fpmiu true`` floor), so the child is not a fork of this (la
 * The helper unshares mount/UTS/IPC/net(/cgroup), joins its cgroup once the parent says ``C`` (made),
   builds the rootfs, pivots, masks /proc and /sys paths, and reports ``R`` on a close-on-exec pipe; the
   parent meanwhile makes the cgroup (the child joins itself: a v1 ``tasks`` write of "0" avoids the
-  kernel's global lock and its RCU wait, ~8 ms when the lock was idle), with ``--network none`` brings
-  up its loopback (the helper says ``N`` once its network namespace exists), and, on ``R``, attaches
-  the network and writes uid maps, then answers ``G``. The helper drops capabilities, loads the
+  kernel's global lock and its RCU wait, ~8 ms when the lock was idle), and, on ``R``, attaches the
+  network and writes uid maps, then answers ``G`` (without either, ``G`` goes with ``C``: the helper
+  never waits for a round trip through Python). With ``--network none`` the helper brings up its new
+  namespace's loopback itself (two ioctls; the Python child says ``N`` and the parent does it). The helper drops capabilities, loads the
   seccomp program compiled here and execs; the pipe's EOF tells the parent the exec happened (an error
   before exec arrives as ``E <message>``). Work moves to the parent wherever it can overlap the
   child's mounts: the child's path is the start-up time.
@@ -148,10 +149,11 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
     r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
     r_go, w_go = os.pipe2(os.O_CLOEXEC)
     pidns = namespaces.own_pidns_fd()
+    helper = helper_runs(plan)
     try:
         _enter_pidns_for_child(plan)  # only pid_for_children: a new one makes the child PID 1 there
         try:
-            if helper_runs(plan):
+            if helper:
                 pid = _spawn_helper(plan, security, stdio, r_go, w_ready)
             else:
                 pid = _fork_child(plan, security, stdio, (r_ready, w_go), r_go, w_ready)
@@ -169,8 +171,9 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         on_forked(pid)
         timings["cgroup"] = time.perf_counter_ns()
         handshake = on_ready is not None or plan.userns_remap  # G only after R
-        os.write(w_go, b"CG" if not handshake and not plan.loopback_up else b"C")
-        if plan.loopback_up:
+        parent_lo = plan.loopback_up and not helper  # the C helper brings its lo up itself
+        os.write(w_go, b"CG" if not handshake and not parent_lo else b"C")
+        if parent_lo:
             msg = lines.next()
             if msg != "N":
                 raise ContainerError(_failure(plan, msg, pid))
@@ -188,6 +191,8 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         stamps = msg.split()
         timings["namespaces"], timings["rootfs"], timings["child"] = int(stamps[1]), int(stamps[2]), int(stamps[3])
         timings["cgroup_joined"] = int(stamps[4])
+        if len(stamps) > 5 and int(stamps[5]):  # the helper's own lo up
+            timings["loopback"] = int(stamps[5])
         if plan.userns_remap:
             namespaces.write_id_maps(pid, maps=plan.id_maps)
         if on_ready is not None:
