@@ -6,8 +6,10 @@ disk, composed here into one directory that :func:`vmharness.artifacts.build_dis
 - the guest OS image's flat rootfs (Debian + python3 + isobench's runtime + runc), hard-linked from the
   image cache (nothing is copied, and the cache's files are never written: only new files are added);
 - an isobench state root at ``/var/lib/isobench`` holding the images the containers run (index,
-  manifests and configs, plus the unpacked layers overlayfs mounts; not the compressed layer blobs), so the guest runs the *same digests* as the
-  host without a registry or a copy at boot;
+  manifests and configs, the unpacked layers overlayfs mounts, and each image's flat rootfs for runc's
+  bundle; not the compressed layer blobs), so the guest runs the *same digests* as the host with
+  either runtime, without a registry or a copy at boot. The flat rootfs costs no disk: each of its
+  files is a hard link to the same file of the topmost layer that holds it (mkfs keeps hard links);
 - the guest kernel's modules the runtime loads (overlayfs, veth, bridge, nf_tables/NAT), with the
   kernel's modules.dep files, under ``/lib/modules/<version>``: the image has none for this kernel.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ from core.fsutil import file_lock
 from core.paths import HostPaths
 from vmharness.artifacts import GuestKernel, module_load_order
 
-COMPOSE_VERSION = "1"
+COMPOSE_VERSION = "2"   # 2: the flat rootfs of each image (runc in the guest)
 GUEST_STATE_ROOT = "var/lib/isobench"
 # what the runtime loads in the guest (guest-start.sh modprobes them); dependencies come from modules.dep
 RUNTIME_MODULES: tuple[str, ...] = (
@@ -107,7 +110,49 @@ def _add_state_root(root: Path, host_paths: HostPaths, images: tuple) -> None:
             if not dst.exists():
                 dst.mkdir(parents=True)
                 _link_tree(layer_dir, dst)
+        flat = gpaths.flat / rec.manifest_digest.split(":", 1)[1]
+        if not flat.exists():
+            link_flat_rootfs(host.flat_rootfs(rec), host.layer_dirs(rec), flat)
         guest._set_ref(rec.name, rec.manifest_digest, host.blob_path(rec.manifest_digest).stat().st_size)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return all(getattr(a, k) == getattr(b, k) for k in ("st_mode", "st_uid", "st_gid", "st_size"))
+
+
+def link_flat_rootfs(flat: Path, layers: list[Path], dest: Path) -> int:
+    """``dest``: the image's flat rootfs ``flat`` (``cp -a --link``), each regular file then re-linked to
+    the same file of the topmost unpacked layer (``layers`` lowest first) holding that path, so the
+    flat tree and the layers share their inodes and the guest disk carries the bytes once. A file no
+    layer holds as the same regular file (mode, owner, size) keeps the flat tree's inode. Returns the
+    number of files re-linked."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.mkdir()
+    _link_tree(flat, dest)
+    relinked = 0
+    real = [(layer, os.path.realpath(layer)) for layer in reversed(layers)]
+    for dirpath, _dirs, files in os.walk(dest):
+        rel_dir = os.path.relpath(dirpath, dest)
+        for name in files:
+            target = os.path.join(dirpath, name)
+            st = os.lstat(target)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            for layer, real_layer in real:
+                try:
+                    lst = os.lstat(layer / rel)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                if os.path.realpath(layer / rel) != os.path.join(real_layer, rel):
+                    break  # reached through a symlink of that layer: not the path flattening kept
+                if _same_file(st, lst) and (lst.st_dev, lst.st_ino) != (st.st_dev, st.st_ino):
+                    tmp = f"{target}.isobench-link"
+                    os.link(layer / rel, tmp)
+                    os.replace(tmp, target)
+                    relinked += 1
+                break  # the topmost layer holding the path is what flattening kept
+    return relinked
 
 
 def compose(spec: GuestRootSpec, host_paths: HostPaths, cache: Path) -> Path:

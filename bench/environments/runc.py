@@ -118,6 +118,19 @@ def bundle_config(job: Job, image_config: dict, rootfs_path: Path, obj_id: str, 
     return cfg
 
 
+def parent_shares(obj_id: str, shares: int) -> None:
+    """``shares`` on the instance's parent cgroup ``/isobench-<id>``: ``cpu.shares`` on v1, or on a pure
+    v2 host (the vm-container guest) ``cpu.weight`` as runc converts them for ``ctr``."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        from runtime.cgroups.rules import shares_to_weight
+
+        parent, name, value = CGROUP_ROOT / obj_id, "cpu.weight", shares_to_weight(shares)
+    else:
+        parent, name, value = CGROUP_ROOT / "cpu" / obj_id, "cpu.shares", shares
+    parent.mkdir(exist_ok=True)
+    syscalls.write_file(str(parent / name), str(value))
+
+
 def _instance_cgroup(obj_id: str, for_reading: bool = False):
     """The runtime's view (``runtime.cgroups.Cgroup``) of ``/isobench-<id>`` in every hierarchy that has
     it (v1 controllers, runc's named ones, or a v2 tree); None when the runtime made none. For reading,
@@ -217,9 +230,7 @@ class RuncInstance(Instance):
             disk = device_of(self.root.dir / "upper") if job.limits.write_bps is not None else None
             if job.limits.cpu_shares is not None:
                 # shares only compete among siblings: the parent /isobench-<id> carries them too
-                parent = CGROUP_ROOT / "cpu" / self.id
-                parent.mkdir(exist_ok=True)
-                syscalls.write_file(str(parent / "cpu.shares"), str(job.limits.cpu_shares))
+                parent_shares(self.id, job.limits.cpu_shares)
             cfg = bundle_config(job, rec.config, self.root.rootfs, self.id, port, netns, disk)
             (self.root.dir / "config.json").write_text(json.dumps(cfg))
             self.phases["bundle"] = elapsed_s(self.created_ns)
@@ -272,7 +283,7 @@ class RuncInstance(Instance):
                                            stdin=subprocess.DEVNULL, preexec_fn=enter)
         self.net_attached = True  # before prepare: detach is idempotent, and an interrupt may land inside it
         plan = net.prepare(self.id, NetworkSpec(mode="bridge", ports=(PortMapping(host_port=0, container_port=port,
-                                                                                  host_ip="127.0.0.1"),)),
+                                                                                  host_ip=self.env.publish_ip),)),
                            self.env.paths)
         att = net.attach(plan, self.holder.pid)
         hp = att.ports[0].host_port
@@ -394,13 +405,14 @@ class RuncEnvironment(Environment):
 
     name = "runc"
 
-    def __init__(self, paths: HostPaths, runtime: "OciRuntime | None" = None) -> None:
+    def __init__(self, paths: HostPaths, runtime: "OciRuntime | None" = None, publish_ip: str = "127.0.0.1") -> None:
+        """``publish_ip``: where a published port listens ("" = every address: the vm-container guest)."""
         from bench.environments.ociruntimes import registered
 
         rt = runtime or registered("runc")
         if rt is None:
             raise BenchError("runc not found (apt-get install runc)")
-        self.paths, self.runtime, self.name = paths, rt, rt.name
+        self.paths, self.runtime, self.name, self.publish_ip = paths, rt, rt.name, publish_ip
 
     def start(self, job: Job) -> Instance:
         return RuncInstance(self, job)

@@ -105,7 +105,8 @@ class Agent:
                 if runtime == "runc":
                     from bench.environments.runc import RuncEnvironment
 
-                    self.envs[runtime] = RuncEnvironment(self.paths)
+                    # the image's flat rootfs is on the guest disk (vmharness.guestroot); ports on every address
+                    self.envs[runtime] = RuncEnvironment(self.paths, publish_ip="")
                 else:
                     from bench.environments.container import ContainerEnvironment
 
@@ -128,6 +129,12 @@ class Agent:
             return {"cgroup": layout.version, "controllers": sorted(layout.unified_controllers),
                     "cgroupns": cgroup_namespace_supported(), "kernel": os.uname().release,
                     "cpus": os.cpu_count(), "instances": len(self.instances)}
+        if op == "images":  # what the guest's store holds: the same digests as the host's, flat rootfs included
+            from runtime.image.store import ImageStore
+
+            flat = self.paths.flat
+            return {"images": {r.name: r.manifest_digest for r in ImageStore(self.paths).list()},
+                    "flat": sorted(p.name for p in flat.iterdir()) if flat.is_dir() else []}
         if op == "run":
             env = self.env(req.get("runtime", "isobench"))
             t0 = time.perf_counter_ns()
