@@ -152,7 +152,7 @@ def suite_meta(meta: dict, env: str) -> dict[str, object]:
                               "cpu_count": int(meta.get("cpu_count", 0) or 0), "platform": meta.get("kernel", ""),
                               "isobench_environment": env, "isobench_profile": meta.get("profile", ""),
                               "isobench_cgroup": meta.get("cgroup_version", "")}
-    if env in ("vm", "vm-container"):
+    if env in ("vm", "vm-container", "vm-container-runc"):
         out["isobench_accelerator"] = meta.get("accelerator", "")
         out["isobench_vm_machine"] = meta.get("vm_machine", "")
     out["isobench_commit"] = meta.get("isobench_commit", "")

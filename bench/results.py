@@ -30,7 +30,7 @@ SAMPLE_COLUMNS = ("benchmark", "environment", "metric", "value", "unit", "iterat
                   "accelerator")
 # runs written before replicate/accelerator existed stay readable: load_run fills them (see _fill_optional)
 REQUIRED_COLUMNS = SAMPLE_COLUMNS[:7]
-ENVIRONMENTS = ("native", "container", "runc", "vm", "vm-container")
+ENVIRONMENTS = ("native", "container", "runc", "vm", "vm-container", "vm-container-runc")
 META_KEYS = ("hostname", "cpu_model", "cpu_count", "kernel", "cgroup_version", "accelerator",
              "accelerator_reason", "versions", "image_digests", "profile", "started_utc", "finished_utc",
              "python")

@@ -43,9 +43,10 @@ from core.paths import HostPaths
 
 WORKLOAD_ORDER = ("startup", "cpu", "memory", "syscalls", "disk", "network", "footprint", "enforcement",
                   "isolation", "ephemerality")
-ENV_ORDER = ("native", "container", "runc", "vm", "vm-container")
+ENV_ORDER = ("native", "container", "runc", "vm", "vm-container", "vm-container-runc")
 # rough seconds per (workload, environment) value before anything was measured: only for the first ETA
-DEFAULT_STEP_S = {"vm": 12.0, "native": 2.0, "container": 2.0, "runc": 2.0, "vm-container": 4.0}
+DEFAULT_STEP_S = {"vm": 12.0, "native": 2.0, "container": 2.0, "runc": 2.0, "vm-container": 4.0,
+                 "vm-container-runc": 4.0}
 
 
 def round_orders(seed: int, envs: list[str], rounds: int) -> list[list[str]]:
@@ -83,7 +84,8 @@ def make_environment(name: str, paths: HostPaths) -> Environment:
             "container": ("bench.environments.container", "ContainerEnvironment"),
             "runc": ("bench.environments.runc", "RuncEnvironment"),
             "vm": ("bench.environments.vm", "VMEnvironment"),
-            "vm-container": ("bench.environments.vm_container", "VMContainerEnvironment")}
+            "vm-container": ("bench.environments.vm_container", "VMContainerEnvironment"),
+            "vm-container-runc": ("bench.environments.vm_container", "VMContainerRuncEnvironment")}
     if name not in mods:  # another OCI runtime (crun, --runtime NAME=PATH): runc's environment class
         from bench.environments.ociruntimes import registered
         from bench.environments.runc import RuncEnvironment
@@ -211,7 +213,7 @@ def run_benchmarks(*, paths: HostPaths, profile: Profile, workloads: tuple[str, 
         except IsobenchError as exc:
             state.failures.append({"benchmark": "*", "environment": name, "error": str(exc)})
             log(f"[bench] environment {name} unavailable: {exc}")
-    vm_env = next((environments[n] for n in ("vm", "vm-container") if n in environments), None)
+    vm_env = next((environments[n] for n in ("vm", "vm-container", "vm-container-runc") if n in environments), None)
     accel = vm_env.accelerator() if vm_env is not None else ("none", "no vm environment in this run")
     state.meta = metamod.host_meta(accel, {k: v.manifest_digest for k, v in imgs.items()}, profile.name)
     state.meta.update(started_utc=started, finished_utc=None, environments=list(envs), workloads=list(workloads),
@@ -281,8 +283,9 @@ def platform_facts(meta: dict, environments: dict[str, Environment]) -> dict:
             "container_execution": "native on the host Linux kernel (namespaces + cgroups " +
                                    str(meta.get("cgroup_version", "?")) + ")",
             "vm_execution": vm}
-    if "vm-container" in environments:
-        facts["vm_container_execution"] = environments["vm-container"].describe().get("execution", "")
+    for name in ("vm-container", "vm-container-runc"):
+        if name in environments:
+            facts[f"{name.replace('-', '_')}_execution"] = environments[name].describe().get("execution", "")
     return facts
 
 

@@ -12,7 +12,7 @@ WORKLOADS = ("startup", "cpu", "memory", "syscalls", "disk", "network", "footpri
              "ephemerality")
 ENVS = ("native", "container", "runc", "vm")
 # opt-in: containers inside a Linux VM (the Docker Desktop layout) boot a guest per run and cost minutes
-OPTIONAL_ENVS = ("vm-container",)
+OPTIONAL_ENVS = ("vm-container", "vm-container-runc")
 
 
 def register(sub) -> None:
@@ -24,7 +24,7 @@ def register(sub) -> None:
     b.add_argument("--only", metavar="LIST", help=f"comma list of workloads ({','.join(WORKLOADS)})")
     b.add_argument("--env", metavar="LIST", help=f"comma list of environments ({','.join(ENVS)}; default all of "
                                                  f"these and the OCI runtimes found on the host or given with "
-                                                 f"--runtime) or {','.join(OPTIONAL_ENVS)} (containers in a Linux VM)")
+                                                 f"--runtime) or {','.join(OPTIONAL_ENVS)} (containers in a Linux VM, with isobench's runtime or runc)")
     b.add_argument("--runtime", action="append", default=[], metavar="NAME=PATH",
                    help="one more OCI runtime to run the start-up benchmark in, beside runc and the ones found "
                         "on the host (crun, youki, runsc); its NAME is its column (repeatable)")

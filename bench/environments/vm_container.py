@@ -4,9 +4,12 @@ The VM harness boots the ``vmct`` guest (``bench/images/vmct``: Debian, python3,
 runc, built by the project's own builder) whose workload is the guest agent
 (:mod:`bench.environments.vm_container_guest`); jobs go to the agent over TCP on the VM's bridge
 address, and the agent runs them with the same container environment the host uses, so the *same image
-digests* run through one extra layer. The guest mounts a pure cgroup v2 hierarchy, so limits are held by
-the runtime's v2 driver there (``cpu.max``, ``cpu.weight``, ``memory.max``, ``pids.max``, ``io.max``),
-while the host's container figures come from v1.
+digests* run through one extra layer. Two environments (two report columns) use the guest:
+``vm-container`` runs the jobs with isobench's runtime, ``vm-container-runc`` with Debian's runc on an
+OCI bundle (the image's flat rootfs is on the guest disk, see :mod:`vmharness.guestroot`); when both run,
+they share one booted guest (:func:`acquire_guest`). The guest mounts a pure cgroup v2 hierarchy, so
+limits are held by v2 there (``cpu.max``, ``cpu.weight``, ``memory.max``, ``pids.max``, ``io.max``: the
+runtime's v2 driver, or runc's), while the host's container figures come from v1.
 
 What the numbers mean:
 
@@ -49,6 +52,7 @@ GUEST_MEMORY_MIB = 1024
 AGENT_TIMEOUT_S = 240.0                # boot (~5 s under TCG) + python3 importing the runtime in the guest
 RPC_MARGIN_S = 60.0
 MIB = 1 << 20
+RUNTIME_LABELS = {"isobench": "isobench runtime", "runc": "runc (Debian's, OCI bundle)"}
 
 
 # ---------------------------------------------------------------------------------- guest image
@@ -209,13 +213,61 @@ class GuestVM:
             self.vm = None
 
 
+# ---------------------------------------------------------------------------------- shared guest
+
+class SharedGuest:
+    """The booted guest of a run, shared by its vm-container environments (isobench's runtime and runc
+    in the guest are two columns of one guest: one boot, and neither column pays for an idle second
+    guest's emulation while the other measures). ``live`` counts the containers running in it, whichever
+    runtime started them: QEMU's PSS is shared among them."""
+
+    def __init__(self, paths: HostPaths, image, vcpus: int) -> None:
+        self.key = (str(paths.root), image.digest)
+        self.guest = GuestVM(paths, image, vcpus=vcpus)
+        self.refs = 0
+        self.live = 0
+        try:
+            self.boot_s = self.guest.wait_agent()
+            self.info = self.guest.call({"op": "ping"})
+        except BaseException:
+            self.guest.close()
+            raise
+
+    def usable(self) -> bool:
+        return self.guest.vm is not None and self.guest.vm.alive()
+
+
+_SHARED: dict[tuple[str, str], SharedGuest] = {}
+
+
+def acquire_guest(paths: HostPaths, image, vcpus: int) -> SharedGuest:
+    """The running guest of ``image`` under this state root, booted on first use; pair with release_guest."""
+    key = (str(paths.root), image.digest)
+    shared = _SHARED.get(key)
+    if shared is None or not shared.usable():
+        shared = SharedGuest(paths, image, vcpus)
+        _SHARED[key] = shared
+    shared.refs += 1
+    return shared
+
+
+def release_guest(shared: SharedGuest) -> None:
+    """Drop one user; the last one destroys the guest."""
+    shared.refs -= 1
+    if shared.refs <= 0:
+        if _SHARED.get(shared.key) is shared:
+            del _SHARED[shared.key]
+        shared.guest.close()
+
+
 # ---------------------------------------------------------------------------------- environment
 
 class VMContainerInstance(Instance):
     env_name = "vm-container"
 
     def __init__(self, env: "VMContainerEnvironment", job: Job) -> None:
-        self.env, self.job = env, job
+        self.env, self.job, self.shared = env, job, env.shared
+        self.env_name = env.name
         self.created_ns = time.perf_counter_ns()
         self.iid: int | None = None
         self.port_owner: str | None = None
@@ -225,7 +277,7 @@ class VMContainerInstance(Instance):
             with interrupt.deferred():  # until self.iid holds the guest's instance, stop() could not stop it
                 reply = env.guest.call({"op": "start", "job": job_to_wire(job), "runtime": env.runtime}, timeout)
                 self.iid = reply["id"]
-            env.live += 1
+            self.shared.live += 1
             if job.port is not None:
                 self._publish(int(reply["endpoint"][1]), reply.get("target", ""))
         except BaseException:
@@ -260,9 +312,10 @@ class VMContainerInstance(Instance):
     def usage(self) -> Usage:
         u = usage_from_wire(self._call("usage")["usage"])
         qemu = self.env.guest.qemu_pss_bytes()
-        share = qemu // max(1, self.env.live)
+        live = self.shared.live
+        share = qemu // max(1, live)
         return Usage(pss_bytes=share, cpu_s=u.cpu_s, memory_peak_bytes=u.memory_peak_bytes,
-                     detail=f"QEMU PSS {qemu / MIB:.1f} MiB shared by {self.env.live} container(s) in the guest; "
+                     detail=f"QEMU PSS {qemu / MIB:.1f} MiB shared by {live} container(s) in the guest; "
                             f"in the guest: {u.detail}, container PSS {u.pss_bytes / MIB:.1f} MiB")
 
     def wait(self, timeout_s: float | None = None) -> Outcome:
@@ -277,7 +330,7 @@ class VMContainerInstance(Instance):
         if self.iid is not None:
             try:
                 self._call("stop", 120.0)
-                self.env.live -= 1
+                self.shared.live -= 1
             except BenchError as exc:
                 errors.append(str(exc))
             self.iid = None
@@ -293,25 +346,24 @@ class VMContainerInstance(Instance):
 
 
 class VMContainerEnvironment(Environment):
-    name = "vm-container"
+    """Containers in the guest with ``runtime`` (isobench's by default; :class:`VMContainerRuncEnvironment`
+    is the runc column)."""
 
-    def __init__(self, paths: HostPaths, runtime: str = "isobench", images: tuple | None = None,
+    name = "vm-container"
+    runtime = "isobench"
+
+    def __init__(self, paths: HostPaths, images: tuple | None = None,
                  log: Callable[[str], None] = lambda s: None) -> None:
         from core.units import host_cpu_count
 
-        self.paths, self.runtime = paths, runtime
-        self.live = 0
+        self.paths = paths
         self.vcpus = host_cpu_count()
         self.images = bench_images(paths) if images is None else images
         self.image = guest_image(paths, self.images, log)
-        self.guest = GuestVM(paths, self.image, vcpus=self.vcpus)
+        self.shared: SharedGuest | None = acquire_guest(paths, self.image, self.vcpus)
+        self.guest = self.shared.guest
         self.machine = self.guest.vm.domain_cfg.machine   # what QEMU really ran (microvm, or q35 as fallback)
-        try:
-            self.boot_s = self.guest.wait_agent()
-            self.info = self.guest.call({"op": "ping"})
-        except BaseException:
-            self.guest.close()
-            raise
+        self.boot_s, self.info = self.shared.boot_s, self.shared.info
 
     def accelerator(self) -> tuple[str, str]:
         return self.guest.accel, self.guest.accel_reason
@@ -347,8 +399,10 @@ class VMContainerEnvironment(Environment):
                        extra={"guest_wall_s": out.wall_s, "accel": guest.accel})
 
     def describe(self) -> dict:
-        return {"execution": f"isobench runtime ({self.runtime}) inside a QEMU/libvirt microvm guest, "
+        runtime = RUNTIME_LABELS[self.runtime]
+        return {"execution": f"{runtime} inside a QEMU/libvirt {self.machine} guest, "
                              f"accelerator {self.guest.accel}, guest cgroup {self.info.get('cgroup')}",
+                "runtime": self.runtime,
                 "accelerator": self.guest.accel, "accelerator_reason": self.guest.accel_reason,
                 "guest_kernel": self.info.get("kernel"), "guest_cgroup": self.info.get("cgroup"),
                 "guest_controllers": self.info.get("controllers"), "guest_vcpus": self.vcpus,
@@ -356,4 +410,15 @@ class VMContainerEnvironment(Environment):
                 "guest_image": self.image.digest}
 
     def close(self) -> None:
-        self.guest.close()
+        if self.shared is not None:
+            shared, self.shared = self.shared, None
+            release_guest(shared)
+
+
+class VMContainerRuncEnvironment(VMContainerEnvironment):
+    """runc in the guest: the same image digest as an OCI bundle (``runc create`` + ``start``, the host's
+    runc environment run by the agent), its flat rootfs taken from the guest disk; the same guest as
+    ``vm-container`` when both run."""
+
+    name = "vm-container-runc"
+    runtime = "runc"

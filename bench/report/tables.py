@@ -464,14 +464,15 @@ VM_CONTAINER_FIGURES = (  # (label, benchmark, metric)
 )
 
 
-def vm_container_figures(summary: pd.DataFrame | None, accel: str) -> str:
-    """Measured figures of containers inside this host's Linux VM, each median with its ratio to native,
-    labelled with the accelerator (TCG: emulated, far slower than a real Docker Desktop VM)."""
-    if summary is None or summary.empty or not (summary["environment"] == "vm-container").any():
-        return f"{NOT_MEASURED} (isobench bench --env vm-container)"
+def vm_container_figures(summary: pd.DataFrame | None, accel: str, env: str = "vm-container") -> str:
+    """Measured figures of containers inside this host's Linux VM (``env``: vm-container with isobench's
+    runtime, vm-container-runc with runc), each median with its ratio to native, labelled with the
+    accelerator (TCG: emulated, far slower than a real Docker Desktop VM)."""
+    if summary is None or summary.empty or not (summary["environment"] == env).any():
+        return f"{NOT_MEASURED} (isobench bench --env {env})"
     parts = []
     for label, benchmark, metric in VM_CONTAINER_FIGURES:
-        hit = lookup(summary, benchmark, metric, "vm-container")
+        hit = lookup(summary, benchmark, metric, env)
         if hit is None:
             continue
         text = fmt_value(hit["median"], hit["unit"])
@@ -479,7 +480,7 @@ def vm_container_figures(summary: pd.DataFrame | None, accel: str) -> str:
             text += f" ({fmt_ratio(hit['ratio_native'])} native)"
         parts.append(f"{label} {text}")
     label = "TCG: emulated VM" if accel == "tcg" else accel.upper()
-    return f"measured here [vm-container, {label}]: " + "; ".join(parts)
+    return f"measured here [{env}, {label}]: " + "; ".join(parts)
 
 
 def platform_table(facts: dict, meta: dict, summary: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -493,6 +494,12 @@ def platform_table(facts: dict, meta: dict, summary: pd.DataFrame | None = None)
         {"platform": "Windows/macOS, as run here: containers in a Linux VM",
          "containers (course notes)": vm_container_figures(summary, accel),
          "VMs": plat.get("vm_container_execution", "")},
+    ]
+    if summary is not None and not summary.empty and (summary["environment"] == "vm-container-runc").any():
+        rows.append({"platform": "Windows/macOS, as run here: runc in a Linux VM",
+                     "containers (course notes)": vm_container_figures(summary, accel, "vm-container-runc"),
+                     "VMs": plat.get("vm_container_runc_execution", "")})
+    rows += [
         {"platform": host,
          "containers (course notes)": plat.get("container_execution", NOT_MEASURED),
          "VMs": f"{plat.get('vm_execution', NOT_MEASURED)} [accelerator: {accel}]"},
@@ -502,7 +509,7 @@ def platform_table(facts: dict, meta: dict, summary: pd.DataFrame | None = None)
     for env in env_order(execution.keys()):
         info = execution[env]
         text = info.get("execution", "") if isinstance(info, dict) else str(info)
-        target = "VMs" if env in ("vm", "vm-container") else "containers (course notes)"
+        target = "VMs" if env in ("vm", "vm-container", "vm-container-runc") else "containers (course notes)"
         row = {"platform": f"this host: {env}", "containers (course notes)": "", "VMs": ""}
         row[target] = text
         rows.append(row)

@@ -41,7 +41,7 @@ def both_command(n: int, duration_s: float) -> tuple[str, ...]:
 class Cpu(Workload):
     name = "cpu"
     images = ("tools",)
-    environments = ("native", "container", "runc", "vm", "vm-container")
+    environments = ("native", "container", "runc", "vm", "vm-container", "vm-container-runc")
     metrics = {
         "events_per_s_1t": Metric("events/s", "higher", "sysbench cpu, 1 thread"),
         "events_per_s_all": Metric("events/s", "higher", "sysbench cpu, one thread per CPU"),

@@ -42,9 +42,12 @@ CGROUP_FILES = {
 }
 
 
+IN_GUEST = ("vm-container", "vm-container-runc")   # containers in the vm-container guest (pure cgroup v2)
+
+
 def held_by(env: str, limit: str, host_driver: str) -> str:
     """Which cgroup file held ``limit`` in ``env`` ("" where no cgroup does: the VM's domain settings)."""
-    driver, where = ("v2", " in the guest") if env == "vm-container" else (host_driver, "")
+    driver, where = ("v2", " in the guest") if env in IN_GUEST else (host_driver, "")
     name = CGROUP_FILES.get(driver, {}).get(limit) if env != "vm" else None
     return f"cgroup {driver}{where}: {name}" if name else ""
 
@@ -90,7 +93,7 @@ def meminfo_total_mib(output: str) -> float:
 class Enforcement(Workload):
     name = "enforcement"
     images = ("tools",)
-    environments = ("container", "runc", "vm", "vm-container")
+    environments = ("container", "runc", "vm", "vm-container", "vm-container-runc")
     metrics = {
         "cpus_measured": Metric("CPUs", "lower", "CPUs obtained under --cpus 0.5"),
         "cpu_shares_ratio": Metric("ratio", "higher", "events ratio of shares 1024:512 on one CPU"),
@@ -141,7 +144,7 @@ class Enforcement(Workload):
 
     def _cpus(self, env: Environment, ctx: Context) -> list[Measurement]:
         w = ctx.profile.enforcement_duration_s
-        settle_s = 1.0 if env.name in ("vm", "vm-container") else 0.5
+        settle_s = 1.0 if env.name in ("vm", *IN_GUEST) else 0.5
         run_s = int(w + settle_s + 3)
         inst = env.start(self._job(ctx, cpuwl.command(2, run_s), vcpus=2, limits=Limits(cpus=ASK["cpus"])))
         try:
@@ -149,8 +152,9 @@ class Enforcement(Workload):
         finally:
             inst.stop()
         how = {"vm": "the QEMU process's CPU time (domain CPU quota, cputune; the guest cannot see its own throttling)",
-               "vm-container": "the container's cgroup v2 CPU time in the guest (cpu.max; cpu.stat usage_usec)"
-               }.get(env.name, "the cgroup's CPU time (cpuacct)")
+               "vm-container": "the container's cgroup v2 CPU time in the guest (cpu.max; cpu.stat usage_usec)",
+               "vm-container-runc": "the container's cgroup v2 CPU time in the guest (runc's cpu.max; cpu.stat "
+                                    "usage_usec)"}.get(env.name, "the cgroup's CPU time (cpuacct)")
         _fact(ctx, env.name, "cpus", ASK["cpus"], measured, "CPUs", lambda m: m <= ASK["cpus"] * (1 + TOLERANCE),
               f"sysbench on 2 threads{' / 2 vCPUs' if env.name == 'vm' else ''} under a quota of {ASK['cpus']} CPU: "
               f"{how} read from the host over {w:g}s, one instance per value")
@@ -203,7 +207,7 @@ class Enforcement(Workload):
         held = 0 < reached <= ASK["pids"]
         _fact(ctx, env.name, "pids", ASK["pids"], reached, "processes", held,
               f"a shell starting 100 background sleeps under pids.max {ASK['pids']}: {reached} processes "
-              f"counted from {'the guest' if env.name == 'vm-container' else 'the host'}")
+              f"counted from {'the guest' if env.name in IN_GUEST else 'the host'}")
         return [Measurement("pids_reached", float(reached))]
 
     def _blkio(self, env: Environment, ctx: Context) -> list[Measurement]:

@@ -86,7 +86,7 @@ def both_command(ws_mib: int, duration_s: float) -> tuple[str, ...]:
 class Memory(Workload):
     name = "memory"
     images = ("tools",)
-    environments = ("native", "container", "runc", "vm", "vm-container")
+    environments = ("native", "container", "runc", "vm", "vm-container", "vm-container-runc")
     metrics = {
         "bandwidth_mib_s": Metric("MiB/s", "higher", "sysbench memory write bandwidth, 1 MiB blocks"),
         "random_read_mib_s": Metric("MiB/s", "higher", "sysbench random 8-byte reads over 4x the LLC"),

@@ -56,7 +56,7 @@ class Startup(Workload):
         """The five, plus every other OCI runtime of this run (crun, --runtime NAME=PATH): a column each."""
         from bench.environments.ociruntimes import registered_names
 
-        return ("native", "container", "runc", "vm", "vm-container") + registered_names()
+        return ("native", "container", "runc", "vm", "vm-container", "vm-container-runc") + registered_names()
 
     metrics = {
         "create_to_exit_s": Metric("s", "lower", "create-to-exit of true"),
