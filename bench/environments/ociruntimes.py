@@ -21,7 +21,7 @@ from core.errors import UsageError
 
 # Runtimes looked for on PATH (in this order, after runc): what docker/podman users install.
 KNOWN = ("runc", "crun", "youki", "runsc")
-RESERVED = ("native", "container", "vm")   # the other environments' names
+RESERVED = ("native", "container", "vm", "vm-container", "vm-container-runc")   # the other environments' names
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 

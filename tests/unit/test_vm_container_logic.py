@@ -255,3 +255,11 @@ def test_runc_parent_carries_shares_as_v1_shares_or_v2_weight(tmp_path, monkeypa
     (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")   # a pure v2 hierarchy (the guest)
     runc.parent_shares("isobench-b", 1024)
     assert written[str(tmp_path / "isobench-b" / "cpu.weight")] == "39"
+
+
+def test_a_runtime_cannot_take_the_name_of_a_vm_container_column():
+    from bench.environments.ociruntimes import parse_runtime
+    from core.errors import UsageError
+
+    with pytest.raises(UsageError, match="is the name of another environment"):
+        parse_runtime("vm-container-runc=/bin/true")
