@@ -5,7 +5,7 @@ One guest boots for the whole module (TCG here: ~15 s to the agent) and both env
 they do in a bench run. Each runtime runs a job to completion (output, exit codes) and a published
 port (HTTP from the host through host DNAT -> VM -> guest DNAT -> container); the guest's store holds the
 host's image digest (and, for runc's bundle, its flat rootfs). The module's own leak check covers the
-guest itself; every test also ends with the usual one.
+guest itself; every test also ends with the usual one (taken with the guest up).
 """
 
 from __future__ import annotations
@@ -44,6 +44,16 @@ def guest_envs(isobench_root):
             env.close()
         left = hostprobe.leaks(before, hostprobe.host_objects())
         assert not left, f"the vm-container guest left host objects behind: {left}"
+
+
+@pytest.fixture
+def leak_check(guest_envs):
+    """The usual per-test leak check, taken once the module's guest is up (conftest's own would take
+    its first snapshot before the module fixture boots the guest, and count the guest as a leak)."""
+    before = hostprobe.host_objects()
+    yield
+    left = hostprobe.leaks(before, hostprobe.host_objects())
+    assert not left, f"test leaked host objects: {left}"
 
 
 def _job(rec, argv, **kw) -> Job:
