@@ -23,7 +23,10 @@ from runtime.cgroups.layout import CgroupLayout, detect
 from runtime.cgroups.rules import HostFacts
 from core.errors import CgroupError
 from core.paths import PREFIX
-from runtime.spec import Resources
+
+TYPE_CHECKING = False  # typing and runtime.spec: annotations only (each `isobench-runtime` verb is a process)
+if TYPE_CHECKING:
+    from runtime.spec import Resources
 
 UNIFIED = "unified"  # the key of the single directory in ``Cgroup.paths`` on v2
 DESTROY_TIMEOUT_S = 2.0

@@ -9,10 +9,14 @@ leaves nothing behind.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 from core.errors import CgroupError
-from runtime.spec import Resources
+
+TYPE_CHECKING = False  # typing and runtime.spec: annotations only (each `isobench-runtime` verb is a process)
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from runtime.spec import Resources
 
 # kernel bounds (kernel/sched/core.c, mm/memcontrol.c)
 MIN_CFS_US = 1_000

@@ -8,12 +8,15 @@ memory before memory+swap, cpuset mems/cpus before any process joins). Usage par
 
 from __future__ import annotations
 
-from typing import Callable
-
 from runtime.cgroups import rules
 from runtime.cgroups.rules import HostFacts
 from core.errors import CgroupError
-from runtime.spec import Resources
+
+TYPE_CHECKING = False  # typing and runtime.spec: annotations only (each `isobench-runtime` verb is a process)
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from runtime.spec import Resources
 
 Setting = tuple[str, str]  # (file, value) within one controller's directory
 

@@ -9,11 +9,14 @@ per disk). Tested against a fake cgroupfs tree; used for real on pure-v2 hosts.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from runtime.cgroups import rules
 from runtime.cgroups.rules import HostFacts
-from runtime.spec import Resources
+
+TYPE_CHECKING = False  # typing and runtime.spec: annotations only (each `isobench-runtime` verb is a process)
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from runtime.spec import Resources
 
 Setting = tuple[str, str]
 
