@@ -18,7 +18,7 @@ Side by side in one run, interleaved so machine noise hits every contender alike
   ``isobench server`` this benchmark starts and stops by hand, each paired with its own runc sample;
 * **OCI CLI**: ``isobench-runtime`` and ``runc`` each ``create`` + ``start`` + (the init's exit) +
   ``delete`` of the same bundle, paired (this process is a subreaper, so it waits for the container's
-  init as conmon does);
+  init as conmon does), with each verb's own median;
 * **churn**: N containers created, run and removed in sequence, then a leak check (cgroups, dirs,
   leases, mounts, fds of this process);
 * **idle overhead**: PSS of a detached container's monitor plus its state directory.
@@ -82,8 +82,9 @@ def time_cmd(argv: list[str], env: dict | None = None) -> float:
     return _ms(t1 - t0)
 
 
-def oci_cycle(cmd: list[str], state_root: Path, bundle: Path) -> float:
-    """ms for ``CMD create`` + ``start`` + the init's exit + ``delete`` (the caller is a subreaper)."""
+def oci_cycle(cmd: list[str], state_root: Path, bundle: Path, verbs: dict[str, list[float]] | None = None) -> float:
+    """ms for ``CMD create`` + ``start`` + the init's exit + ``delete`` (the caller is a subreaper);
+    each verb's own ms appended to ``verbs[name]`` when given."""
     from core import leases
 
     cid = f"isobench-{os.urandom(6).hex()}"
@@ -93,18 +94,26 @@ def oci_cycle(cmd: list[str], state_root: Path, bundle: Path) -> float:
     try:
         with tempfile.TemporaryFile() as err:  # not a pipe: the container keeps create's stderr open
             t0 = time.perf_counter_ns()
+            stamps = [t0]
             for verb in (["create", "--bundle", str(bundle), "--pid-file", str(pidfile), cid], ["start", cid]):
                 if subprocess.run([*base, *verb], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=err).returncode != 0:
                     err.seek(0)
                     raise RuntimeError(f"{cmd[0]} {verb[0]} failed: {err.read().decode()[-300:]}")
+                stamps.append(time.perf_counter_ns())
                 if verb[0] == "create":
                     pid = int(pidfile.read_text())
             os.waitpid(pid, 0)
+            stamps.append(time.perf_counter_ns())
             if subprocess.run([*base, "delete", cid], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=err).returncode != 0:
                 raise RuntimeError(f"{cmd[0]} delete {cid} failed")
-            return _ms(time.perf_counter_ns() - t0)
+            t1 = time.perf_counter_ns()
+            if verbs is not None:
+                for name, a, b in (("create", stamps[0], stamps[1]), ("start", stamps[1], stamps[2]),
+                                   ("delete", stamps[3], t1)):
+                    verbs.setdefault(name, []).append(_ms(b - a))
+            return _ms(t1 - t0)
     finally:
         pidfile.unlink(missing_ok=True)
         leases.release(cid)
@@ -210,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             oci_cycle(["runc"], oci_roots["runc"], bundle)
         inproc, inproc_total, runc_ms, floor_ms, cli_ms, runc_cli_ms = [], [], [], [], [], []
         auto_ms, runc_auto_ms, ocicli_ms, runc_ocicli_ms = [], [], [], []
+        oci_verbs: dict[str, dict[str, list[float]]] = {"isobench-runtime": {}, "runc": {}}
         srv_ms, runc_srv_ms, idle_inproc, idle_runc = [], [], [], []
         phases: dict[str, list[float]] = {}
         for _ in range(args.n):
@@ -231,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             runc_srv_ms.append(runc_once())
             auto_ms.append(time_cmd(cli, auto_env))
             runc_auto_ms.append(runc_once())
-            ocicli_ms.append(oci_cycle([runtime_cli], oci_roots["isobench-runtime"], bundle))
-            runc_ocicli_ms.append(oci_cycle(["runc"], oci_roots["runc"], bundle))
+            ocicli_ms.append(oci_cycle([runtime_cli], oci_roots["isobench-runtime"], bundle,
+                                       oci_verbs["isobench-runtime"]))
+            runc_ocicli_ms.append(oci_cycle(["runc"], oci_roots["runc"], bundle, oci_verbs["runc"]))
             time.sleep(args.gap)
             r = api.run(cfg, paths)
             idle_inproc.append(_ms(r.timings_ns["exited"] - r.timings_ns["call"]))
@@ -306,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
               f"CLI default / runc = {r_auto:.2f}   isobench-runtime CLI / runc CLI = {r_ocicli:.2f}   "
               f"after idle: in-process / runc = {r_idle:.2f}")
         print(f"first default CLI command (starts the server, runs in Python): {first_default_ms:.1f} ms")
+        verb_medians = {rt: {v: statistics.median(ms) for v, ms in per.items()} for rt, per in oci_verbs.items()}
+        print("OCI CLI per verb, median ms: " + "   ".join(
+            f"{rt}: " + " ".join(f"{v}={ms:.1f}" for v, ms in per.items()) for rt, per in verb_medians.items()))
         print("\nin-process phase stamps, median ms since the call:")
         print("  " + "  ".join(f"{k}={statistics.median(v):.2f}" for k, v in phases.items()))
         print(f"\nchurn: {args.churn} containers in {churn_s:.1f} s ({churn_s / args.churn * 1e3:.1f} ms each), "
@@ -318,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                        "cli_server_over_runc": r_srv, "cli_default_over_runc": r_auto,
                        "runtime_cli_over_runc_cli": r_ocicli,
                        "after_idle_inproc_over_runc": r_idle},
-            "first_default_cli_ms": first_default_ms,
+            "first_default_cli_ms": first_default_ms, "oci_cli_verbs_median_ms": verb_medians,
             "conditions": {"nice": os.nice(0), "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
                            "samples": args.n, "gap_s": args.gap},
             "phases_median_ms": {k: statistics.median(v) for k, v in phases.items()},
