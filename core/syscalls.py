@@ -200,18 +200,14 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].effective = (effective >> shift) & 0xFFFFFFFF
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
-    if _libc.capset(ctypes.byref(hdr), data) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"capset(eff=0x{effective:x}, prm=0x{permitted:x}): {os.strerror(err)}")
+    _check(_libc.capset(ctypes.byref(hdr), data), f"capset(eff=0x{effective:x}, prm=0x{permitted:x})")
 
 
 def capget(pid: int = 0) -> tuple[int, int, int]:
     """(effective, permitted, inheritable) masks of ``pid`` (0 = the calling thread)."""
     hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
     data = _CapData2()
-    if _libc.capget(ctypes.byref(hdr), data) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"capget({pid}): {os.strerror(err)}")
+    _check(_libc.capget(ctypes.byref(hdr), data), f"capget({pid})")
     lo, hi = data[0], data[1]
     return (lo.effective | hi.effective << 32, lo.permitted | hi.permitted << 32,
             lo.inheritable | hi.inheritable << 32)
