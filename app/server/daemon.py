@@ -376,31 +376,22 @@ class Server:
 
     def _fork_worker(self, conn: _Conn, req: Request) -> None:
         import selectors
-        import sys
 
-        sys.stdout.flush()
-        sys.stderr.flush()
+        def worker() -> None:
+            fds = conn.fds
+            conn.fds = []
+            peer = conn.peer_pid
+            report_fd = os.dup(conn.sock.fileno())
+            self._close_in_worker()
+            run_worker(req, fds, peer, self.run_cli, report_fd)
+
         try:
-            pid = os.fork()
+            pid = _fork_child(worker)
         except OSError as exc:
             _log(f"cannot fork a worker: {exc}")
             self._reply(conn.sock, f"E the isobench server cannot fork a worker: {exc.strerror}")
             self._drop(conn)
             return
-        if pid == 0:
-            try:
-                fds = conn.fds
-                conn.fds = []
-                peer = conn.peer_pid
-                report_fd = os.dup(conn.sock.fileno())
-                self._close_in_worker()
-                run_worker(req, fds, peer, self.run_cli, report_fd)
-            except BaseException:  # noqa: BLE001 - a bug in the worker's set-up: on the client's stderr
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                os._exit(70)  # run_worker never returns (EX_SOFTWARE: reaching this is a bug in it)
         _log(f"forked worker {pid} for client pid {conn.peer_pid} (no usable spare)")
         with __import__("contextlib").suppress(OSError):
             os.setpgid(pid, pid)  # also done by the worker; whichever runs first wins the race
@@ -437,31 +428,23 @@ class Server:
         otherwise) is paid ahead. The spare blocks reading its channel until it gets a request."""
         import selectors
         import socket
-        import sys
 
         if self.stopping or self.spare is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sys.stdout.flush()
-        sys.stderr.flush()
+
+        def spare() -> None:
+            ours.close()
+            self._close_in_worker()
+            spare_main(theirs, self.run_cli)
+
         try:
-            pid = os.fork()
+            pid = _fork_child(spare)
         except OSError as exc:
             _log(f"cannot fork a spare worker: {exc}")
             ours.close()
             theirs.close()
             return
-        if pid == 0:
-            try:
-                ours.close()
-                self._close_in_worker()
-                spare_main(theirs, self.run_cli)
-            except BaseException:  # noqa: BLE001 - a bug in the spare: to the client's stderr or the log
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                os._exit(70)
         theirs.close()
         self.spare = _Spare(pid, os.pidfd_open(pid), ours)
         self.sel.register(self.spare.pidfd, selectors.EVENT_READ, self.spare)
@@ -559,6 +542,29 @@ class Server:
             return True
         except OSError:
             return False
+
+
+def _fork_child(body) -> int:
+    """fork(); the child runs ``body()``, which ends the process itself (a worker always leaves by
+    ``os._exit``). Returns the child's pid in the server; raises OSError when fork fails. A child whose
+    ``body`` returns or raises exits 70 (EX_SOFTWARE: a bug in its set-up), its traceback on its
+    stderr (the client's, or the server log for a spare). stdio is flushed first, so nothing buffered
+    in the server is written twice."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            body()
+        except BaseException:  # noqa: BLE001 - a bug in the worker's set-up: on its stderr
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(70)  # body never returns (EX_SOFTWARE: reaching this is a bug in it)
+    return pid
 
 
 def _namespaces(pid: int) -> dict[str, tuple[int, int]]:
