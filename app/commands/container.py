@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 
+from app.commands.common import for_each, host_paths, print_table, verb
+
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run a command in a new container", add_help=False,
-                       description="Run a command in a new container.")
+    p = verb(sub, "run", _run, help="run a command in a new container", add_help=False,
+             description="Run a command in a new container.")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background, print the id")
@@ -49,34 +51,28 @@ def register(sub) -> None:
     p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=PROFILE|no-new-privileges")
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_run)
 
-    p = sub.add_parser("ps", help="list containers")
+    p = verb(sub, "ps", _ps, help="list containers")
     p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
     p.add_argument("-q", "--quiet", action="store_true", help="only ids")
-    p.set_defaults(func=_ps)
 
-    p = sub.add_parser("stop", help="stop containers (SIGTERM, then SIGKILL)")
+    p = verb(sub, "stop", _stop, help="stop containers (SIGTERM, then SIGKILL)")
     p.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
     p.add_argument("containers", nargs="+")
-    p.set_defaults(func=_stop)
 
-    p = sub.add_parser("kill", help="send a signal to containers")
+    p = verb(sub, "kill", _kill, help="send a signal to containers")
     p.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
     p.add_argument("containers", nargs="+")
-    p.set_defaults(func=_kill)
 
-    p = sub.add_parser("rm", help="remove containers")
+    p = verb(sub, "rm", _rm, help="remove containers")
     p.add_argument("-f", "--force", action="store_true", help="kill running containers first")
     p.add_argument("containers", nargs="+")
-    p.set_defaults(func=_rm)
 
-    p = sub.add_parser("logs", help="print a detached container's output")
+    p = verb(sub, "logs", _logs, help="print a detached container's output")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
     p.add_argument("container")
-    p.set_defaults(func=_logs)
 
-    p = sub.add_parser("exec", help="run a command in a running container")
+    p = verb(sub, "exec", _exec, help="run a command in a running container")
     p.add_argument("-i", "--interactive", action="store_true", help="stdin attached (always: accepted for docker)")
     p.add_argument("-t", "--tty", action="store_true", help="give the process a terminal (relayed to ours)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
@@ -84,20 +80,16 @@ def register(sub) -> None:
     p.add_argument("-u", "--user")
     p.add_argument("container")
     p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_exec)
 
-    p = sub.add_parser("inspect", help="show a container's state and configuration as JSON")
+    p = verb(sub, "inspect", _inspect, help="show a container's state and configuration as JSON")
     p.add_argument("containers", nargs="+")
-    p.set_defaults(func=_inspect)
 
-    p = sub.add_parser("stats", help="CPU, memory, pids and I/O of running containers")
+    p = verb(sub, "stats", _stats, help="CPU, memory, pids and I/O of running containers")
     p.add_argument("--no-stream", action="store_true", help="print once and exit")
     p.add_argument("containers", nargs="*")
-    p.set_defaults(func=_stats)
 
-    p = sub.add_parser("wait", help="wait for containers to exit, print their exit codes")
+    p = verb(sub, "wait", _wait, help="wait for containers to exit, print their exit codes")
     p.add_argument("containers", nargs="+")
-    p.set_defaults(func=_wait)
 
 
 def _int(option: str):
@@ -283,12 +275,6 @@ def _exit_now(code: int) -> None:
 
 # ----------------------------------------------------------------------------- other verbs
 
-def _paths():
-    from core.paths import HostPaths
-
-    return HostPaths.from_env()
-
-
 def _age(iso: str | None) -> str:
     import calendar
     import time
@@ -324,20 +310,14 @@ def _ps(args) -> int:
     from runtime.lifecycle.state import iter_states
 
     rows = []
-    for st in iter_states(_paths()):
+    for st in iter_states(host_paths()):
         status = status_text(st)
         if not args.all and not status.startswith("Up"):
             continue
         rows.append((st["id"][:12], st.get("image", ""), _short(" ".join(st.get("argv", [])), 24),
                      _age(st.get("created_at")), status, ports_text(st), st.get("name") or ""))
-    if args.quiet:
-        for r in rows:
-            print(r[0])
-        return 0
-    header = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for r in (header, *rows):
-        print("   ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+    print_table(("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"), rows, gap="   ",
+                quiet=args.quiet)
     return 0
 
 
@@ -362,33 +342,14 @@ def _short(text: str, n: int) -> str:
     return '"' + (text if len(text) <= n else text[: n - 3] + "...") + '"'
 
 
-def _each(refs: list[str], action) -> int:
-    """Apply ``action`` to each container; report failures one line each, exit 1 if any failed."""
-    import sys
-
-    from core.errors import IsobenchError
-
-    rc = 0
-    for ref in refs:
-        try:
-            out = action(ref)
-        except IsobenchError as exc:
-            print(f"isobench: {exc}", file=sys.stderr)
-            rc = 1
-            continue
-        if out is not None:
-            print(out)
-    return rc
-
-
 def _stop(args) -> int:
     from runtime import api
 
     def stop(ref):
-        c = api.load(_paths(), ref)
+        c = api.load(host_paths(), ref)
         api.stop(c, timeout_s=args.time)
         return ref
-    return _each(args.containers, stop)
+    return for_each(args.containers, stop)
 
 
 def parse_signal(text: str) -> int:
@@ -411,18 +372,18 @@ def _kill(args) -> int:
     sig = parse_signal(args.signal)
 
     def kill(ref):
-        api.kill(api.load(_paths(), ref), sig)
+        api.kill(api.load(host_paths(), ref), sig)
         return ref
-    return _each(args.containers, kill)
+    return for_each(args.containers, kill)
 
 
 def _rm(args) -> int:
     from runtime import api
 
     def rm(ref):
-        api.delete(api.load(_paths(), ref), force=args.force)
+        api.delete(api.load(host_paths(), ref), force=args.force)
         return ref
-    return _each(args.containers, rm)
+    return for_each(args.containers, rm)
 
 
 def _logs(args) -> int:
@@ -432,7 +393,7 @@ def _logs(args) -> int:
 
     from runtime import api
 
-    c = api.load(_paths(), args.container)
+    c = api.load(host_paths(), args.container)
     if not c.state.get("detached", True):
         print(f"isobench: container {c.id} ran in the foreground: its output went to the terminal, "
               "not to a log", file=sys.stderr)
@@ -461,7 +422,7 @@ def _exec(args) -> int:
 
     if not args.command:
         raise UsageError("exec: give a command to run in the container")
-    return exec_in(_paths(), args.container, list(args.command), env=tuple(args.env), workdir=args.workdir,
+    return exec_in(host_paths(), args.container, list(args.command), env=tuple(args.env), workdir=args.workdir,
                    user=args.user, tty=args.tty)
 
 
@@ -496,7 +457,7 @@ def _inspect(args) -> int:
     docs, rc = [], 0
     for ref in args.containers:
         try:
-            docs.append(inspect_doc(lookup(_paths(), ref)))
+            docs.append(inspect_doc(lookup(host_paths(), ref)))
         except IsobenchError as exc:
             import sys
 
@@ -514,7 +475,7 @@ def _stats(args) -> int:
     from runtime.lifecycle.state import iter_states
     from core.units import format_bytes
 
-    paths = _paths()
+    paths = host_paths()
     refs = args.containers or [st["id"] for st in iter_states(paths) if st.get("status") == "running"]
     prev: dict[str, tuple[float, int]] = {}
     while True:
@@ -536,10 +497,8 @@ def _stats(args) -> int:
                          f"{u.cpu_usage_ns / 1e9:.2f}s", format_bytes(u.memory_current_bytes),
                          format_bytes(u.memory_peak_bytes), str(u.pids_current),
                          f"{format_bytes(u.io_read_bytes)} / {format_bytes(u.io_write_bytes)}"))
-        header = ("CONTAINER ID", "NAME", "CPU %", "CPU TIME", "MEM", "MEM PEAK", "PIDS", "BLOCK I/O")
-        widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-        for r in (header, *rows):
-            print("   ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
+        print_table(("CONTAINER ID", "NAME", "CPU %", "CPU TIME", "MEM", "MEM PEAK", "PIDS", "BLOCK I/O"), rows,
+                    gap="   ")
         if args.no_stream:
             return 0
         time.sleep(1.0)
@@ -550,5 +509,5 @@ def _wait(args) -> int:
     from runtime import api
 
     def wait(ref):
-        return api.wait(api.load(_paths(), ref))
-    return _each(args.containers, wait)
+        return api.wait(api.load(host_paths(), ref))
+    return for_each(args.containers, wait)

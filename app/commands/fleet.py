@@ -9,18 +9,18 @@ import argparse
 import sys
 
 from app.commands.bench import ENVS, WORKLOADS
+from app.commands.common import verb, verb_group
 
 
 def register(sub) -> None:
     """Add ``fleet run`` to the `isobench` parser."""
-    f = sub.add_parser("fleet", help="run the benchmarks on many hosts (Ansible) into one result",
-                       description="Benchmark every host of an Ansible inventory and merge the results.")
-    fsub = f.add_subparsers(dest="fleet_command", metavar="COMMAND")
-    fsub.required = True
-    r = fsub.add_parser("run", help="copy the project to each host, make setup, isobench bench, fetch",
-                        description="Per host: copy this project, `make setup`, `isobench bench` under a "
-                                    "lock on the host, fetch the run into OUT/<host>/. A host that fails "
-                                    "or is unreachable is reported; the others still finish.")
+    fsub = verb_group(sub, "fleet", "run the benchmarks on many hosts (Ansible) into one result",
+                      dest="fleet_command", metavar="COMMAND",
+                      description="Benchmark every host of an Ansible inventory and merge the results.")
+    r = verb(fsub, "run", _run, help="copy the project to each host, make setup, isobench bench, fetch",
+             description="Per host: copy this project, `make setup`, `isobench bench` under a "
+                         "lock on the host, fetch the run into OUT/<host>/. A host that fails "
+                         "or is unreachable is reported; the others still finish.")
     r.add_argument("-i", "--inventory", required=True, metavar="INVENTORY",
                    help="Ansible inventory (INI or YAML); host vars isobench_dir, isobench_root")
     r.add_argument("--profile", default="quick", metavar="quick|full", help="bench profile (default quick)")
@@ -33,7 +33,6 @@ def register(sub) -> None:
                       help="all hosts at once (default)")
     mode.add_argument("--serial", dest="parallel", action="store_false", help="one host after another")
     r.add_argument("--out", metavar="DIR", help="fleet directory (default: results/fleet-<UTC time>)")
-    r.set_defaults(func=_run)
 
 
 def bench_args(args: argparse.Namespace) -> tuple[str, ...]:

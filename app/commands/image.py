@@ -10,14 +10,14 @@ import argparse
 import json
 import sys
 
+from app.commands.common import print_table, verb, verb_group
+
 
 def register(sub) -> None:
     """Add ``image ...`` to the `isobench` parser."""
-    img = sub.add_parser("image", help="build and manage images (OCI layout store)")
-    verbs = img.add_subparsers(dest="image_cmd", metavar="VERB")
-    verbs.required = True
+    verbs = verb_group(sub, "image", "build and manage images (OCI layout store)", dest="image_cmd")
 
-    b = verbs.add_parser("build", help="build an image from a Dockerfile")
+    b = verb(verbs, "build", _build, help="build an image from a Dockerfile")
     b.add_argument("-t", "--tag", required=True, metavar="NAME[:TAG]")
     b.add_argument("-f", "--file", metavar="DOCKERFILE", help="default: CONTEXT/Dockerfile")
     b.add_argument("--build-arg", action="append", default=[], metavar="K=V")
@@ -25,46 +25,37 @@ def register(sub) -> None:
     b.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     _registry_options(b)
     b.add_argument("context", metavar="CONTEXT")
-    b.set_defaults(func=_build)
 
-    pl = verbs.add_parser("pull", help="copy an image from a registry (skopeo) into the store")
+    pl = verb(verbs, "pull", _pull, help="copy an image from a registry (skopeo) into the store")
     _registry_options(pl)
     pl.add_argument("ref", metavar="[HOST[:PORT]/]NAME[:TAG]")
-    pl.set_defaults(func=_pull)
 
-    ps = verbs.add_parser("push", help="copy an image to a registry (skopeo), digest unchanged")
+    ps = verb(verbs, "push", _push, help="copy an image to a registry (skopeo), digest unchanged")
     _registry_options(ps)
     ps.add_argument("name", metavar="NAME")
     ps.add_argument("ref", metavar="HOST[:PORT]/NAME[:TAG]")
-    ps.set_defaults(func=_push)
 
-    ls = verbs.add_parser("ls", help="list images")
+    ls = verb(verbs, "ls", _ls, help="list images")
     ls.add_argument("-q", "--quiet", action="store_true", help="only names")
-    ls.set_defaults(func=_ls)
 
-    ins = verbs.add_parser("inspect", help="show an image's manifest digest, config and layers as JSON")
+    ins = verb(verbs, "inspect", _inspect, help="show an image's manifest digest, config and layers as JSON")
     ins.add_argument("name")
-    ins.set_defaults(func=_inspect)
 
-    rm = verbs.add_parser("rm", help="remove images")
+    rm = verb(verbs, "rm", _rm, help="remove images")
     rm.add_argument("-f", "--force", action="store_true",
                     help="untag an image containers use (their layers stay until they are removed)")
     rm.add_argument("names", nargs="+", metavar="NAME")
-    rm.set_defaults(func=_rm)
 
-    sv = verbs.add_parser("save", help="write an image as an OCI archive (tar of an OCI layout)")
+    sv = verb(verbs, "save", _save, help="write an image as an OCI archive (tar of an OCI layout)")
     sv.add_argument("name")
     sv.add_argument("-o", "--output", required=True, metavar="FILE.tar")
-    sv.set_defaults(func=_save)
 
-    ld = verbs.add_parser("load", help="load images from an OCI archive (validated)")
+    ld = verb(verbs, "load", _load, help="load images from an OCI archive (validated)")
     ld.add_argument("-i", "--input", required=True, metavar="FILE.tar")
-    ld.set_defaults(func=_load)
 
-    im = verbs.add_parser("import", help="make a one-layer image from a rootfs directory or tar")
+    im = verb(verbs, "import", _import, help="make a one-layer image from a rootfs directory or tar")
     im.add_argument("source", metavar="ROOTFS_DIR_OR_TAR")
     im.add_argument("name", metavar="NAME[:TAG]")
-    im.set_defaults(func=_import)
 
 
 def _tls(text: str) -> bool:
@@ -138,17 +129,9 @@ def _ls(args: argparse.Namespace) -> int:
     from core.units import format_bytes
 
     images = _store().list()
-    if args.quiet:
-        for rec in images:
-            print(rec.name)
-        return 0
-    rows = [("NAME", "IMAGE ID", "LAYERS", "SIZE")]
-    for rec in images:
-        rows.append((rec.name, rec.short_id, str(len(rec.layers)),
-                     format_bytes(sum(lr.size_bytes for lr in rec.layers))))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    rows = [(rec.name, rec.short_id, str(len(rec.layers)), format_bytes(sum(lr.size_bytes for lr in rec.layers)))
+            for rec in images]
+    print_table(("NAME", "IMAGE ID", "LAYERS", "SIZE"), rows, quiet=args.quiet)
     return 0
 
 

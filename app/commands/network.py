@@ -6,29 +6,19 @@ the network modules when they run.
 
 from __future__ import annotations
 
+from app.commands.common import host_paths, verb, verb_group
+
 
 def register(sub) -> None:
     """Add this area's subcommands to the `isobench` parser."""
-    net = sub.add_parser("network", help="the isobench0 bridge: list, prune, set the subnet")
-    verbs = net.add_subparsers(dest="network_command", metavar="VERB")
-    verbs.required = True
-    ls = verbs.add_parser("ls", help="show the bridge, its subnet and the allocated addresses and ports")
-    ls.set_defaults(func=_ls)
-    prune = verbs.add_parser("prune", help="remove orphans, then the bridge and its chains if unused")
-    prune.set_defaults(func=_prune)
-    subnet = verbs.add_parser("subnet", help="show or set the bridge subnet of this state root")
-    subnet.add_argument("cidr", nargs="?", help="e.g. 10.89.0.0/16 (default 10.88.0.0/16)")
-    subnet.set_defaults(func=_subnet)
+    verbs = verb_group(sub, "network", "the isobench0 bridge: list, prune, set the subnet", dest="network_command")
+    verb(verbs, "ls", _ls, help="show the bridge, its subnet and the allocated addresses and ports")
+    verb(verbs, "prune", _prune, help="remove orphans, then the bridge and its chains if unused")
+    p = verb(verbs, "subnet", _subnet, help="show or set the bridge subnet of this state root")
+    p.add_argument("cidr", nargs="?", help="e.g. 10.89.0.0/16 (default 10.88.0.0/16)")
 
-    port = sub.add_parser("port", help="list a container's published ports")
-    port.add_argument("name", metavar="NAME", help="container name or id (or id prefix)")
-    port.set_defaults(func=_port)
-
-
-def _paths():
-    from core.paths import HostPaths
-
-    return HostPaths.from_env()
+    p = verb(sub, "port", _port, help="list a container's published ports")
+    p.add_argument("name", metavar="NAME", help="container name or id (or id prefix)")
 
 
 def _ls(args) -> int:
@@ -37,7 +27,7 @@ def _ls(args) -> int:
     from runtime.network.portmap import list_mappings
     from runtime.network.portspec import short_mapping
 
-    paths = _paths()
+    paths = host_paths()
     cfg = bridge.load_config(paths)
     state = "up" if bridge.bridge_exists(cfg.bridge) else "absent (created on first bridged run)"
     print("NETWORK  BRIDGE     SUBNET           GATEWAY         STATE")
@@ -58,7 +48,7 @@ def _ls(args) -> int:
 def _prune(args) -> int:
     from runtime.network.gc import prune
 
-    removed, users = prune(_paths())
+    removed, users = prune(host_paths())
     for item in removed:
         print(f"removed {item}")
     if users:
@@ -71,7 +61,7 @@ def _prune(args) -> int:
 def _subnet(args) -> int:
     from runtime.network import bridge
 
-    paths = _paths()
+    paths = host_paths()
     cfg = bridge.set_subnet(paths, args.cidr) if args.cidr else bridge.load_config(paths)
     print(f"{cfg.bridge} {cfg.subnet} gateway {cfg.gateway.ip}")
     return 0
@@ -81,7 +71,7 @@ def _port(args) -> int:
     from runtime.network.portmap import list_mappings
     from runtime.network.portspec import format_mapping
 
-    paths = _paths()
+    paths = host_paths()
     owner = resolve_owner(args.name, paths)
     for m in list_mappings(owner, paths):
         print(format_mapping(m))

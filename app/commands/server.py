@@ -5,32 +5,29 @@ from __future__ import annotations
 
 import os
 
+from app.commands.common import verb, verb_group
 from app.server.protocol import DEFAULT_SOCKET, SOCKET_ENV, accepts, logfile_path, pidfile_path, read_pidfile, remove_stale, server_state, socket_path, start_time
 
 # ----------------------------------------------------------------------------- CLI verbs
 
 def register(sub) -> None:
-    p = sub.add_parser("server", help="the resident fork server that makes `isobench` start fast",
+    verbs = verb_group(sub, "server", "the resident fork server that makes `isobench` start fast",
+                       dest="server_command", metavar="ACTION",
                        description="A resident process that has Python and every import loaded and forks "
                                    "a worker per `isobench` command (like dockerd). Without it the "
                                    "command works the same, only slower.")
-    verbs = p.add_subparsers(dest="server_command", metavar="ACTION")
-    verbs.required = True
     where = f"socket path (default ${SOCKET_ENV}, else {DEFAULT_SOCKET})"
-    q = verbs.add_parser("start", help="start a server (returns once it accepts commands)")
+    q = verb(verbs, "start", _start, help="start a server (returns once it accepts commands)")
     q.add_argument("--socket", metavar="PATH", help=where)
     q.add_argument("--idle-timeout", type=_idle_seconds, default=0.0, metavar="S",
                    help="exit after S seconds without a command (default 0: never; the server the "
                         "client starts on first use gets $ISOBENCH_SERVER_IDLE_S, default 900)")
-    q.set_defaults(func=_start)
-    q = verbs.add_parser("stop", help="stop the server (running commands finish first)")
+    q = verb(verbs, "stop", _stop, help="stop the server (running commands finish first)")
     q.add_argument("--socket", metavar="PATH", help=where)
     q.add_argument("-t", "--time", type=float, default=10.0, metavar="S",
                    help="seconds to wait for it to exit (default 10)")
-    q.set_defaults(func=_stop)
-    q = verbs.add_parser("status", help="is a server running? (exit 0 yes, 3 no)")
+    q = verb(verbs, "status", _status, help="is a server running? (exit 0 yes, 3 no)")
     q.add_argument("--socket", metavar="PATH", help=where)
-    q.set_defaults(func=_status)
 
 
 def _idle_seconds(text: str) -> float:

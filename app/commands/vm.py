@@ -10,14 +10,14 @@ import argparse
 import json
 import sys
 
+from app.commands.common import host_paths, print_table, verb, verb_group
+
 
 def register(sub) -> None:
     """Add ``vm ...`` and ``doctor`` to the `isobench` parser."""
-    vm = sub.add_parser("vm", help="run an image in a KVM/QEMU (TCG) virtual machine through libvirt")
-    verbs = vm.add_subparsers(dest="vm_cmd", metavar="VERB")
-    verbs.required = True
+    verbs = verb_group(sub, "vm", "run an image in a KVM/QEMU (TCG) virtual machine through libvirt", dest="vm_cmd")
 
-    r = verbs.add_parser("run", help="run the image's command (or CMD) in a VM, stream output, exit with its code")
+    r = verb(verbs, "run", _run, help="run the image's command (or CMD) in a VM, stream output, exit with its code")
     r.add_argument("--rm", action="store_true", help="remove the VM record when it exits")
     r.add_argument("-d", "--detach", action="store_true", help="boot, wait until the workload starts, print the id")
     r.add_argument("--name", default="", help="a name for `vm ps/stop/rm/logs/inspect`")
@@ -39,43 +39,34 @@ def register(sub) -> None:
     r.add_argument("--phases", action="store_true", help="print boot phases (seconds since create) to stderr")
     r.add_argument("image", metavar="IMAGE")
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
-    r.set_defaults(func=_run)
 
-    ps = verbs.add_parser("ps", help="list VMs")
+    ps = verb(verbs, "ps", _ps, help="list VMs")
     ps.add_argument("-a", "--all", action="store_true", help="include exited VMs")
     ps.add_argument("-q", "--quiet", action="store_true", help="only ids")
-    ps.set_defaults(func=_ps)
 
-    st = verbs.add_parser("stop", help="stop VMs (SIGTERM to QEMU, then destroy) and free their resources")
+    st = verb(verbs, "stop", _stop, help="stop VMs (SIGTERM to QEMU, then destroy) and free their resources")
     st.add_argument("vms", nargs="+", metavar="VM")
     st.add_argument("-t", "--time", type=float, default=5.0, help="grace seconds before destroy")
-    st.set_defaults(func=_stop)
 
-    rm = verbs.add_parser("rm", help="remove VMs")
+    rm = verb(verbs, "rm", _rm, help="remove VMs")
     rm.add_argument("-f", "--force", action="store_true", help="destroy running VMs first")
     rm.add_argument("vms", nargs="+", metavar="VM")
-    rm.set_defaults(func=_rm)
 
-    lg = verbs.add_parser("logs", help="print a VM's serial console log")
+    lg = verb(verbs, "logs", _logs, help="print a VM's serial console log")
     lg.add_argument("--output", action="store_true", help="only the workload's output")
     lg.add_argument("vm", metavar="VM")
-    lg.set_defaults(func=_logs)
 
-    ins = verbs.add_parser("inspect", help="a VM's record, status and (if running) resource usage as JSON")
+    ins = verb(verbs, "inspect", _inspect, help="a VM's record, status and (if running) resource usage as JSON")
     ins.add_argument("vms", nargs="+", metavar="VM")
-    ins.set_defaults(func=_inspect)
 
-    doc = sub.add_parser("doctor", help="accelerator probe, libvirt, kernel, cgroups and tool versions")
+    doc = verb(sub, "doctor", _doctor, help="accelerator probe, libvirt, kernel, cgroups and tool versions")
     doc.add_argument("--reprobe", action="store_true", help="run the KVM probe again instead of using the cache")
-    doc.set_defaults(func=_doctor)
 
 
 # ---------------------------------------------------------------------------- helpers
 
 def _paths():
-    from core.paths import HostPaths
-
-    return HostPaths.from_env().ensure()
+    return host_paths().ensure()
 
 
 def parse_publish(spec: str):
@@ -220,14 +211,7 @@ def _ps(args) -> int:
         rows.append((rec["id"], rec.get("user_name") or "-", rec.get("image", "?"),
                      status if code is None else f"{status} ({code})", rec.get("accel", "?"), rec.get("ip") or "-",
                      " ".join(rec.get("command", []))[:40]))
-    if args.quiet:
-        for r in rows:
-            print(r[0])
-        return 0
-    head = ("VM ID", "NAME", "IMAGE", "STATUS", "ACCEL", "IP", "COMMAND")
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    for r in (head, *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+    print_table(("VM ID", "NAME", "IMAGE", "STATUS", "ACCEL", "IP", "COMMAND"), rows, quiet=args.quiet)
     return 0
 
 
