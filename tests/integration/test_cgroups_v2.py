@@ -7,15 +7,16 @@ the v2 rules are covered by the fake-tree unit tests (tests/unit/test_cgroups_fa
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
-from runtime.cgroups import cgroup_namespace_supported, detect, devices, open_cgroup, rules
-from runtime.spec import MountSpec, Resources, ThrottleDevice
+from runtime.cgroups import cgroup_namespace_supported, detect, open_cgroup, rules
+from runtime.spec import MountSpec, Resources
 from tests.integration.test_cgroups_support import BUSY_LOOP, cpu_fraction, made  # noqa: F401
-from tests.integration.test_enforcement_containers import BUSY, containers  # noqa: F401
+from tests.integration.test_enforcement_containers import (  # noqa: F401 (containers: a fixture)
+    BUSY, check_memory_hog_is_oom_killed, containers, cpu_fractions, pids_peak, shares_ratio_on_one_cpu,
+    start_direct_writer, timed_write)
 
 api = pytest.importorskip("runtime.api")
 pytestmark = pytest.mark.requires("root", "cgroup_v2", "busybox")
@@ -77,38 +78,20 @@ def test_v2_container_in_its_own_cgroup_namespace(containers, tmp_path):
 
 
 def test_v2_container_memory_hog_is_oom_killed(containers):
-    limit = 32 * MIB
-    c = containers(("dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"),
-                   Resources(memory_bytes=limit, memory_swap_bytes=limit))
-    code = api.wait(c, timeout_s=120)
-    u = c.final_usage
-    print(f"\nv2 container --memory 32m: exit {code}, OOMKilled {c.oom_killed}, oom_kill={u.oom_kill_count}, "
-          f"peak {u.memory_peak_bytes / MIB:.2f} MiB")
-    assert code == 137 and c.oom_killed
-    assert u.oom_kill_count >= 1 and u.memory_peak_bytes <= limit + 256 * 1024
+    check_memory_hog_is_oom_killed(containers, "v2 container", timeout_s=120)
 
 
 def test_v2_container_under_half_a_cpu(containers):
     c = containers(BUSY, Resources(cpu_quota_us=Resources.quota_for_cpus(0.5), cpu_shares=rules.MAX_SHARES))
     time.sleep(0.5)
-    fractions = []
-    for _ in range(3):
-        u0, t0 = api.usage(c).cpu_usage_ns, time.monotonic()
-        time.sleep(2.0)
-        fractions.append((api.usage(c).cpu_usage_ns - u0) / ((time.monotonic() - t0) * 1e9))
-        if 0.4 <= fractions[-1] <= 0.55:
-            break
+    fractions = cpu_fractions(c, 3, 0.4, 0.55)
     print(f"\nv2 container --cpus 0.5 (cpu.max): {', '.join(f'{f:.3f}' for f in fractions)} CPU per 2 s window")
     assert max(fractions) <= 0.55 and 0.4 <= fractions[-1]
 
 
 def test_v2_container_pids_limit_contains_a_fork_bomb(containers):
     c = containers(("sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 30"), Resources(pids_max=20))
-    peak = 0
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
-        peak = max(peak, api.usage(c).pids_current)
-        time.sleep(0.05)
+    peak = pids_peak(c, 3.0, every_s=0.05)
     events = (_unified(c) / "pids.events").read_text()
     print(f"\nv2 container --pids-limit 20: highest pids.current {peak}, pids.events {events.split()}")
     assert 1 < peak <= 20 and int(events.split()[1]) > 0
@@ -116,29 +99,16 @@ def test_v2_container_pids_limit_contains_a_fork_bomb(containers):
 
 def test_v2_container_weights_split_one_cpu(containers):
     """--cpu-shares 1024 vs 512 become cpu.weight 39 vs 20; two busy loops on one CPU split it ~2:1."""
-    cpu = str(max(os.sched_getaffinity(0)))
-    heavy = containers(BUSY, Resources(cpu_shares=1024, cpuset_cpus=cpu))
-    light = containers(BUSY, Resources(cpu_shares=512, cpuset_cpus=cpu))
-    time.sleep(0.5)
-    h0, l0 = api.usage(heavy).cpu_usage_ns, api.usage(light).cpu_usage_ns
-    time.sleep(4.0)
-    h1, l1 = api.usage(heavy).cpu_usage_ns, api.usage(light).cpu_usage_ns
-    ratio = (h1 - h0) / max(l1 - l0, 1)
+    cpu, ratio = shares_ratio_on_one_cpu(containers, settle_s=0.5, window_s=4.0)
     print(f"\nv2 containers cpu.weight 39:20 on CPU {cpu}: CPU time ratio {ratio:.2f}")
     assert 1.5 <= ratio <= 2.6
 
 
 def test_v2_container_io_max_throttles_writes(containers, tmp_path):
     limit = 4 * MIB
-    disk = devices.device_node(*devices.device_of_path(str(tmp_path)))
-    c = containers(("dd", "if=/dev/zero", "of=/data/direct.bin", "bs=1M", "count=12", "oflag=direct"),
-                   Resources(device_write_bps=(ThrottleDevice(disk, limit),)),
-                   mounts=(MountSpec(destination="/data", source=str(tmp_path)),))
+    c, disk = start_direct_writer(containers, tmp_path, limit)
     io_max = (_unified(c) / "io.max").read_text().strip()
-    t0 = time.monotonic()
-    code = api.wait(c, timeout_s=120)
-    elapsed = time.monotonic() - t0
-    rate = 12 * MIB / elapsed
+    code, elapsed, rate = timed_write(c, timeout_s=120)
     print(f"\nv2 container --device-write-bps {disk}:4m: io.max {io_max!r}; 12 MiB O_DIRECT in {elapsed:.2f} s "
           f"= {rate / MIB:.2f} MiB/s, io.stat counted {c.final_usage.io_write_bytes / MIB:.2f} MiB")
     assert code == 0 and f"wbps={limit}" in io_max
