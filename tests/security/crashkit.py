@@ -46,13 +46,18 @@ def kill_at(verb: str, argv: list[str], root: Path, delay_s: float, timeout_s: f
     children do next is exactly what crash safety is about), and reap it."""
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", *argv], cwd=REPO, env=cli_env(root),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + delay_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    killed = proc.poll() is None
-    if killed:
-        os.kill(proc.pid, signal.SIGKILL)
-    code = proc.wait(timeout=timeout_s)
+    try:
+        deadline = time.monotonic() + delay_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        killed = proc.poll() is None
+        if killed:
+            os.kill(proc.pid, signal.SIGKILL)  # not reaped yet: the pid is still this process
+        code = proc.wait(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:  # interrupted before the kill was due: the CLI must not outlive the test
+            proc.kill()
+            proc.wait(timeout=timeout_s)
     return Trial(verb, tuple(argv), delay_s, killed, None if killed else code)
 
 

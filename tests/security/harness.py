@@ -91,6 +91,10 @@ pid = os.fork()
 if pid:
     _, status = os.waitpid(pid, 0)
     sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+# PID 1 of the new namespaces dies with this parent (killed by run_hooks' timeout): the kernel then
+# kills every process of the namespace, so a hanging probe is not left running on the host (kept
+# across exec; a change of uid, as for uid 1000, clears it)
+s.prctl(s.PR_SET_PDEATHSIG, 9)
 s.mount(None, "/", None, s.MS_REC | s.MS_PRIVATE)
 s.mount(rootfs, rootfs, None, s.MS_BIND | s.MS_REC)
 s.mount("proc", rootfs + "/proc", "proc", s.MS_NOSUID | s.MS_NODEV | s.MS_NOEXEC)
