@@ -364,8 +364,10 @@ class Server:
             self._drop(conn)
             return
         spare, self.spare = self.spare, None
-        if spare is None or not self._hand_over(spare, conn, req):
-            self._fork_worker(conn, req)
+        if spare is None:
+            self._fork_worker(conn, req, "no spare")
+        elif not self._hand_over(spare, conn, req):
+            self._fork_worker(conn, req, "the spare was unusable")
 
     def _elsewhere(self, peer_pid: int) -> str:
         """Why the worker could not act for this peer (other namespaces or root), '' when it can."""
@@ -376,7 +378,9 @@ class Server:
         differ = [n for n in PEER_NAMESPACES if theirs.get(n) != self.own_ns.get(n)]
         return f"the client is in other namespaces ({', '.join(differ)}) or root" if differ else ""
 
-    def _fork_worker(self, conn: _Conn, req: Request) -> None:
+    def _fork_worker(self, conn: _Conn, req: Request, why: str) -> None:
+        """Fork this request's worker now, on the client's clock: ``why`` there was no spare to take it
+        (logged; the live server test counts these)."""
         import selectors
 
         def worker() -> None:
@@ -394,7 +398,7 @@ class Server:
             self._reply(conn.sock, f"E the isobench server cannot fork a worker: {exc.strerror}")
             self._drop(conn)
             return
-        _log(f"forked worker {pid} for client pid {conn.peer_pid} (no usable spare)")
+        _log(f"forked worker {pid} for client pid {conn.peer_pid} (no usable spare: {why})")
         with __import__("contextlib").suppress(OSError):
             os.setpgid(pid, pid)  # also done by the worker; whichever runs first wins the race
         conn.close_fds()

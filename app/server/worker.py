@@ -93,16 +93,25 @@ def spare_main(chan, run_cli) -> None:
     for level, kind, raw in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(raw[: len(raw) - len(raw) % fds.itemsize])
+    if not data:
+        os._exit(0)  # EOF: the server stopped or died
     if len(data) < 8 or len(fds) != CLIENT_FDS + 1:
-        os._exit(0)
+        _spare_gone(f"{len(data)} bytes and {len(fds)} file descriptors instead of a request")
     peer_pid, length = struct.unpack(">iI", data[:8])
     while len(data) < 8 + length:
         chunk = chan.recv(1 << 20)
         if not chunk:
-            os._exit(0)
+            _spare_gone(f"its channel closed after {len(data)} of {8 + length} bytes")
         data += chunk
     chan.close()
     run_worker(decode_payload(data[8:8 + length]), list(fds[:CLIENT_FDS]), peer_pid, run_cli, fds[CLIENT_FDS])
+
+
+def _spare_gone(why: str) -> None:
+    """End a spare whose channel brought no usable request, saying why on the server log (its stderr):
+    the server then finds it unusable and forks the request's worker itself."""
+    os.write(2, f"isobench-spare[{os.getpid()}]: exits without a request: {why}\n".encode())
+    os._exit(0)
 
 
 MADV_POPULATE_WRITE = 23  # Linux 5.14
