@@ -469,3 +469,28 @@ def resources_of(res: dict[str, Any], where: str) -> Resources:
             devs.append(ThrottleDevice(path=f"{item['major']}:{item['minor']}", rate_bytes_per_s=item["rate"]))
         kw[name] = tuple(devs)
     return Resources(**kw)
+
+
+# ----------------------------------------------------------------------------- identity of a process
+
+PER_INSTANCE_ENV = ("HOSTNAME",)   # set from the instance's own hostname: not part of the workload's identity
+
+
+def process_identity(process: dict[str, Any]) -> dict[str, Any]:
+    """The part of a runtime-spec ``process`` object that says *what runs*: args, env (without the
+    per-instance ``HOSTNAME``), cwd and user (uid, gid, additional gids). Capabilities, rlimits and the
+    terminal are how it is confined, not what it is."""
+    user = process.get("user") or {}
+    env = [e for e in process.get("env") or () if e.partition("=")[0] not in PER_INSTANCE_ENV]
+    return {"args": list(process.get("args") or ()), "env": env, "cwd": process.get("cwd") or "/",
+            "user": {"uid": int(user.get("uid", 0)), "gid": int(user.get("gid", 0)),
+                     "additionalGids": sorted(int(g) for g in user.get("additionalGids") or ())}}
+
+
+def process_digest(process: dict[str, Any]) -> str:
+    """``sha256:<hex>`` of :func:`process_identity` as canonical JSON (sorted keys, no spaces): equal
+    digests mean the same program, arguments, environment, directory and user."""
+    import hashlib
+
+    doc = json.dumps(process_identity(process), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(doc.encode()).hexdigest()
