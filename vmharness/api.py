@@ -42,6 +42,10 @@ class VMRunConfig:
     user: str | None = None
     hostname: str | None = None
     name: str = ""                            # user-facing name (`--name`); the domain is isobench-<id>
+    # a runtime-spec ``process`` object (args, env, cwd, user) the guest runs as it is: an OCI bundle's
+    # (the bench's bundle); when set, the image's Entrypoint/Cmd/Env/WorkingDir/User and ``env``,
+    # ``workdir``, ``user`` above are not consulted
+    process: dict | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ def start(image_ref: str, command: list[str] | None, cfg: VMRunConfig, paths: Ho
                         vcpupin=cfg.vcpupin, env=cfg.env, ports=cfg.ports, accel=accel, accel_reason=reason,
                         network=cfg.network, boot_timeout_s=cfg.boot_timeout_s, console_path=cfg.console_path,
                         detached=detached, machine=cfg.machine, workdir=cfg.workdir, user=cfg.user,
-                        hostname=cfg.hostname, echo=echo, vm_id=vm_id, user_name=cfg.name)
+                        hostname=cfg.hostname, echo=echo, vm_id=vm_id, user_name=cfg.name, process=cfg.process)
 
 
 def run(image_ref: str, command: list[str] | None, cfg: VMRunConfig, paths: HostPaths, *,

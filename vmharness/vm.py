@@ -81,6 +81,26 @@ def plan_command(image_config: dict, command: list[str] | None, env: tuple[str, 
                 workdir or cc.get("WorkingDir") or "/", user if user is not None else (cc.get("User") or ""))
 
 
+def plan_from_process(process: dict) -> tuple[Plan, tuple[int, int] | None]:
+    """An OCI runtime-spec ``process`` object (an OCI bundle's) as the guest's plan, taken as it is:
+    args, env, cwd, and (uid, gid) for the setuid helper (None for root). Nothing is re-derived from
+    the image config."""
+    args = process.get("args") or []
+    if not args or not all(isinstance(a, str) for a in args):
+        raise VMError("process.args must be a non-empty array of strings")
+    user = process.get("user") or {}
+    uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    cwd = process.get("cwd") or "/"
+    plan = Plan(tuple(args), tuple(process.get("env") or ()), cwd, f"{uid}:{gid}")
+    return plan, (None if (uid, gid) == (0, 0) else (uid, gid))
+
+
+def guest_fragment(process: dict) -> str:
+    """The shell fragment the guest's init shim sources to run ``process`` (pure: unit tested)."""
+    plan, uid_gid = plan_from_process(process)
+    return art.run_fragment(list(plan.argv), list(plan.env), plan.workdir, uid_gid)
+
+
 def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
     """The host's TSC rate: under TCG the guest reads the host TSC (QEMU passes rdtsc through)."""
     try:
@@ -376,16 +396,23 @@ def create(image: GuestImage, command: list[str] | None, *, paths: HostPaths, me
            boot_timeout_s: float = 60.0, console_path: Path | None = None, detached: bool = False,
            vm_id: str | None = None, machine: str = "microvm", workdir: str | None = None,
            user: str | None = None, hostname: str | None = None, user_name: str = "",
-           kvm_cpu_passthrough: bool = True, echo: Callable[[str], None] | None = None) -> VM:
-    """Prepare everything and start the domain; returns as soon as QEMU runs (see VM.wait_ready)."""
+           kvm_cpu_passthrough: bool = True, echo: Callable[[str], None] | None = None,
+           process: dict | None = None) -> VM:
+    """Prepare everything and start the domain; returns as soon as QEMU runs (see VM.wait_ready).
+    ``process``: an OCI bundle's process object, run as it is (:func:`plan_from_process`); else the
+    image config and ``command``/``env``/``workdir``/``user`` make the plan."""
     from vmharness import hypervisor as hv
 
     vm_id = vm_id or new_id()
     name = host_name(vm_id)
-    plan = plan_command(image.config, command, env, workdir, user)
+    if process is not None:
+        plan, uid_gid = plan_from_process(process)
+    else:
+        plan = plan_command(image.config, command, env, workdir, user)
     hv.connect()  # starts libvirtd if needed, before anything is made
     t_art = time.monotonic()
-    uid_gid = art.resolve_user(plan.user, image.rootfs() if plan.user else None)
+    if process is None:
+        uid_gid = art.resolve_user(plan.user, image.rootfs() if plan.user else None)
     arts = art.ensure_artifacts(paths.vm_artifacts, image.digest, image.rootfs, needs_setuid=uid_gid is not None)
     artifacts_s = time.monotonic() - t_art
     vm_dir = paths.vms / vm_id
