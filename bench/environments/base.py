@@ -287,16 +287,6 @@ def fill_port(argv: tuple[str, ...], port: int | None) -> list[str]:
     return [a.replace("{port}", str(port)) for a in argv]
 
 
-def image_env(config: dict, extra: tuple[str, ...]) -> dict[str, str]:
-    """The image's Env with the job's K=V over it."""
-    env: dict[str, str] = {}
-    for kv in list(config.get("config", {}).get("Env") or []) + list(extra):
-        k, _, v = kv.partition("=")
-        env[k] = v
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    return env
-
-
 def kill_wait(proc: subprocess.Popen, grace_s: float = 5.0) -> int | None:
     if proc.poll() is None:
         proc.kill()

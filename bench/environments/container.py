@@ -2,7 +2,10 @@
 
 In-process on purpose: start latency is a headline number, and Python's own start-up must not be
 counted as container cost. The job maps onto the shared :class:`runtime.spec.ContainerConfig` (the
-same type ``isobench run`` builds), so a limit asked here is exactly what the CLI would ask. Phases come
+same type ``isobench run`` builds), so a limit asked here is exactly what the CLI would ask, and
+``runtime.api.create`` turns it into the job's OCI bundle with the converter every other environment's
+bundle comes from (:mod:`bench.environments.bundles`); the process digest recorded is that of the
+``config.json`` the runtime wrote and ran. Phases come
 from the runtime's own ``perf_counter_ns`` stamps (call, created, forked, cgroup, namespaces, rootfs,
 network, exec, exited). Jobs without a port use ``--network none`` (like runc's default empty network
 namespace); with a port, the bridge and a DNAT mapping on 127.0.0.1.
@@ -14,43 +17,17 @@ import os
 import time
 
 from bench import interrupt
+from bench.environments import bundles
 from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, elapsed_s,
-                                     fill_port, process_tree, pss_bytes)
+                                     process_tree, pss_bytes)
 from core.errors import BenchError, IsobenchError
 from core.paths import HostPaths
 
 
 def container_config(job: Job, paths: HostPaths, publish_ip: str = "127.0.0.1"):
-    """The ContainerConfig of a job (pure apart from the disk lookup for a write throttle). A port is
-    published on ``publish_ip`` ("" = every address: the vm-container guest, reached through its eth0)."""
-    from runtime.spec import (ContainerConfig, MountSpec, NetworkSpec, PortMapping, Resources, SecuritySpec,
-                              ThrottleDevice)
-
-    lim = job.limits
-    throttles = ()
-    if lim.write_bps is not None:
-        from runtime.cgroups.devices import device_node
-
-        from bench.environments.runc import device_of
-
-        paths.containers.mkdir(parents=True, exist_ok=True)
-        major, minor = device_of(paths.containers)
-        throttles = (ThrottleDevice(path=device_node(major, minor), rate_bytes_per_s=lim.write_bps),)
-    res = Resources(cpu_quota_us=Resources.quota_for_cpus(lim.cpus) if lim.cpus is not None else None,
-                    cpu_shares=lim.cpu_shares, cpuset_cpus=lim.cpuset_cpus, memory_bytes=lim.memory_bytes,
-                    memory_swap_bytes=lim.memory_bytes, pids_max=lim.pids_max, device_write_bps=throttles)
-    if job.port is not None:
-        net = NetworkSpec(mode="bridge", ports=(PortMapping(host_port=0, container_port=job.port,
-                                                            host_ip=publish_ip),))
-    else:
-        net = NetworkSpec(mode="none")
-    mounts = ()
-    if job.volume is not None:
-        job.volume.host_dir.mkdir(parents=True, exist_ok=True)
-        mounts = (MountSpec(destination=job.volume.destination, source=str(job.volume.host_dir), type="bind"),)
-    return ContainerConfig(image=job.image, command=tuple(fill_port(job.argv, job.port)), env=job.env,
-                           workdir=job.workdir, mounts=mounts, resources=res, network=net,
-                           security=SecuritySpec(cap_drop=tuple(job.cap_drop)))
+    """The ContainerConfig of a job: :func:`bench.environments.bundles.job_config`, the input of the one
+    bundle every environment runs (``runtime.api.create`` converts it with the same converter)."""
+    return bundles.job_config(job, paths, publish_ip)
 
 
 def phases_s(timings_ns: dict[str, int]) -> dict[str, float]:
@@ -75,7 +52,9 @@ class ContainerInstance(Instance):
         from runtime import api
 
         self.api = api
+        self.env = env
         self.job = job
+        self.recorded: dict[str, str] = {}
         self.created_ns = time.perf_counter_ns()
         self._register()
         cfg = container_config(job, env.paths, env.publish_ip)
@@ -135,11 +114,35 @@ class ContainerInstance(Instance):
         wall = ph.get("exited", elapsed_s(self.created_ns))
         extra = usage_extra(self.c.final_usage)
         extra["oom_killed"] = self.c.oom_killed
+        extra.update(self.record_bundle())
         return Outcome(exit_code=code, output=self.pump.text(), wall_s=wall, phases=ph, extra=extra)
+
+    def record_bundle(self) -> dict[str, str]:
+        """The digest of the process the runtime ran, from the bundle it wrote (``<container dir>/
+        config.json``), noted in the environment's ledger; read after the fact, outside the timed span."""
+        if not self.recorded and self.c is not None:
+            import json
+
+            from runtime.oci.specconv import ANN_IMAGE_DIGEST
+
+            try:
+                spec = json.loads((self.c.dir / "config.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise BenchError(f"container {self.c.id}: cannot read its bundle: {exc}") from exc
+            proc = spec["process"]
+            digest = bundles.digest(proc, self.job)
+            image = (spec.get("annotations") or {}).get(ANN_IMAGE_DIGEST, "")
+            self.recorded = self.env.ledger.note(digest, image, self.job, proc)
+        return self.recorded
 
     def stop(self) -> None:
         if self.c is not None:
             c = self.c
+            if not self.recorded:  # a started server: its bundle is recorded before the dir goes
+                try:
+                    self.record_bundle()
+                except (BenchError, KeyError):
+                    pass
             try:
                 self.api.delete(c, force=True)
             except IsobenchError as exc:
@@ -158,6 +161,7 @@ class ContainerEnvironment(Environment):
             raise BenchError(f"the container runtime is not available: {exc}") from exc
         self.paths = paths
         self.publish_ip = publish_ip
+        self.ledger = bundles.Ledger()
 
     def start(self, job: Job) -> Instance:
         return ContainerInstance(self, job)
@@ -176,4 +180,6 @@ class ContainerEnvironment(Environment):
         return out
 
     def describe(self) -> dict:
-        return {"execution": "isobench runtime in-process: overlayfs, namespaces, cgroups, seccomp, caps"}
+        return {"execution": "isobench runtime in-process on the job's OCI bundle (runtime.api.create): overlayfs, "
+                             "namespaces, cgroups, seccomp, caps",
+                "bundles": self.ledger.describe()}

@@ -7,11 +7,12 @@ which the runner records for that benchmark and environment. Start-up is measure
 from the instance's creation to the workload's exit (the harness, a subreaper, waits for the
 container's init itself); ``delete`` is teardown, timed apart (``extra["teardown_s"]`` of ``run``).
 
-The bundle's config.json starts from ``runc spec`` defaults (runc's own notion of a default container:
-its namespaces, 3 capabilities, masked paths) and changes only what the job needs: the rootfs (an
-overlay over the image's flat rootfs, writable like a container's layer), args/env/cwd from the image
-config and the job, limits in ``linux.resources``, and for a published port a network namespace made
-by the project's networking API (veth on the bridge + DNAT) that runc joins by path. The container's
+The bundle's config.json is the job's bundle (:mod:`bench.environments.bundles`: the runtime's spec
+converter, the same spec ``isobench run`` and the container environment run: Docker's process rules,
+default capabilities, seccomp profile, masked paths, limits in ``linux.resources``), changed only where
+this environment must: the rootfs (an overlay over the image's flat rootfs, writable like a
+container's layer), the cgroup path, and for a published port a network namespace made by the
+project's networking API (veth on the bridge + DNAT) that the runtime joins by path. The container's
 cgroup is ``/isobench-<id>/ctr``: runc removes ``ctr`` when the container ends, while the parent keeps
 the hierarchical readings (CPU time, memory peak) the harness reads afterwards, then removes it.
 """
@@ -30,9 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench import interrupt
-from bench.environments import images, rootfs
+from bench.environments import bundles, rootfs
 from bench.environments.base import (Environment, Instance, Job, Outcome, OutputPump, Usage, elapsed_s,
-                                     fill_port, image_env, kill_wait, process_tree, pss_bytes)
+                                     kill_wait, process_tree, pss_bytes)
 from core import leases
 from core import syscalls
 from core.errors import BenchError, CgroupError, IsobenchError
@@ -40,81 +41,25 @@ from core.paths import HostPaths, new_id
 from runtime.lifecycle.process import reap_child
 
 if TYPE_CHECKING:
+    from bench.environments.bundles import JobBundle
     from bench.environments.ociruntimes import OciRuntime
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 RUNC_STATE_ROOT = Path("/run/runc")  # runc's default --root for root
-_TEMPLATE: dict | None = None
 
 
-def spec_template() -> dict:
-    """``runc spec`` output (cached per process)."""
-    global _TEMPLATE
-    if _TEMPLATE is None:
-        tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"isobench-runcspec-{os.getpid()}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        try:
-            res = syscalls.run(["runc", "spec", "--bundle", str(tmp)], check=False)
-            if res.returncode != 0:
-                raise BenchError(f"runc spec failed: {(res.stderr or b'').decode().strip()}")
-            _TEMPLATE = json.loads((tmp / "config.json").read_text())
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return json.loads(json.dumps(_TEMPLATE))
-
-
-def device_of(path: Path) -> tuple[int, int]:
-    """(major, minor) of the whole disk holding ``path`` (blkio throttling applies to disks)."""
-    dev = os.stat(path).st_dev
-    major, minor = os.major(dev), os.minor(dev)
-    part = Path(f"/sys/dev/block/{major}:{minor}/partition")
-    if part.exists():  # a partition: throttle its parent disk
-        parent = Path(f"/sys/dev/block/{major}:{minor}").resolve().parent / "dev"
-        major, minor = (int(x) for x in parent.read_text().split(":"))
-    return major, minor
-
-
-def bundle_config(job: Job, image_config: dict, rootfs_path: Path, obj_id: str, port: int | None,
-                  netns_path: str | None, disk: tuple[int, int] | None) -> dict:
-    """config.json for one job (pure: unit tested)."""
-    cfg = spec_template()
-    icfg = image_config.get("config", {})
-    env = image_env(image_config, job.env)
-    cfg["process"].update(terminal=False, args=fill_port(job.argv, port),
-                          env=[f"{k}={v}" for k, v in env.items()],
-                          cwd=job.workdir or icfg.get("WorkingDir") or "/")
-    cfg["root"] = {"path": str(rootfs_path), "readonly": False}
-    if job.cap_drop:
-        drop = {c if c.startswith("CAP_") else f"CAP_{c}" for c in (x.upper() for x in job.cap_drop)}
-        caps = cfg["process"].get("capabilities") or {}
-        for kind, names in caps.items():
-            caps[kind] = [c for c in names if c not in drop]
-    cfg["hostname"] = obj_id[:20]
-    if job.volume is not None:
-        cfg["mounts"].append({"destination": job.volume.destination, "type": "bind",
-                              "source": str(job.volume.host_dir), "options": ["rbind", "rw"]})
-    linux = cfg["linux"]
+def bundle_config(jb: "JobBundle", rootfs_path: Path, obj_id: str, netns_path: str | None) -> dict:
+    """config.json for one instance (pure: unit tested): the job's bundle (:mod:`bundles`, the shared
+    converter's spec) with only what this environment must change: root.path on the instance's overlay,
+    cgroupsPath ``/<id>/ctr``, and the network namespace joined by path for a published port."""
+    cfg = dict(jb.spec)
+    cfg["root"] = dict(cfg.get("root") or {}, path=str(rootfs_path))
+    linux = dict(cfg["linux"])
     linux["cgroupsPath"] = f"/{obj_id}/ctr"
     if netns_path:
         linux["namespaces"] = [{"type": "network", "path": netns_path} if ns["type"] == "network" else ns
                                for ns in linux["namespaces"]]
-    res = linux.setdefault("resources", {})
-    lim = job.limits
-    cpu: dict = {}
-    if lim.cpus is not None:
-        cpu.update(quota=int(round(lim.cpus * 100_000)), period=100_000)
-    if lim.cpu_shares is not None:
-        cpu["shares"] = lim.cpu_shares
-    if lim.cpuset_cpus is not None:
-        cpu["cpus"] = lim.cpuset_cpus
-    if cpu:
-        res["cpu"] = cpu
-    if lim.memory_bytes is not None:
-        res["memory"] = {"limit": lim.memory_bytes}
-    if lim.pids_max is not None:
-        res["pids"] = {"limit": lim.pids_max}
-    if lim.write_bps is not None and disk is not None:
-        res["blockIO"] = {"throttleWriteBpsDevice": [{"major": disk[0], "minor": disk[1], "rate": lim.write_bps}]}
+    cfg["linux"] = linux
     return cfg
 
 
@@ -213,27 +158,28 @@ class RuncInstance(Instance):
         self.holder: subprocess.Popen | None = None
         self.net_attached = False
         self.root = None
+        self.recorded: dict[str, str] = {}
         self._register()
         leases.take(self.id, kind="bench-runc", root=str(env.paths.root))
         try:
-            rec, flat = images.flat_rootfs(env.paths, job.image)
-            self.root = rootfs.make_overlay(env.paths, flat, self.id)
-            self.phases["rootfs"] = elapsed_s(self.created_ns)
-            netns = None
-            port = None
             if job.volume is not None:
                 job.volume.host_dir.mkdir(parents=True, exist_ok=True)
+            # the job's bundle (the shared converter): args, env, cwd, user, limits, mounts, security
+            jb = bundles.job_bundle(job, env.paths, hostname=self.id[:20], throttle_dir=env.paths.tmp)
+            self.phases["bundle"] = elapsed_s(self.created_ns)
+            self.root = rootfs.make_overlay(env.paths, bundles.flat_rootfs(env.paths, jb.image), self.id)
+            self.phases["rootfs"] = elapsed_s(self.created_ns)
+            netns = None
             if job.port is not None:
                 netns = self._network(job.port)
-                port = job.port
                 self.phases["network"] = elapsed_s(self.created_ns)
-            disk = device_of(self.root.dir / "upper") if job.limits.write_bps is not None else None
             if job.limits.cpu_shares is not None:
                 # shares only compete among siblings: the parent /isobench-<id> carries them too
                 parent_shares(self.id, job.limits.cpu_shares)
-            cfg = bundle_config(job, rec.config, self.root.rootfs, self.id, port, netns, disk)
+            cfg = bundle_config(jb, self.root.rootfs, self.id, netns)
             (self.root.dir / "config.json").write_text(json.dumps(cfg))
-            self.phases["bundle"] = elapsed_s(self.created_ns)
+            self.recorded = env.ledger.note(jb.process_sha256, jb.image_digest, job, cfg["process"])
+            self.phases["config"] = elapsed_s(self.created_ns)
             self._create_and_start()
         except BaseException:
             self.stop()
@@ -328,7 +274,7 @@ class RuncInstance(Instance):
     def wait(self, timeout_s: float | None = None) -> Outcome:
         if self.create_failed is not None:
             return Outcome(exit_code=self.create_failed, output=self.pump.text(), wall_s=elapsed_s(self.created_ns),
-                           phases=dict(self.phases))
+                           phases=dict(self.phases), extra=dict(self.recorded))
         limit = timeout_s if timeout_s is not None else self.job.timeout_s
         if not self._reap(limit):
             raise BenchError(f"{self.env_name} {self.id}: still running after {limit}s")
@@ -336,7 +282,7 @@ class RuncInstance(Instance):
         self.phases["exit"] = wall
         self.readings = cgroup_readings(self.id)
         return Outcome(exit_code=self.exit_code, output=self.pump.text(), wall_s=wall, phases=dict(self.phases),
-                       extra=dict(self.readings))
+                       extra={**self.readings, **self.recorded})
 
     def stop(self) -> None:
         """Idempotent: every step checks what is left, so a stop cut short by Ctrl-C can be finished."""
@@ -413,6 +359,7 @@ class RuncEnvironment(Environment):
         if rt is None:
             raise BenchError("runc not found (apt-get install runc)")
         self.paths, self.runtime, self.name, self.publish_ip = paths, rt, rt.name, publish_ip
+        self.ledger = bundles.Ledger()
 
     def start(self, job: Job) -> Instance:
         return RuncInstance(self, job)
@@ -433,6 +380,8 @@ class RuncEnvironment(Environment):
 
     def describe(self) -> dict:
         res = syscalls.run([self.runtime.path, "--version"], check=False)
-        return {"execution": f"{self.name} run of an OCI bundle (runc spec defaults, overlay rootfs, cgroupfs)",
+        return {"execution": f"{self.name} create/start of the job's OCI bundle (config.json from "
+                             "runtime.oci.specconv, overlay rootfs, cgroupfs)",
                 "runtime": self.runtime.path,
-                "version": (res.stdout or b"").decode().splitlines()[0] if res.stdout else "?"}
+                "version": (res.stdout or b"").decode().splitlines()[0] if res.stdout else "?",
+                "bundles": self.ledger.describe()}

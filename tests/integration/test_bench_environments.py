@@ -36,16 +36,27 @@ def make_env(name, paths):
 
 @pytest.mark.parametrize("env_name", ENVS)
 def test_run_exit_code_output_phases(env_name, paths, busybox_image, leak_check):
+    """Also: every environment ran the job's bundle (the digest of its process is the one
+    bench.environments.bundles makes for the job) and times its teardown apart from start-up."""
+    from bench.environments import bundles
+
+    job = Job(image=busybox_image, argv=("/bin/sh", "-c", "echo hello-from-inside; exit 3"), timeout_s=120)
     env = make_env(env_name, paths)
     try:
-        out = env.run(Job(image=busybox_image, argv=("/bin/sh", "-c", "echo hello-from-inside; exit 3"),
-                          timeout_s=120))
+        out = env.run(job)
+        bundles_seen = env.describe()["bundles"]
     finally:
         env.close()
     assert out.exit_code == 3
     assert "hello-from-inside" in out.output
     assert out.wall_s > 0 and out.phases
     assert list(out.phases.values()) == sorted(out.phases.values())
+    assert max(out.phases.values()) <= out.wall_s + 0.01   # phases lie within create..exit
+    assert out.extra["teardown_s"] > 0
+    expected = bundles.job_bundle(job, paths, hostname="any")
+    assert out.extra["process_sha256"] == expected.process_sha256
+    assert out.extra["image_digest"] == expected.image_digest == busybox_image
+    assert bundles_seen[expected.process_sha256]["args"] == list(job.argv)
 
 
 @pytest.mark.parametrize("env_name", ENVS)
@@ -92,6 +103,49 @@ def test_memory_limit_is_enforced(env_name, paths, busybox_image, leak_check):
     assert out.exit_code == 137, out.output
     assert "survived" not in out.output
     assert 0 < out.extra["memory_peak_bytes"] <= (32 << 20) * 1.02
+
+
+PROBE_DOCKERFILE = """\
+FROM busybox
+ENV GREETING="hello world"
+WORKDIR /srv/app
+USER nobody
+ENTRYPOINT ["/bin/sh", "-c", "echo uid=$(id -u) gid=$(id -g) groups=$(id -G) pwd=$(pwd) greeting=$GREETING home=$HOME args=$*", "probe"]
+CMD ["one", "two"]
+"""
+
+
+@pytest.mark.requires("root", "runc", "cgroup_v1")
+def test_native_container_runc_run_the_same_bundle(paths, busybox_image, tmp_path, leak_check):
+    """An image whose config sets Entrypoint, Cmd, User, Env and WorkingDir: native, container and runc
+    print the same uid, gid, groups, directory, environment and argv, with the same recorded digest;
+    a job's command replaces Cmd after the Entrypoint in all three alike."""
+    from runtime.image.builder import BuildOptions, build
+    from runtime.image.store import ImageStore
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(PROBE_DOCKERFILE)
+    rec = build(ImageStore(paths), BuildOptions(context_dir=ctx, dockerfile=ctx / "Dockerfile",
+                                                tag="isobench-bundle-probe:test"))
+    try:
+        for argv, args in (((), "one two"), (("three", "four five"), "three four five")):
+            outs = {}
+            for name in ("native", "container", "runc"):
+                env = make_env(name, paths)
+                try:
+                    outs[name] = env.run(Job(image=rec.manifest_digest, argv=argv, timeout_s=60))
+                finally:
+                    env.close()
+            texts = {n: o.output.strip() for n, o in outs.items()}
+            assert all(o.exit_code == 0 for o in outs.values()), texts
+            assert len(set(texts.values())) == 1, texts
+            assert texts["native"] == ("uid=65534 gid=65534 groups=65534 pwd=/srv/app greeting=hello world "
+                                       f"home=/nonexistent args={args}")
+            assert len({o.extra["process_sha256"] for o in outs.values()}) == 1
+            assert {o.extra["image_digest"] for o in outs.values()} == {rec.manifest_digest}
+    finally:
+        ImageStore(paths).remove("isobench-bundle-probe:test")
 
 
 @pytest.mark.requires("root", "runc")

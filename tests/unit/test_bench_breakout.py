@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import subprocess
 from pathlib import Path
 
-from bench.environments import runc as runcenv
 from bench.environments.base import Job
 from bench.report import tables
 from bench.workloads import isolation
-
-CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_RAW"]
-
 
 def test_breakout_script_roundtrip_through_sh():
     script = isolation.breakout_script({"a": ["/bin/sh", "-c", "echo 'hi'; exit 3"], "b": ["/nonexistent/x"],
@@ -46,17 +41,6 @@ def test_native_skips_only_host_changing_probes():
     from runtime.security import probes
 
     assert set(isolation.NATIVE_SKIP) <= set(probes.PROBES)
-
-
-def test_runc_bundle_drops_capabilities(monkeypatch):
-    tpl = {"process": {"terminal": True, "args": ["sh"], "env": [], "cwd": "/",
-                       "capabilities": {"bounding": list(CAPS), "effective": list(CAPS)}},
-           "root": {"path": "rootfs"}, "mounts": [], "linux": {"namespaces": []}}
-    monkeypatch.setattr(runcenv, "spec_template", lambda: copy.deepcopy(tpl))
-    cfg = runcenv.bundle_config(Job(image="x", argv=("true",), cap_drop=("net_raw",)), {}, Path("/r"), "isobench-x",
-                                None, None, None)
-    assert cfg["process"]["capabilities"]["bounding"] == ["CAP_AUDIT_WRITE", "CAP_KILL"]
-    assert cfg["process"]["capabilities"]["effective"] == ["CAP_AUDIT_WRITE", "CAP_KILL"]
 
 
 def test_container_config_cap_drop(tmp_path):

@@ -1,5 +1,6 @@
-"""Pure logic of the harness: job -> runc config.json / ContainerConfig / VMRunConfig, batching of VM
-iterations, isolation verdicts, phase medians, pyperf round trip, CLI list parsing, ETA."""
+"""Pure logic of the harness: job -> ContainerConfig / VMRunConfig (the shared bundle and runc's
+config.json: test_bench_bundles), batching of VM iterations, isolation verdicts, phase medians, pyperf
+round trip, CLI list parsing, ETA."""
 
 from __future__ import annotations
 
@@ -10,52 +11,10 @@ import pytest
 
 from bench import interrupt, profiles, runner, stats
 from bench.environments import runc as runcenv
-from bench.environments.base import Job, Limits, Volume, fill_port, image_env
+from bench.environments.base import Job, Limits, Volume, fill_port
 from bench.workloads import base as wbase
 from bench.workloads import footprint, isolation, startup
 from core.errors import UsageError
-
-TEMPLATE = {
-    "process": {"terminal": True, "args": ["sh"], "env": [], "cwd": "/"},
-    "root": {"path": "rootfs", "readonly": True},
-    "hostname": "runc",
-    "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-    "linux": {"resources": {"devices": [{"allow": False, "access": "rwm"}]},
-              "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}]},
-}
-
-
-@pytest.fixture
-def no_runc(monkeypatch):
-    import copy
-
-    monkeypatch.setattr(runcenv, "spec_template", lambda: copy.deepcopy(TEMPLATE))
-
-
-def test_runc_bundle_config_limits_and_mounts(no_runc):
-    job = Job(image="x", argv=("httpd", "-p", "{port}"), env=("A=1",),
-              limits=Limits(cpus=0.5, cpu_shares=512, cpuset_cpus="0", memory_bytes=64 << 20, pids_max=32,
-                            write_bps=10 << 20),
-              volume=Volume(Path("/host/dir"), "/data"))
-    cfg = runcenv.bundle_config(job, {"config": {"Env": ["PATH=/bin"], "WorkingDir": "/w"}}, Path("/b/rootfs"),
-                                "isobench-abc", 80, "/proc/42/ns/net", (254, 0))
-    assert cfg["process"]["args"] == ["httpd", "-p", "80"]
-    assert cfg["process"]["terminal"] is False and cfg["process"]["cwd"] == "/w"
-    assert "A=1" in cfg["process"]["env"] and "PATH=/bin" in cfg["process"]["env"]
-    assert cfg["root"] == {"path": "/b/rootfs", "readonly": False}
-    assert cfg["linux"]["cgroupsPath"] == "/isobench-abc/ctr"
-    res = cfg["linux"]["resources"]
-    assert res["cpu"] == {"quota": 50000, "period": 100000, "shares": 512, "cpus": "0"}
-    assert res["memory"] == {"limit": 64 << 20} and res["pids"] == {"limit": 32}
-    assert res["blockIO"]["throttleWriteBpsDevice"] == [{"major": 254, "minor": 0, "rate": 10 << 20}]
-    assert {"type": "network", "path": "/proc/42/ns/net"} in cfg["linux"]["namespaces"]
-    assert cfg["mounts"][-1]["destination"] == "/data" and cfg["mounts"][-1]["source"] == "/host/dir"
-
-
-def test_runc_bundle_config_no_limits(no_runc):
-    cfg = runcenv.bundle_config(Job(image="x", argv=("true",)), {}, Path("/r"), "isobench-x", None, None, None)
-    assert set(cfg["linux"]["resources"]) == {"devices"}
-    assert {"type": "network"} in cfg["linux"]["namespaces"]
 
 
 def test_container_config_from_job(tmp_path):
@@ -90,10 +49,8 @@ def test_vm_config_from_job():
     assert vm_config(Job(image="i", argv=("x",))).network == "none"
 
 
-def test_fill_port_and_image_env():
+def test_fill_port():
     assert fill_port(("a", "-p", "{port}"), 8080) == ["a", "-p", "8080"]
-    env = image_env({"config": {"Env": ["PATH=/x", "A=1"]}}, ("A=2",))
-    assert env == {"PATH": "/x", "A": "2"}
 
 
 def test_batch_split_roundtrip():
