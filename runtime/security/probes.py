@@ -181,12 +181,23 @@ def render(argv: tuple[str, ...] | list[str], ctx: dict[str, object]) -> list[st
     return out
 
 
+def _die_with_parent() -> None:
+    """In the marker, before exec: SIGKILL when the process that started it dies, even by SIGKILL (a
+    killed test session's finally never runs; the marker would sleep on for 10 minutes)."""
+    import signal
+
+    from core import syscalls
+
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def host_context(state_root: str = "/var/lib/isobench") -> Iterator[dict[str, object]]:
     """Start what the probes look for on the host: a marker process (``see_host_pids``, ``ptrace_host``)
     and a listener on 127.0.0.1 that answers :data:`LOOPBACK_TOKEN` (``host_loopback``). Both stop on exit."""
     marker = subprocess.Popen([MARKER, "600"], executable=shutil.which("sleep") or "/bin/sleep",
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=_die_with_parent)
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", 0))
