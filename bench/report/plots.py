@@ -22,7 +22,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bench.report.tables import env_order, fmt_ratio, metric_n
 
-ENV_COLORS = {"native": "#7f7f7f", "container": "#1f77b4", "runc": "#2ca02c", "vm": "#d62728"}
+ENV_COLORS = {"native": "#7f7f7f", "container": "#1f77b4", "runc": "#2ca02c", "vm": "#d62728",
+              "vm-container": "#9467bd", "vm-container-runc": "#8c564b"}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 PHASE_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
                 "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#ff7f0e", "#98df8a", "#d62728", "#c5b0d5",
@@ -30,7 +31,11 @@ PHASE_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948"
 
 
 def env_color(env: str) -> str:
-    return ENV_COLORS.get(env) or _FALLBACK[hash(env) % len(_FALLBACK)]
+    """The environment's colour, the same in every run and report (other OCI runtimes, fleet hosts: a
+    stable hash of the name; Python's ``hash`` of a str changes per process)."""
+    import zlib
+
+    return ENV_COLORS.get(env) or _FALLBACK[zlib.crc32(env.encode()) % len(_FALLBACK)]
 
 
 def _new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:

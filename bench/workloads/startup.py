@@ -79,7 +79,7 @@ class Startup(Workload):
         finally:
             inst.stop()
         got = [Measurement("create_to_exit_s", out.wall_s), Measurement("create_to_http_s", http_s)]
-        if "teardown_s" in out.extra:  # environments that time their delete apart (container, OCI runtimes)
+        if "teardown_s" in out.extra:  # every environment times its teardown apart (delete, chroot clean-up, VM destroy)
             got.append(Measurement("teardown_s", out.extra["teardown_s"]))
         if env.name == "vm-container":
             cold = check_exit(env.cold_run(Job(image=img, argv=("/bin/true",), timeout_s=120)), "true (cold)", env.name)
