@@ -190,6 +190,7 @@ class Server:
         self.sel.register(listener, selectors.EVENT_READ, "accept")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "signal")
         self.own_ns = _namespaces(os.getpid())
+        self.own_client = own_client_path()
         self.spare: _Spare | None = None  # the next worker, forked ahead of its request
         # Started on first use by the client: exit after this long without clients (Bazel/Gradle style),
         # so a server nobody asked for by hand does not stay resident for ever. 0: never.
@@ -360,6 +361,7 @@ class Server:
             return
         elsewhere = self._elsewhere(conn.peer_pid)
         if elsewhere:
+            _log(f"client pid {conn.peer_pid} runs its own CLI: {elsewhere}")
             self._reply(conn.sock, f"F {elsewhere}")
             self._drop(conn)
             return
@@ -376,7 +378,9 @@ class Server:
         except OSError as exc:
             return f"cannot inspect the client (pid {peer_pid}): {exc.strerror}"
         differ = [n for n in PEER_NAMESPACES if theirs.get(n) != self.own_ns.get(n)]
-        return f"the client is in other namespaces ({', '.join(differ)}) or root" if differ else ""
+        if differ:
+            return f"the client is in other namespaces ({', '.join(differ)}) or root"
+        return other_installation(peer_pid, self.own_client)
 
     def _fork_worker(self, conn: _Conn, req: Request, why: str) -> None:
         """Fork this request's worker now, on the client's clock: ``why`` there was no spare to take it
@@ -603,6 +607,30 @@ def is_client_binary(path: str) -> bool:
             return f.read(4) == b"\x7fELF"
     except OSError:
         return False
+
+
+def own_client_path() -> str:
+    """The client binary of this server's installation: ``isobench`` beside its interpreter."""
+    import sys
+
+    return os.path.realpath(os.path.join(os.path.dirname(sys.executable), "isobench"))
+
+
+def other_installation(peer_pid: int, own_client: str) -> str:
+    """Why a client of another isobench installation (another checkout's .venv, an older copy: a client
+    binary with its own ``isobench-py`` beside it) is not served here, '' for our own client or a
+    program that speaks the protocol itself. Why: the socket is host-wide (/run/isobench/server.sock), so
+    a second checkout's ``isobench`` would otherwise run this server's code, another version of it,
+    silently (a fresh clone's tests could be served by the previous clone's auto-started server). The
+    client then runs its own Python CLI (``F``). A client replaced by ``make setup`` while it runs
+    reads ``PATH (deleted)``: still ours."""
+    try:
+        exe = os.readlink(f"/proc/{peer_pid}/exe").removesuffix(" (deleted)")
+    except OSError as exc:
+        return f"cannot inspect the client (pid {peer_pid}): {exc.strerror}"
+    if exe == own_client or not os.path.exists(os.path.join(os.path.dirname(exe), "isobench-py")):
+        return ""  # ours, or not an installed client (a program speaking the protocol itself)
+    return f"the client {exe} belongs to another isobench installation than this server ({own_client})"
 
 
 def ensure_client(bin_dir: str) -> str:

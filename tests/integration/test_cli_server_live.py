@@ -8,6 +8,7 @@ Every server here listens on a socket in the test's tmp_path and is stopped by i
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -444,6 +445,24 @@ def test_client_in_other_namespaces_is_not_served(server, leak_check):
     p = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", server.client, "image", "ls"],
                        env=server.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert p.returncode == 0 and "busybox" in p.stdout, p
+
+
+def test_client_of_another_installation_runs_its_own_cli(server, tmp_path, leak_check):
+    """The socket is host-wide: a second checkout's client (here a copy of ours in another directory,
+    with its own isobench-py beside it) must run its own installation's CLI, not this server's code;
+    our own client is still served by a worker."""
+    other = tmp_path / "other-checkout" / "bin"
+    other.mkdir(parents=True)
+    shutil.copy2(server.client, other / "isobench")
+    (other / "isobench-py").symlink_to(Path(server.client).with_name("isobench-py"))
+    p = subprocess.run([str(other / "isobench"), "image", "ls"], env=server.env, capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and "busybox" in p.stdout, p
+    log = Path(P.logfile_path(str(server.sock))).read_text()
+    assert f"the client {other / 'isobench'} belongs to another isobench installation" in log, log[-2000:]
+    mine = server.run("image", "ls")
+    assert mine.returncode == 0, mine.stderr
+    assert Path(P.logfile_path(str(server.sock))).read_text().count("another isobench installation") == 1
 
 
 @pytest.mark.requires("iptables")
