@@ -41,7 +41,7 @@ PRELOAD = (
     "runtime.network.veth", "runtime.network.portmap", "runtime.network.portspec",
     "runtime.network.firewall", "runtime.network.ipam", "runtime.network.nftlib", "app.commands.network",
     "app.commands.gc", "traceback", "selectors", "socket", "resource", "signal", "io", "atexit", "time",
-    "calendar", "json", "shlex",
+    "calendar", "json", "shlex", "app.oci_cli", "app.oci_verbs", "runtime.oci.bundle",
 )
 
 
@@ -131,6 +131,20 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return int(rc or 0)
+
+
+def serve(argv: list[str], session, parser: argparse.ArgumentParser | None = None) -> int:
+    """A server worker's command for a client: ``argv[0]`` names the client's program, ``isobench``
+    (this CLI) or ``isobench-runtime`` (the OCI runtime CLI, :mod:`app.oci_cli`). ``session``
+    (app.server.worker.ClientSession, or None) lets the OCI CLI have the client spawn the container's
+    process, or run a verb itself that must be the caller's own process."""
+    import os
+
+    if os.path.basename(argv[0]) == "isobench-runtime":
+        from app import oci_cli
+
+        return oci_cli.main(argv[1:], session=session)
+    return main(argv[1:], parser=parser)
 
 
 def entry() -> None:

@@ -32,7 +32,8 @@ def build_parser():  # -> argparse.ArgumentParser (imported here: fast_parse nee
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"state directory (default {DEFAULT_ROOT})")
     p.add_argument("--log", default="", help="also write errors to this file")
     p.add_argument("--log-format", default="text", choices=("text", "json"))
-    p.add_argument("--debug", action="store_true", help="accepted for runc compatibility")
+    p.add_argument("--debug", action="store_true",
+                   help="say on stderr whether an isobench server served the verb")
     p.add_argument("--systemd-cgroup", action="store_true",
                    help="accepted; systemd cgroup paths (slice:prefix:name) are refused with a message")
     p.add_argument("--rootless", default="false", help="accepted (root only)")
@@ -185,7 +186,16 @@ def fast_parse(argv: list[str]) -> SimpleNamespace | None:
     return SimpleNamespace(**ns)
 
 
-def main(argv: list[str]) -> int:
+# Verbs whose processes must be the caller's own children to be waited for (``run`` waits for the
+# container, ``exec`` for its process or, detached, leaves it to conmon); a terminal's console socket
+# needs the Python child. The isobench server's worker leaves these to the client's own Python CLI.
+CALLER_VERBS = ("run", "exec")
+
+
+def main(argv: list[str], session=None) -> int:
+    """One verb. ``session``: set when an isobench server's worker runs it for the C client
+    (app.server.worker.ClientSession): the container's process is then spawned by the client, so it
+    is the caller's child as with runc, and a verb that cannot be served so is handed back to it."""
     args = fast_parse(argv) or build_parser().parse_args(argv)
     if args.version:
         from runtime.oci import RUNTIME_VERSION
@@ -197,6 +207,16 @@ def main(argv: list[str]) -> int:
         return 2
     from core.errors import IsobenchError
 
+    if session is not None:
+        if args.verb in CALLER_VERBS or getattr(args, "console_socket", None):
+            _debug(args, f"{args.verb} handed back to the client's own process (it must be the caller's)")
+            session.decline(f"isobench-runtime {args.verb} runs in the caller's own process")
+        import os
+
+        _debug(args, f"{args.verb} served by an isobench server's worker (pid {os.getpid()})")
+        from runtime.lifecycle import process
+
+        process.spawn_helpers_through(session.spawn)
     try:
         from app import oci_verbs
 
@@ -206,6 +226,21 @@ def main(argv: list[str]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from runtime.lifecycle.process import CallerMustRun
+
+        if session is None or not isinstance(exc, CallerMustRun):
+            raise
+        _debug(args, f"{args.verb} handed back to the client's own process: {exc}")
+        session.decline(str(exc))  # the container was removed on the way out (oci_verbs._create)
+        return 1  # not reached
+
+
+def _debug(args, msg: str) -> None:
+    """``--debug``: a line on stderr (runc's debug messages go there too)."""
+    if args.debug:
+        sys.stderr.write(f"isobench-runtime: debug: {msg}\n")
+        sys.stderr.flush()
 
 
 def _log_error(args, msg: str) -> None:

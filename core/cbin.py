@@ -41,6 +41,8 @@ HELPERS: dict[str, Helper] = {
     "isoprobe": Helper("probe_helper.c", ("-static", "-O2")),
     "guest-setuid": Helper("guest_setuid.c", ("-static", "-Os", "-s")),
     "isobench-client": Helper("client.c", ("-O2", "-Wall")),
+    # the same client as `isobench-runtime`, the OCI runtime CLI (its fallback: isobench-runtime-py)
+    "isobench-runtime-client": Helper("client.c", ("-O2", "-Wall", "-DOCI_RUNTIME")),
 }
 
 

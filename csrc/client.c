@@ -1,4 +1,6 @@
-/* isobench: the `isobench` command, a small client of the resident isobench server.
+/* isobench: the `isobench` command, a small client of the resident isobench server. Built a second
+ * time with -DOCI_RUNTIME as `isobench-runtime`, the OCI runtime CLI podman and conmon drive (see
+ * "isobench-runtime" below).
  *
  * Why C: a Python interpreter needs 12-17 ms to start and the CLI's imports ~60 ms more, so a Python
  * `isobench run --rm busybox true` cannot match `runc run` (~26 ms). The server
@@ -18,10 +20,28 @@
  * ISOBENCH_SERVER_AUTOSTART=0 turns this off (a server started by hand is still used).
  *
  * Built by scripts/setup.sh with `gcc -O2` and installed as .venv/bin/isobench.
+ *
+ * isobench-runtime (-DOCI_RUNTIME): the same client for the runc-compatible CLI (app/oci_cli.py), whose
+ * fallback is `isobench-runtime-py`; the request's argv[0] says which program the worker runs. conmon
+ * runs one runtime process per verb (create, start, state, kill, delete), and a Python process each
+ * costs 5x runc's. One difference matters: `create` must leave the container's first process behind
+ * as OUR child (we exit; conmon, a subreaper, then reaps it, as it does runc's init). So the worker,
+ * which does all of create's work, asks us to spawn the start helper:
+ *     worker -> client  "S <new|host|join> <argv0> <path>\n" with SCM_RIGHTS: a reply pipe, the
+ *                       helper's fds 0..5, and (join) the PID namespace to enter
+ *     client -> pipe    "<pid>\n", or "E <message>\n"
+ * and `F <reason>` from the worker (any time before its X) hands a verb back to the Python CLI here
+ * (`run`, `exec`: the caller waits for those processes itself). isobench-runtime never starts a
+ * server: under conmon (a subreaper) the server would become conmon's orphan, and conmon waits for
+ * all its children before it exits (seen here: it hung until the server's idle exit). It uses a
+ * server that runs (`isobench server start`, or the one any `isobench` command started on first use)
+ * and otherwise runs isobench-runtime-py. conmon runs the runtime with an environment of its own
+ * (no ISOBENCH_SERVER_SOCKET), so under podman that is the default socket.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,11 +49,18 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>
 
+#ifdef OCI_RUNTIME
+#define PROGRAM "isobench-runtime"
+#else
+#define PROGRAM "isobench"
+#endif
+#define PY_ENTRY PROGRAM "-py"
 #define MAGIC "ISB1"
 #define DEFAULT_SOCKET "/run/isobench/server.sock" /* core.paths.run_dir(); ISOBENCH_RUN_DIR moves it */
 #define SOCKET_ENV "ISOBENCH_SERVER_SOCKET"
@@ -95,7 +122,7 @@ static int python_cli(char *exe) {
     if ((size_t)n > dl && strcmp(exe + n - dl, deleted) == 0)
         exe[n - dl] = '\0';
     char *slash = strrchr(exe, '/');
-    strcpy(slash ? slash + 1 : exe, "isobench-py");
+    strcpy(slash ? slash + 1 : exe, PY_ENTRY);
     return 0;
 }
 
@@ -104,14 +131,15 @@ static void run_python(char **argv) {
     char exe[PATH_MAX];
     sigprocmask(SIG_SETMASK, &saved_mask, NULL); /* the mask survives execve */
     if (python_cli(exe) != 0) {
-        fprintf(stderr, "isobench: cannot find this program's path (/proc/self/exe): %s\n", strerror(errno));
+        fprintf(stderr, PROGRAM ": cannot find this program's path (/proc/self/exe): %s\n", strerror(errno));
         exit(127);
     }
     execv(exe, argv);
-    fprintf(stderr, "isobench: no isobench server, and cannot run %s: %s\n", exe, strerror(errno));
+    fprintf(stderr, PROGRAM ": no isobench server, and cannot run %s: %s\n", exe, strerror(errno));
     exit(127);
 }
 
+#ifndef OCI_RUNTIME
 /* Nobody listens on `path`: start a server there in the background, unless turned off. The starter
  * is a detached grandchild (setsid, stdio on /dev/null: it holds none of the caller's pipes, so a
  * caller reading our output to EOF does not wait for it); `server start` refuses quietly when a
@@ -158,6 +186,7 @@ static void autostart(const char *path) {
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
 }
+#endif
 
 static int connect_server(const char *path) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -190,7 +219,8 @@ static char *build_request(int argc, char **argv, size_t *len_out) {
     char argc_text[16];
     int al = snprintf(argc_text, sizeof argc_text, "%d", argc) + 1;
     size_t total = (size_t)hl + strlen(cwd) + 1 + (size_t)al;
-    for (int i = 0; i < argc; i++)
+    total += strlen(PROGRAM) + 1;
+    for (int i = 1; i < argc; i++)
         total += strlen(argv[i]) + 1;
     for (char **e = environ; *e; e++)
         if (strncmp(*e, SIGIGN_ENV "=", sizeof SIGIGN_ENV) != 0)
@@ -209,7 +239,8 @@ static char *build_request(int argc, char **argv, size_t *len_out) {
     PUT(head);
     PUT(cwd);
     PUT(argc_text);
-    for (int i = 0; i < argc; i++)
+    PUT(PROGRAM); /* argv[0]: which program the worker runs (a symlink's name does not choose) */
+    for (int i = 1; i < argc; i++)
         PUT(argv[i]);
     for (char **e = environ; *e; e++)
         if (strncmp(*e, SIGIGN_ENV "=", sizeof SIGIGN_ENV) != 0)
@@ -267,11 +298,114 @@ static void install_forwarding(void) {
     }
 }
 
+/* File descriptors that arrived with the server's and worker's messages, in order (SCM_RIGHTS). */
+#define MAX_QUEUED_FDS 32
+static int queued[MAX_QUEUED_FDS];
+static int nqueued;
+
+static void queue_fds(struct msghdr *msg) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *fds = (int *)CMSG_DATA(c);
+        for (int i = 0; i < n; i++) {
+            if (nqueued < MAX_QUEUED_FDS)
+                queued[nqueued++] = fds[i];
+            else
+                close(fds[i]);
+        }
+    }
+}
+
+/* Take the first `n` queued fds into `out`; -1 when fewer arrived. */
+static int take_fds(int *out, int n) {
+    if (nqueued < n)
+        return -1;
+    memcpy(out, queued, (size_t)n * sizeof(int));
+    nqueued -= n;
+    memmove(queued, queued + n, (size_t)nqueued * sizeof(int));
+    return 0;
+}
+
+/* "S <new|host|join> <argv0> <path>": fork and exec `path` as our child with the queued fds as its
+ * 0..5, in a new PID namespace (it is PID 1 there), ours, or the one sent; the pid (or "E why") goes
+ * to the reply pipe. Signals: default dispositions and an empty mask in the child (the helper resets
+ * them again itself). Returns 0, or -1 when the message itself is malformed. */
+#define SPAWN_FDS 6
+static int spawn_for_worker(const char *arg) {
+    char mode[8], argv0[256];
+    int used = 0;
+    if (sscanf(arg, "%7s %255s %n", mode, argv0, &used) != 2 || used <= 0 || !arg[used])
+        return -1;
+    const char *path = arg + used;
+    int join = strcmp(mode, "join") == 0;
+    if (!join && strcmp(mode, "new") != 0 && strcmp(mode, "host") != 0)
+        return -1;
+    int fds[1 + SPAWN_FDS + 1];
+    int nfds = 1 + SPAWN_FDS + join;
+    if (take_fds(fds, nfds) != 0)
+        return -1;
+    char reply[160];
+    pid_t pid = -1;
+    if (strcmp(mode, "new") == 0 && unshare(CLONE_NEWPID) != 0)
+        snprintf(reply, sizeof reply, "E unshare(CLONE_NEWPID): %s\n", strerror(errno));
+    else if (join && setns(fds[1 + SPAWN_FDS], CLONE_NEWPID) != 0)
+        snprintf(reply, sizeof reply, "E setns to the PID namespace: %s\n", strerror(errno));
+    else if ((pid = fork()) < 0)
+        snprintf(reply, sizeof reply, "E fork: %s\n", strerror(errno));
+    else if (pid == 0) {
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        for (size_t i = 0; i < NFORWARDED; i++)
+            sigaction(FORWARDED[i], &dfl, NULL);
+        int moved[SPAWN_FDS];
+        for (int i = 0; i < SPAWN_FDS; i++) /* above 9 first: a source may be one of the targets */
+            if ((moved[i] = fcntl(fds[1 + i], F_DUPFD_CLOEXEC, 10)) < 0)
+                _exit(125);
+        for (int i = 0; i < SPAWN_FDS; i++)
+            if (dup2(moved[i], i) < 0) /* the copy at i is not close-on-exec */
+                _exit(125);
+        syscall(SYS_close_range, SPAWN_FDS, ~0U, 0);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        char *args[] = {argv0, NULL}, *env[] = {NULL};
+        execve(path, args, env);
+        _exit(127);
+    } else
+        snprintf(reply, sizeof reply, "%d\n", (int)pid);
+    ssize_t n;
+    do
+        n = write(fds[0], reply, strlen(reply));
+    while (n < 0 && errno == EINTR);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    return 0;
+}
+
+/* One read of the connection, collecting any fds sent with it. */
+static ssize_t receive(int fd, char *buf, size_t len) {
+    union {
+        char raw[CMSG_SPACE(sizeof(int) * (1 + SPAWN_FDS + 1))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.raw, .msg_controllen = sizeof ctl.raw};
+    ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    if (n >= 0)
+        queue_fds(&msg);
+    return n;
+}
+
 int main(int argc, char **argv) {
     sigemptyset(&saved_mask);
     note_ignored_signals();
+#ifndef OCI_RUNTIME
     if (argc > 1 && strcmp(argv[1], "server") == 0)
         run_python(argv);
+#endif
     const char *path = getenv(SOCKET_ENV);
     static char run_sock[4096];
     const char *run_dir = getenv("ISOBENCH_RUN_DIR"); /* as core.paths.run_dir() */
@@ -285,8 +419,10 @@ int main(int argc, char **argv) {
             run_python(argv);
     int fd = connect_server(path);
     if (fd < 0) {
+#ifndef OCI_RUNTIME
         if (errno == ENOENT || errno == ECONNREFUSED)
             autostart(path);
+#endif
         run_python(argv);
     }
     size_t len = 0;
@@ -312,10 +448,10 @@ int main(int argc, char **argv) {
         char *nl = memchr(buf, '\n', have);
         if (!nl) {
             if (have == sizeof buf) {
-                fprintf(stderr, "isobench: unreadable reply from the isobench server on %s\n", path);
+                fprintf(stderr, PROGRAM ": unreadable reply from the isobench server on %s\n", path);
                 return EXIT_LOST;
             }
-            ssize_t n = read(fd, buf + have, sizeof buf - have);
+            ssize_t n = receive(fd, buf + have, sizeof buf - have);
             if (n < 0 && errno == EINTR)
                 continue;
             if (n > 0) {
@@ -325,9 +461,9 @@ int main(int argc, char **argv) {
             if (!worker_pid && (!sent || (n < 0 && errno == ECONNRESET)))
                 run_python(argv); /* closed before reading our request: nothing ran */
             if (worker_pid)
-                fprintf(stderr, "isobench: lost the isobench server (worker %d)\n", (int)worker_pid);
+                fprintf(stderr, PROGRAM ": lost the isobench server (worker %d)\n", (int)worker_pid);
             else
-                fprintf(stderr, "isobench: lost the isobench server on %s before it started the command\n",
+                fprintf(stderr, PROGRAM ": lost the isobench server on %s before it started the command\n",
                         path);
             return EXIT_LOST;
         }
@@ -341,13 +477,17 @@ int main(int argc, char **argv) {
         } else if (kind == 'X') {
             return atoi(arg) & 0xff;
         } else if (kind == 'E') {
-            fprintf(stderr, "isobench: %s\n", arg);
+            fprintf(stderr, PROGRAM ": %s\n", arg);
             return EXIT_LOST;
-        } else if (kind == 'F' && !worker_pid) {
+        } else if (kind == 'F') { /* from the server before P, or from the worker before its X */
             close(fd);
+            for (int i = 0; i < nqueued; i++)
+                close(queued[i]);
             run_python(argv);
+        } else if (kind == 'S' && spawn_for_worker(arg) == 0) {
+            /* spawned (or the failure told on the reply pipe); the worker goes on */
         } else {
-            fprintf(stderr, "isobench: unexpected reply from the isobench server: %.80s\n", buf);
+            fprintf(stderr, PROGRAM ": unexpected reply from the isobench server: %.80s\n", buf);
             return EXIT_LOST;
         }
         have -= (size_t)(nl + 1 - buf);

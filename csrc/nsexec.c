@@ -64,6 +64,7 @@ static struct plan {
     int cgroupns, userns, loopback, pdeathsig, read_only, privileged, nnp, oci;
     struct list args, env, groups, cgjoin, mounts /* kind,src,dst,ro quadruples */, etc /* dst,host pairs */,
         masked, readonly, joinns, sysctl /* key,value pairs */, rlimits /* name,kind,soft,hard */,
+        cgdirs /* hierarchy,host dir pairs of a "cgroup" mount */,
         ocimounts /* dest,fstype,source,flags,data,propagation */, devices /* path,mode,major,minor,uid,gid */;
     char *seccomp; size_t seccomp_len;
 } P;
@@ -181,6 +182,7 @@ static void parse_plan(void) {
         else if (!strcmp(key, "masked")) push(&P.masked, v);
         else if (!strcmp(key, "readonly")) push(&P.readonly, v);
         else if (!strcmp(key, "etc")) { push(&P.etc, v); push(&P.etc, field(&p, end, key)); }
+        else if (!strcmp(key, "cgdir")) { push(&P.cgdirs, v); push(&P.cgdirs, field(&p, end, key)); }
         else if (!strcmp(key, "mount")) { push(&P.mounts, v); push(&P.mounts, field(&p, end, key)); push(&P.mounts, field(&p, end, key));
                                           push(&P.mounts, field(&p, end, key)); }
         else die("plan: unknown key %s", key);
@@ -387,9 +389,30 @@ static void populate_dev(const char *dev) {
 
 #define BIND_KEEP (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME)
 
+/* A bundle's "cgroup" mount, as runtime.rootfs.ocimounts._mount_cgroup (what runc gives on each
+ * layout): cgroup2 where the container has its own cgroup namespace on v2, else a tmpfs holding a
+ * bind of the container's own cgroup directory of each v1 hierarchy, read-only as the mount asks. */
+static void mount_cgroup(const char *target, unsigned long flags) {
+    unsigned long ro = flags & MS_RDONLY;
+    ensure(target, 1);
+    if (P.cgdirs.n == 2 && !strcmp(P.cgdirs.v[0], "unified")) {
+        do_mount("cgroup2", target, "cgroup2", NOSUID_NODEV_NOEXEC | ro, NULL);
+        return;
+    }
+    do_mount("tmpfs", target, "tmpfs", NOSUID_NODEV_NOEXEC, "mode=755");
+    for (int i = 0; i + 1 < P.cgdirs.n; i += 2) {
+        char sub[PATH_MAX + 64];
+        snprintf(sub, sizeof sub, "%s/%s", target, P.cgdirs.v[i]);
+        if (mkdir(sub, 0755) < 0) die("mkdir %s: %s", sub, strerror(errno));
+        do_mount(P.cgdirs.v[i + 1], sub, NULL, MS_BIND, NULL);
+        do_mount(NULL, sub, NULL, MS_BIND | MS_REMOUNT | NOSUID_NODEV_NOEXEC | ro, NULL);
+    }
+    if (ro) do_mount(NULL, target, NULL, MS_REMOUNT | NOSUID_NODEV_NOEXEC | MS_RDONLY, "mode=755");
+}
+
 /* A bundle's mounts, already parsed into flags and data by the parent (ocimounts.plan), as
  * ocimounts.apply: binds take a remount for their flags; a refused sysfs (the host's network
- * namespace) becomes a read-only bind of the host's. (cgroup mounts are the Python child's.) */
+ * namespace) becomes a read-only bind of the host's; a cgroup mount as mount_cgroup. */
 static void apply_oci_mounts(const char *root) {
     char target[PATH_MAX];
     int dev_tmpfs = 0;
@@ -398,6 +421,10 @@ static void apply_oci_mounts(const char *root) {
                    *data = P.ocimounts.v[i + 4];
         unsigned long flags = strtoul(P.ocimounts.v[i + 3], NULL, 10), prop = strtoul(P.ocimounts.v[i + 5], NULL, 10);
         secure_join(root, dest, target, sizeof target);
+        if (!strcmp(fstype, "cgroup")) {
+            mount_cgroup(target, flags);
+            continue;
+        }
         if (flags & MS_BIND) {
             struct stat st;
             if (stat(src, &st) < 0) die("bind mount source '%s' for %s: %s", src, dest, strerror(errno));

@@ -81,11 +81,13 @@ if ! cmp -s .venv/libexec/isobench/isobench-client "$bin/isobench"; then
   mv -f "$bin/.isobench.tmp" "$bin/isobench"   # rename: atomic for a command running right now
   echo "isobench setup: installed the isobench client (.venv/bin/isobench; \`isobench server start\` makes it fast)"
 fi
-# `isobench-runtime` (the OCI runtime CLI: conmon runs one Python process per verb, so start-up is its
-# cost): pip's console script is replaced by one that starts Python with -I -S (no site: no .pth files,
-# no setuptools' distutils hack, no user site; ~3 ms of every verb) and puts the project, then the
-# venv's site-packages, on sys.path itself. A shebang longer than the kernel takes gets pip's
-# sh-then-python form. Rewritten whenever pip has put its own script back.
+# `isobench-runtime` (the OCI runtime CLI: conmon runs one process per verb, so start-up is its cost):
+# the same C client, built with -DOCI_RUNTIME, served by the isobench server (see csrc/client.c: the
+# worker does create's work, the client spawns the container's process as its own child). Its
+# fallback without a server, isobench-runtime-py, replaces pip's console script: Python with -I -S
+# (no site: no .pth files, no setuptools' distutils hack, no user site; ~3 ms of every verb), the
+# project, then the venv's site-packages, on sys.path by hand. A shebang longer than the kernel takes
+# gets pip's sh-then-python form. Both are rewritten whenever pip has put its own script back.
 .venv/bin/python - "$(pwd)" <<'EOF'
 import os, sys, sysconfig
 project = sys.argv[1]
@@ -98,7 +100,7 @@ text = (f"{head}\n# isobench-runtime, written by scripts/setup.sh (lean start-up
         f"sys.prefix = sys.exec_prefix = {project + '/.venv'!r}  # what site would set (C helpers: libexec)\n"
         f"sys.path[:0] = [{project!r}, {sysconfig.get_paths()['purelib']!r}]\n"
         "from app.oci_cli import entry\nsys.exit(entry())\n")
-dest = f"{project}/.venv/bin/isobench-runtime"
+dest = f"{project}/.venv/bin/isobench-runtime-py"
 try:
     with open(dest) as f:
         same = f.read() == text
@@ -110,6 +112,10 @@ if not same:
     os.chmod(dest + ".tmp", 0o755)
     os.replace(dest + ".tmp", dest)  # rename: atomic for a verb running right now
 EOF
+if ! cmp -s .venv/libexec/isobench/isobench-runtime-client "$bin/isobench-runtime"; then
+  cp -f .venv/libexec/isobench/isobench-runtime-client "$bin/.isobench-runtime.tmp"
+  mv -f "$bin/.isobench-runtime.tmp" "$bin/isobench-runtime"
+fi
 # Byte-compile the project: where PYTHONDONTWRITEBYTECODE is set (as on these machines) Python never
 # writes .pyc files, and every CLI run and lazy import on the start path would compile its sources
 # again (~2x the CLI's start-up). compileall writes them regardless and skips up-to-date ones.

@@ -46,7 +46,8 @@ from app.server.protocol import CLIENT_FDS, CRASH_SIGNALS, HEADER, MAX_ANCILLARY
 from app.server.worker import is_monitor, run_worker, spare_main
 
 # The CLI the server serves is passed in (``app.cli``): ``preload() -> parser`` imports and
-# warms everything once; ``main(argv, parser=parser) -> exit code`` runs one command in a worker.
+# warms everything once; ``serve(argv, session, parser=parser) -> exit code`` runs one command in a
+# worker (argv[0] names the client's program: ``isobench`` or ``isobench-runtime``).
 # (No typing.Protocol here: this module is on every `isobench` start's import path.)
 
 
@@ -71,7 +72,7 @@ def _preload(app: "object"):
     parser = app.preload()
     gc.collect()
     gc.freeze()  # the preloaded heap stays shared with workers (no copy-on-write by the collector)
-    return functools.partial(app.main, parser=parser)
+    return functools.partial(app.serve, parser=parser)
 
 
 def _bind(sock: str):
@@ -618,7 +619,8 @@ def own_client_path() -> str:
 
 def other_installation(peer_pid: int, own_client: str) -> str:
     """Why a client of another isobench installation (another checkout's .venv, an older copy: a client
-    binary with its own ``isobench-py`` beside it) is not served here, '' for our own client or a
+    binary with its own ``isobench-py`` beside it) is not served here, '' for our own clients
+    (``isobench`` and ``isobench-runtime`` beside this interpreter) or a
     program that speaks the protocol itself. Why: the socket is host-wide (/run/isobench/server.sock), so
     a second checkout's ``isobench`` would otherwise run this server's code, another version of it,
     silently (a fresh clone's tests could be served by the previous clone's auto-started server). The
@@ -628,7 +630,8 @@ def other_installation(peer_pid: int, own_client: str) -> str:
         exe = os.readlink(f"/proc/{peer_pid}/exe").removesuffix(" (deleted)")
     except OSError as exc:
         return f"cannot inspect the client (pid {peer_pid}): {exc.strerror}"
-    if exe == own_client or not os.path.exists(os.path.join(os.path.dirname(exe), "isobench-py")):
+    ours = (own_client, os.path.join(os.path.dirname(own_client), "isobench-runtime"))  # the two clients
+    if exe in ours or not os.path.exists(os.path.join(os.path.dirname(exe), "isobench-py")):
         return ""  # ours, or not an installed client (a program speaking the protocol itself)
     return f"the client {exe} belongs to another isobench installation than this server ({own_client})"
 

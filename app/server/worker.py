@@ -191,7 +191,9 @@ def _report_exit_early(report_fd: int) -> None:
     import contextlib
     import sys
 
+    global _real_exit
     real_exit, me = os._exit, os.getpid()
+    _real_exit = real_exit
     # not the monitor's to hold; closed in our direct children only (by then the number may mean
     # another file in a grandchild, whose fork runs this hook again)
     os.register_at_fork(after_in_child=lambda: os.getppid() == me and _close_quietly(report_fd))
@@ -206,6 +208,99 @@ def _report_exit_early(report_fd: int) -> None:
         real_exit(code)
 
     os._exit = exit_reporting
+
+
+_real_exit = os._exit  # os._exit before _report_exit_early wrapped it (decline() exits without X)
+
+
+class ClientSession:
+    """What a worker can ask of its client beyond stdio and the exit code (protocol in
+    :mod:`app.server.daemon`): run the command itself (``F``), or spawn a process as its own child
+    (``S``: the start helper of ``isobench-runtime create``, whose container must outlive the command
+    as the caller's orphan, as runc's does, for conmon to reap)."""
+
+    def __init__(self, report_fd: int, log_fd: int = -1, peer_pid: int = 0) -> None:
+        self.report_fd, self.log_fd, self.peer_pid = report_fd, log_fd, peer_pid
+
+    def decline(self, reason: str) -> None:
+        """Tell the client to run this command in its own Python CLI, and exit (no ``X``): for a
+        command that must be the caller's own process. Nothing may have been written to its stdio.
+        Logged on the server log (when the worker kept it), so a test can tell served from declined."""
+        import contextlib
+        import sys
+        import time
+
+        if self.log_fd >= 0:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            line = (f"{stamp} isobench-worker[{os.getpid()}]: hands `{' '.join(sys.argv[:1] + _verb_of(sys.argv))}` "
+                    f"back to client pid {self.peer_pid}: {reason}\n")
+            with contextlib.suppress(OSError):
+                os.write(self.log_fd, line.encode(errors="replace"))
+
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        with contextlib.suppress(OSError):
+            os.write(self.report_fd, ("F " + reason.replace("\n", " ") + "\n").encode(errors="replace"))
+        _real_exit(0)
+
+    def spawn(self, path: str, argv0: str, fds: list[int], pid_ns: str) -> int:
+        """Have the client fork and exec ``path`` (argv ``[argv0]``, an empty environment) with ``fds``
+        as its fds 0..N-1, in a new PID namespace (``pid_ns`` ""), the client's ("host") or the one at
+        path ``pid_ns``; returns its pid. The client answers on a pipe we pass it (not on the
+        connection, which the server also reads)."""
+        import socket
+
+        from core.errors import ContainerError
+
+        if " " in argv0 or "\n" in argv0 or "\n" in path:
+            raise ContainerError(f"cannot ask the client to start {path!r} as {argv0!r}")
+        r, w = os.pipe2(os.O_CLOEXEC)
+        extra = []
+        try:
+            mode = "new" if not pid_ns else "host" if pid_ns == "host" else "join"
+            if mode == "join":
+                try:
+                    extra.append(os.open(pid_ns, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError as exc:
+                    raise ContainerError(f"pid namespace {pid_ns}: {exc.strerror}") from exc
+            sock = socket.socket(fileno=self.report_fd)
+            try:
+                socket.send_fds(sock, [f"S {mode} {argv0} {path}\n".encode()], [w, *fds, *extra])
+            except OSError as exc:
+                raise ContainerError(f"cannot reach the client to start the container: {exc.strerror}") from exc
+            finally:
+                sock.detach()
+        finally:
+            os.close(w)
+            for fd in extra:
+                os.close(fd)
+        reply = b""
+        try:
+            while not reply.endswith(b"\n") and (chunk := os.read(r, 256)):
+                reply += chunk
+        finally:
+            os.close(r)
+        text = reply.decode(errors="replace").strip()
+        if text.isdigit():
+            return int(text)
+        if text.startswith("E "):
+            raise ContainerError(f"the client could not start the container's process: {text[2:]}")
+        raise ContainerError("the client went away before it started the container's process")
+
+
+def _verb_of(argv: list[str]) -> list[str]:
+    """The verb of an ``isobench-runtime`` command line: the first word after the global options."""
+    takes_value = ("--root", "--log", "--log-format", "--rootless")
+    skip = False
+    for a in argv[1:]:
+        if skip:
+            skip = False
+        elif a in takes_value:
+            skip = True
+        elif not a.startswith("-"):
+            return [a]
+    return []
 
 
 def is_monitor(pid: int) -> bool:
@@ -227,8 +322,8 @@ def _close_quietly(fd: int) -> None:
 
 
 def run_worker(req: Request, fds: list[int], peer_pid: int, run_cli, report_fd: int = -1) -> None:
-    """Become the client's ``isobench`` process, run the CLI (``run_cli(argv)``, the server's preloaded
-    ``app.cli.main``) and exit with its code."""
+    """Become the client's ``isobench`` (or ``isobench-runtime``) process, run the CLI
+    (``run_cli(argv, session)``, the server's preloaded ``app.cli.serve``) and exit with its code."""
     import signal
     import sys
 
@@ -247,6 +342,11 @@ def run_worker(req: Request, fds: list[int], peer_pid: int, run_cli, report_fd: 
     with __import__("contextlib").suppress(OSError):
         os.setpgid(0, 0)  # own process group: terminal signals the client forwards reach its children too
     encoding, errors = sys.stdout.encoding, sys.stdout.errors
+    log_fd = -1  # the server log (our stderr until now): an OCI verb handed back says so there
+    if report_fd >= 0 and os.path.basename(req.argv[0]) == b"isobench-runtime":
+        import fcntl
+
+        log_fd = fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, 3)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
     for fd in fds:
@@ -272,16 +372,18 @@ def run_worker(req: Request, fds: list[int], peer_pid: int, run_cli, report_fd: 
     _fresh_stdio(encoding, errors)
     argv = [os.fsdecode(a) for a in req.argv]
     sys.argv = argv
-    os._exit(_run_cli(argv[1:], run_cli))
+    session = ClientSession(report_fd, log_fd, peer_pid) if report_fd >= 0 else None
+    os._exit(_run_cli(argv, run_cli, session))
 
 
-def _run_cli(args: list[str], run_cli) -> int:
-    """``run_cli(args)`` with the console script's exit semantics; returns the process exit code."""
+def _run_cli(argv: list[str], run_cli, session: ClientSession | None = None) -> int:
+    """``run_cli(argv, session)`` (argv[0] names the client's program: ``isobench`` or
+    ``isobench-runtime``) with the console script's exit semantics; returns the process exit code."""
     import sys
     import traceback
 
     try:
-        code = run_cli(args)
+        code = run_cli(argv, session)
     except SystemExit as exc:
         code = system_exit_code(exc)
         if exc.code is not None and not isinstance(exc.code, int):

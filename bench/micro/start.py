@@ -18,7 +18,9 @@ Side by side in one run, interleaved so machine noise hits every contender alike
   ``isobench server`` this benchmark starts and stops by hand, each paired with its own runc sample;
 * **OCI CLI**: ``isobench-runtime`` and ``runc`` each ``create`` + ``start`` + (the init's exit) +
   ``delete`` of the same bundle, paired (this process is a subreaper, so it waits for the container's
-  init as conmon does), with each verb's own median;
+  init as conmon does), with each verb's own median; ``isobench-runtime`` twice: the default (its C
+  client is served by the server the first default CLI command started) and with no server (every
+  verb a Python process), each paired with its own runc cycle;
 * **churn**: N containers created, run and removed in sequence, then a leak check (cgroups, dirs,
   leases, mounts, fds of this process);
 * **idle overhead**: PSS of a detached container's monitor plus its state directory.
@@ -82,9 +84,10 @@ def time_cmd(argv: list[str], env: dict | None = None) -> float:
     return _ms(t1 - t0)
 
 
-def oci_cycle(cmd: list[str], state_root: Path, bundle: Path, verbs: dict[str, list[float]] | None = None) -> float:
+def oci_cycle(cmd: list[str], state_root: Path, bundle: Path, verbs: dict[str, list[float]] | None = None,
+              env: dict | None = None) -> float:
     """ms for ``CMD create`` + ``start`` + the init's exit + ``delete`` (the caller is a subreaper);
-    each verb's own ms appended to ``verbs[name]`` when given."""
+    each verb's own ms appended to ``verbs[name]`` when given; ``env``: the commands' environment."""
     from core import leases
 
     cid = f"isobench-{os.urandom(6).hex()}"
@@ -97,7 +100,7 @@ def oci_cycle(cmd: list[str], state_root: Path, bundle: Path, verbs: dict[str, l
             stamps = [t0]
             for verb in (["create", "--bundle", str(bundle), "--pid-file", str(pidfile), cid], ["start", cid]):
                 if subprocess.run([*base, *verb], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=err).returncode != 0:
+                                  stderr=err, env=env).returncode != 0:
                     err.seek(0)
                     raise RuntimeError(f"{cmd[0]} {verb[0]} failed: {err.read().decode()[-300:]}")
                 stamps.append(time.perf_counter_ns())
@@ -106,7 +109,7 @@ def oci_cycle(cmd: list[str], state_root: Path, bundle: Path, verbs: dict[str, l
             os.waitpid(pid, 0)
             stamps.append(time.perf_counter_ns())
             if subprocess.run([*base, "delete", cid], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=err).returncode != 0:
+                              stderr=err, env=env).returncode != 0:
                 raise RuntimeError(f"{cmd[0]} delete {cid} failed")
             t1 = time.perf_counter_ns()
             if verbs is not None:
@@ -215,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
             time_cmd(cli, env)
             time_cmd(cli, server_env)
             time_cmd(cli, auto_env)
-            oci_cycle([runtime_cli], oci_roots["isobench-runtime"], bundle)
+            oci_cycle([runtime_cli], oci_roots["isobench-runtime"], bundle, env=auto_env)
+            oci_cycle([runtime_cli], oci_roots["isobench-runtime"], bundle, env=env)
             oci_cycle(["runc"], oci_roots["runc"], bundle)
         inproc, inproc_total, runc_ms, floor_ms, cli_ms, runc_cli_ms = [], [], [], [], [], []
-        auto_ms, runc_auto_ms, ocicli_ms, runc_ocicli_ms = [], [], [], []
-        oci_verbs: dict[str, dict[str, list[float]]] = {"isobench-runtime": {}, "runc": {}}
+        auto_ms, runc_auto_ms, ocicli_ms, runc_ocicli_ms, ocipy_ms, runc_ocipy_ms = [], [], [], [], [], []
+        oci_verbs: dict[str, dict[str, list[float]]] = {"isobench-runtime": {}, "isobench-runtime (no server)": {},
+                                                        "runc": {}}
         srv_ms, runc_srv_ms, idle_inproc, idle_runc = [], [], [], []
         phases: dict[str, list[float]] = {}
         for _ in range(args.n):
@@ -242,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             auto_ms.append(time_cmd(cli, auto_env))
             runc_auto_ms.append(runc_once())
             ocicli_ms.append(oci_cycle([runtime_cli], oci_roots["isobench-runtime"], bundle,
-                                       oci_verbs["isobench-runtime"]))
+                                       oci_verbs["isobench-runtime"], env=auto_env))
             runc_ocicli_ms.append(oci_cycle(["runc"], oci_roots["runc"], bundle, oci_verbs["runc"]))
+            ocipy_ms.append(oci_cycle([runtime_cli], oci_roots["isobench-runtime"], bundle,
+                                      oci_verbs["isobench-runtime (no server)"], env=env))
+            runc_ocipy_ms.append(oci_cycle(["runc"], oci_roots["runc"], bundle))
             time.sleep(args.gap)
             r = api.run(cfg, paths)
             idle_inproc.append(_ms(r.timings_ns["exited"] - r.timings_ns["call"]))
@@ -299,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             ("runc create+start+delete (paired)", runc_ocicli_ms),
             (f"in-process start after {args.gap:g} s idle", idle_inproc),
             (f"runc run after {args.gap:g} s idle", idle_runc),
+            ("isobench-runtime c+s+d, no server", ocipy_ms),
+            ("runc c+s+d (paired, no-server row)", runc_ocipy_ms),
         ]
         print(f"\nContainer start, {args.n} samples each, interleaved (ms)")
         print(f"{'contender':40} {'median':>8} {'p90':>8} {'min':>8}")
@@ -312,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         r_ocicli = med[rows[10][0]] / med[rows[11][0]]
         r_idle = med[rows[12][0]] / med[rows[13][0]]
         r_auto = med[rows[8][0]] / med[rows[9][0]]
+        r_ocipy = med[rows[14][0]] / med[rows[15][0]]
         print(f"\nratios: in-process / runc = {r_inproc:.2f}   in-process / floor = {r_floor:.2f}   "
               f"CLI (no server) / runc = {r_cli:.2f}   CLI via server / runc = {r_srv:.2f}   "
-              f"CLI default / runc = {r_auto:.2f}   isobench-runtime CLI / runc CLI = {r_ocicli:.2f}   "
-              f"after idle: in-process / runc = {r_idle:.2f}")
+              f"CLI default / runc = {r_auto:.2f}   isobench-runtime CLI / runc CLI = {r_ocicli:.2f} "
+              f"(no server: {r_ocipy:.2f})   after idle: in-process / runc = {r_idle:.2f}")
         print(f"first default CLI command (starts the server, runs in Python): {first_default_ms:.1f} ms")
         verb_medians = {rt: {v: statistics.median(ms) for v, ms in per.items()} for rt, per in oci_verbs.items()}
         print("OCI CLI per verb, median ms: " + "   ".join(
@@ -330,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             "median_ms": med, "p90_ms": {name: pct(v, 0.9) for name, v in rows},
             "ratios": {"inproc_over_runc": r_inproc, "inproc_over_floor": r_floor, "cli_over_runc": r_cli,
                        "cli_server_over_runc": r_srv, "cli_default_over_runc": r_auto,
-                       "runtime_cli_over_runc_cli": r_ocicli,
+                       "runtime_cli_over_runc_cli": r_ocicli, "runtime_cli_no_server_over_runc_cli": r_ocipy,
                        "after_idle_inproc_over_runc": r_idle},
             "first_default_cli_ms": first_default_ms, "oci_cli_verbs_median_ms": verb_medians,
             "conditions": {"nice": os.nice(0), "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),

@@ -146,19 +146,26 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
     ``on_ready`` and uid maps to write, the go-ahead is sent right after the cgroup join, so the child
     does not wait for a round trip through the parent."""
     timings: dict[str, int] = {}
+    helper = helper_runs(plan)
+    remote = _caller_spawner
+    if remote is not None and not helper:
+        raise CallerMustRun(f"container {plan.container_id}: its plan needs the Python child "
+                            f"(fields the start helper lacks), which only the caller's own process can fork")
     r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
     r_go, w_go = os.pipe2(os.O_CLOEXEC)
-    pidns = namespaces.own_pidns_fd()
-    helper = helper_runs(plan)
     try:
-        _enter_pidns_for_child(plan)  # only pid_for_children: a new one makes the child PID 1 there
-        try:
-            if helper:
-                pid = _spawn_helper(plan, security, stdio, r_go, w_ready)
-            else:
-                pid = _fork_child(plan, security, stdio, (r_ready, w_go), r_go, w_ready)
-        finally:
-            syscalls.setns(pidns, syscalls.CLONE_NEWPID)  # our next forks are ordinary again
+        if remote is not None:
+            pid = _spawn_helper(plan, security, stdio, r_go, w_ready, remote)
+        else:
+            pidns = namespaces.own_pidns_fd()
+            _enter_pidns_for_child(plan)  # only pid_for_children: a new one makes the child PID 1 there
+            try:
+                if helper:
+                    pid = _spawn_helper(plan, security, stdio, r_go, w_ready)
+                else:
+                    pid = _fork_child(plan, security, stdio, (r_ready, w_go), r_go, w_ready)
+            finally:
+                syscalls.setns(pidns, syscalls.CLONE_NEWPID)  # our next forks are ordinary again
     except BaseException:
         for fd in (r_ready, w_ready, r_go, w_go):
             os.close(fd)
@@ -236,7 +243,7 @@ def _enter_pidns_for_child(plan: LaunchPlan) -> None:
 
 # LaunchPlan and RootfsPlan fields the C helper implements (pid_ns and id_maps are the parent's). A plan
 # that sets any other field away from its default (a terminal's console_fd; a feature added to the
-# runtime in Python first) starts through the Python child, as does a bundle with a "cgroup" mount.
+# runtime in Python first) starts through the Python child.
 _HELPER_PLAN_FIELDS = frozenset({
     "container_id", "hostname", "argv", "env", "workdir", "uid", "gid", "groups", "rootfs", "unshare_flags",
     "cgroupns", "userns_remap", "loopback_up", "die_with_parent", "cgroup_join", "pid_ns", "join_ns", "id_maps",
@@ -253,14 +260,48 @@ def _only_fields(obj: object, known: frozenset[str]) -> bool:
 def helper_runs(plan: LaunchPlan) -> bool:
     """Does ``isobench-nsexec`` implement everything ``plan`` asks for? (``isobench run``, build steps
     and the bench's containers: yes.)"""
-    return (_only_fields(plan, _HELPER_PLAN_FIELDS) and _only_fields(plan.rootfs, _HELPER_ROOTFS_FIELDS)
-            and not any(m.fstype == "cgroup" for m in plan.rootfs.oci_mounts or ()))
+    return _only_fields(plan, _HELPER_PLAN_FIELDS) and _only_fields(plan.rootfs, _HELPER_ROOTFS_FIELDS)
+
+
+# ----------------------------------------------------------------------------- who spawns the helper
+
+class CallerMustRun(Exception):
+    """The helper cannot be spawned by the caller's process for this plan (it needs the Python child,
+    a fork of this process): the command must run in the caller's own process instead."""
+
+
+HelperSpawner = Callable[[str, str, "list[int]", str], int]
+"""``(helper path, argv[0], fds for the helper's 0-5, pid_ns) -> pid``: starts the helper as a child
+of another process (``pid_ns`` as :attr:`LaunchPlan.pid_ns`: "" a new PID namespace, "host", or a
+path to join); raises ContainerError when it could not."""
+
+_caller_spawner: HelperSpawner | None = None
+
+
+def spawn_helpers_through(spawner: HelperSpawner | None) -> None:
+    """From now on, start every container's helper through ``spawner`` (None: ``posix_spawn`` here).
+
+    Why: an OCI runtime's ``create`` leaves the container's first process behind as a child of the
+    *calling* process, which exits: it is then reaped by whoever reaps that caller's orphans (conmon,
+    a subreaper, waits for it exactly so). The isobench server's worker that serves
+    ``isobench-runtime create`` is not the caller, so it has the caller's client spawn the helper
+    (app.server.worker), and does everything else itself. A plan the helper cannot run raises
+    :class:`CallerMustRun` then."""
+    global _caller_spawner
+    _caller_spawner = spawner
 
 
 def _spawn_helper(plan: LaunchPlan, security: object, stdio: tuple[int, int, int], r_go: int,
-                  w_ready: int) -> int:
-    """posix_spawn the C helper (in the PID namespace the caller made) with its plan on fd 5."""
+                  w_ready: int, spawner: HelperSpawner | None = None) -> int:
+    """posix_spawn the C helper (in the PID namespace the caller made) with its plan on fd 5; with a
+    ``spawner``, that starts it (in a PID namespace as the plan says) instead."""
     r_plan = _plan_pipe(encode_plan(plan, security))
+    if spawner is not None:
+        try:
+            return spawner(_nsexec(), f"isobench-{plan.container_id}", [*stdio, r_go, w_ready, r_plan],
+                           plan.pid_ns)
+        finally:
+            os.close(r_plan)
     # the helper's fds 0-5 (see csrc/nsexec.c); a source already below 6 is moved up first, so no
     # dup2 of the list overwrites a source a later one still needs
     sources = [*stdio, r_go, w_ready, r_plan]
@@ -356,6 +397,7 @@ def encode_plan(plan: LaunchPlan, security: object) -> bytes:
         ("init", r.init_binary), ("read_only", int(r.read_only)), ("oci", int(oci)),
         *(("arg", a) for a in plan.argv), *(("env", e) for e in plan.env), *(("group", g) for g in plan.groups),
         *(("cgjoin", f) for f in plan.cgroup_join), *(("etc", f"{d}\0{h}") for d, h in r.etc_files),
+        *(("cgdir", f"{name}\0{d}") for name, d in r.cgroup_dirs),
         *(("mount", f"{m.kind}\0{m.source}\0{m.destination}\0{int(m.read_only)}") for m in r.mounts),
         *(("ocimount", f"{m.destination}\0{m.fstype}\0{m.source}\0{m.flags}\0{m.data}\0{m.propagation}")
           for m in r.oci_mounts or ()),
@@ -375,6 +417,8 @@ def _failure(plan: LaunchPlan, msg: str, pid: int) -> str:
 
 
 def _kill_and_reap(pid: int) -> None:
+    """SIGKILL a child that failed its set-up and reap it (one spawned by the caller's process is
+    the caller's to reap: waitpid says ECHILD here)."""
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -1,6 +1,10 @@
 """isobench-runtime's runc-compatible command line end to end: the create/start/state/kill/delete
 lifecycle on a bundle made by the spec converter, exec, run, list, features, and the spec's lifecycle
-errors (one line, exit 1, nothing changed)."""
+errors (one line, exit 1, nothing changed).
+
+Every test runs twice: with no server (the C client execs ``isobench-runtime-py``) and served by a
+private ``isobench server`` (the worker does the verb; for ``create`` the client spawns the container's
+process; ``run``, ``exec`` and a console socket are handed back to the client's own Python CLI)."""
 
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ import pytest
 pytestmark = [pytest.mark.requires("root", "busybox"), pytest.mark.timeout(180)]
 
 RUNTIME = str(Path(sys.executable).with_name("isobench-runtime"))
+ISOBENCH = str(Path(sys.executable).with_name("isobench"))
 
 
-@pytest.fixture
-def rt(paths, tmp_path):
-    """``rt(*argv)`` -> CompletedProcess against a private --root; a busybox bundle at ``rt.bundle``."""
+@pytest.fixture(params=["no-server", "server"])
+def rt(request, paths, tmp_path):
+    """``rt(*argv)`` -> CompletedProcess against a private --root; a busybox bundle at ``rt.bundle``;
+    ``rt.env`` the runtime's environment (``server``: a private server this fixture starts and stops)."""
     from runtime.oci import bundle
     from runtime.spec import ContainerConfig, NetworkSpec
     from tests.imagefixtures import ensure_busybox
@@ -32,22 +38,33 @@ def rt(paths, tmp_path):
     b = tmp_path / "bundle"
     bundle.from_image(paths, ContainerConfig(image="busybox", command=("sleep", "300"),
                                              network=NetworkSpec(mode="none")), b)
+    sock = tmp_path / "server.sock"  # nobody listens there without a server
+    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root), "ISOBENCH_SERVER_SOCKET": str(sock),
+           "ISOBENCH_SERVER_AUTOSTART": "0"}
+    if request.param == "server":
+        subprocess.run([ISOBENCH, "server", "start", "--socket", str(sock)], env=env, check=True,
+                       capture_output=True, timeout=60)
 
     def run(*argv: str, timeout_s: float = 30) -> subprocess.CompletedProcess:
         # files, not pipes: a created container keeps the runtime's stdout/stderr (as with runc), so a
         # pipe would not see EOF until the container exits
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             p = subprocess.run([RUNTIME, "--root", str(root), *argv], stdout=out, stderr=err, timeout=timeout_s,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, env=env)
             out.seek(0)
             err.seek(0)
             return subprocess.CompletedProcess(p.args, p.returncode, out.read().decode(), err.read().decode())
 
-    run.bundle, run.root = b, root  # type: ignore[attr-defined]
-    yield run
-    for d in (root / "containers").glob("*"):
-        if not d.name.startswith("."):
-            run("delete", "--force", d.name)
+    run.bundle, run.root, run.env, run.mode, run.log = b, root, env, request.param, Path(f"{sock}.log")  # type: ignore[attr-defined]
+    try:
+        yield run
+    finally:
+        for d in (root / "containers").glob("*"):
+            if not d.name.startswith("."):
+                run("delete", "--force", d.name)
+        if request.param == "server":  # by its pidfile (pid and start time)
+            subprocess.run([ISOBENCH, "server", "stop", "--socket", str(sock)], env=env, capture_output=True,
+                           timeout=60)
 
 
 def _set_process(b: Path, args: list[str], **extra) -> None:
@@ -148,7 +165,7 @@ def test_run_foreground_exit_code_and_bad_bundle(leak_check, rt, tmp_path):
 def test_log_file_json_and_features(rt, tmp_path):
     log = tmp_path / "log.json"
     p = subprocess.run([RUNTIME, "--root", str(rt.root), "--log", str(log), "--log-format", "json", "start", "x"],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=30, env=rt.env)
     assert p.returncode == 1
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["level"] == "error" and "does not exist" in entry["msg"]
@@ -185,3 +202,34 @@ def test_console_socket_gets_the_pty_master(leak_check, rt, tmp_path):
         os.close(master)
     finally:
         srv.close()
+
+
+def test_created_process_is_the_callers_child_as_with_runc(leak_check, rt, tmp_path):
+    """conmon is a subreaper and waits for the container's process: after ``create`` that process must
+    be an orphan of the *caller* (reparented to conmon), with or without a server (whose worker does
+    create's work: the client spawns the process). A subreaper stand-in runs create and reads the
+    container's parent; ``start`` then lets it run to its exit, which the subreaper reaps."""
+    _set_process(rt.bundle, ["sh", "-c", "exit 7"])
+    probe = tmp_path / "subreaper.py"
+    probe.write_text(
+        "import ctypes, os, subprocess, sys\n"
+        "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER\n"
+        "pidfile = sys.argv[2]\n"
+        "subprocess.run([sys.argv[1], '--debug', '--root', sys.argv[3], 'create', '--bundle', sys.argv[4],"
+        " '--pid-file', pidfile, 'c7'], check=True, stdin=subprocess.DEVNULL)\n"
+        "pid = int(open(pidfile).read())\n"
+        "ppid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "subprocess.run([sys.argv[1], '--root', sys.argv[3], 'start', 'c7'], check=True, stdin=subprocess.DEVNULL)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(ppid == os.getpid(), os.waitstatus_to_exitcode(status))\n")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:  # the container holds them
+        p = subprocess.run([sys.executable, str(probe), RUNTIME, str(tmp_path / "c7.pid"), str(rt.root),
+                            str(rt.bundle)], env=rt.env, stdout=out, stderr=err, timeout=60)
+        out.seek(0)
+        err.seek(0)
+        text, errors = out.read().decode(), err.read().decode()
+    assert p.returncode == 0, errors
+    assert text.split() == ["True", "7"], (text, errors)
+    served = "create served by an isobench server's worker" in errors
+    assert served == (rt.mode == "server") and "handed back" not in errors, errors
+    assert rt("delete", "c7").returncode == 0

@@ -32,10 +32,14 @@ DEFAULT_ROOT = "/run/isobench-runtime"
 ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
 
 
-@pytest.fixture
-def podman(paths, tmp_path):
+@pytest.fixture(params=["no-server", "server"])
+def podman(request, paths, tmp_path):
     """``podman(*args)`` with private storage, run root, runtime state and cgroup parent; everything
-    podman made is removed afterwards (containers, images, storage, cgroups)."""
+    podman made is removed afterwards (containers, images, storage, cgroups). ``server``: the runtime's
+    C client is served by an isobench server this fixture starts and stops on the default socket
+    (podman runs conmon, and conmon the runtime, with an environment of its own: no
+    ISOBENCH_SERVER_SOCKET reaches the runtime, as for a user); ``no-server``: each verb is a Python
+    process. Skipped when another server already listens there (not ours to stop or to use)."""
     from core.paths import new_id
     from tests.imagefixtures import ensure_busybox
 
@@ -46,7 +50,19 @@ def podman(paths, tmp_path):
             "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--storage-driver", "overlay",
             "--runtime", RUNTIME]  # the runtime's default --root: podman's clean-up process (conmon's exit
     # command) calls `delete` without --runtime-flag options, so a private root would not be seen there
-    env = {**os.environ, "ISOBENCH_ROOT": str(paths.root)}
+    from app.server import protocol as P
+
+    sock = P.DEFAULT_SOCKET
+    if P.accepts(sock):
+        shutil.rmtree(top, ignore_errors=True)
+        pytest.skip(f"an isobench server this test did not start listens on {sock}: the runtime under "
+                    "conmon would use it")
+    env = {k: v for k, v in os.environ.items() if k not in (P.SOCKET_ENV, "ISOBENCH_RUN_DIR")}
+    env.update(ISOBENCH_ROOT=str(paths.root), ISOBENCH_SERVER_AUTOSTART="0")
+    log_offset = os.path.getsize(f"{sock}.log") if os.path.exists(f"{sock}.log") else 0
+    if request.param == "server":
+        subprocess.run([str(VENV_BIN / "isobench"), "server", "start", "--socket", sock], env=env, check=True,
+                       capture_output=True, timeout=60)
 
     def run(*args: str, timeout_s: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
         p = subprocess.run(base + list(args), capture_output=True, text=True, timeout=timeout_s, env=env,
@@ -55,14 +71,20 @@ def podman(paths, tmp_path):
             assert p.returncode == 0, (args, p.returncode, p.stdout, p.stderr)
         return p
 
-    run.base, run.parent, run.top = base, parent, top  # type: ignore[attr-defined]
+    run.base, run.parent, run.top, run.env, run.mode = base, parent, top, env, request.param  # type: ignore[attr-defined]
+    run.sock, run.log_offset = sock, log_offset  # type: ignore[attr-defined]
     archive = tmp_path / "busybox.tar"
-    subprocess.run([str(VENV_BIN / "isobench-py"), "image", "save", "-o", str(archive), "busybox"], check=True,
-                   env=env, capture_output=True)
-    run("load", "-i", str(archive))
-    yield run
-    run("rm", "--all", "--force", "--time", "0", check=False)
-    run("rmi", "--all", "--force", check=False)
+    try:
+        subprocess.run([str(VENV_BIN / "isobench-py"), "image", "save", "-o", str(archive), "busybox"], check=True,
+                       env=env, capture_output=True)
+        run("load", "-i", str(archive))
+        yield run
+        run("rm", "--all", "--force", "--time", "0", check=False)
+        run("rmi", "--all", "--force", check=False)
+    finally:
+        if request.param == "server":  # by its pidfile (pid and start time)
+            subprocess.run([str(VENV_BIN / "isobench"), "server", "stop", "--socket", sock], env=env,
+                           capture_output=True, timeout=60)
     for hierarchy in Path("/sys/fs/cgroup").iterdir():  # conmon's and the containers' cgroups, deepest first
         d = hierarchy / parent
         if d.is_dir():
@@ -89,12 +111,19 @@ def test_podman_run_rm_detach_exec_stop_rm(leak_check, podman):
                 and (d / "state.json").read_text().find(str(podman.top)) >= 0]  # --rm deleted it
 
     cid = podman("run", "-d", "--name", "d1", *opts, "localhost/busybox", "sleep", "300").stdout.strip()
-    state = subprocess.run([RUNTIME, "state", cid], capture_output=True, text=True, check=True).stdout
-    assert '"status": "running"' in state
+    s = subprocess.run([RUNTIME, "--debug", "state", cid], capture_output=True, text=True, check=True, env=podman.env)
+    assert '"status": "running"' in s.stdout
+    assert ("served by an isobench server" in s.stderr) == (podman.mode == "server"), s.stderr
     assert "Up" in podman("ps", "--filter", "name=d1").stdout
     e = podman("exec", "d1", "sh", "-c", "echo in-exec; ps -o pid,args")
     assert "in-exec" in e.stdout and "sleep 300" in e.stdout
     assert podman("exec", "d1", "sh", "-c", "exit 4", check=False).returncode == 4
+    if podman.mode == "server":  # conmon's creates were served (their process is the client's child)
+        with open(f"{podman.sock}.log", "rb") as f:
+            f.seek(podman.log_offset)
+            log = f.read().decode(errors="replace")
+        handed_back = [line for line in log.splitlines() if " back to client pid " in line]
+        assert handed_back and all("`isobench-runtime exec`" in line for line in handed_back), log[-3000:]
     podman("stop", "--time", "1", "d1")
     assert "Exited (137)" in podman("ps", "-a", "--filter", "name=d1").stdout
     podman("rm", "d1")
