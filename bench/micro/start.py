@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             ("runc run (paired with server CLI)", runc_srv_ms),
             ("CLI default (server started on 1st use)", auto_ms),
             ("runc run (paired with default CLI)", runc_auto_ms),
-            ("isobench-runtime create+start+delete", ocicli_ms),
+            ("isobench-runtime c+s+d, served (server up)", ocicli_ms),
             ("runc create+start+delete (paired)", runc_ocicli_ms),
             (f"in-process start after {args.gap:g} s idle", idle_inproc),
             (f"runc run after {args.gap:g} s idle", idle_runc),
