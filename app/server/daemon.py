@@ -13,13 +13,21 @@ Protocol ``ISB1`` (one request per connection; peers must be root or the server'
 
     client -> server  b"ISB1" | u32 big-endian payload length | payload; SCM_RIGHTS on the first bytes
                       carries the client's fds 0, 1, 2. The payload is NUL-terminated strings: umask
-                      (octal), cwd, argc (decimal), argv[0..argc-1], then every environ entry.
+                      (octal), cwd, argc (decimal), argv[0..argc-1] (argv[0] is the client's
+                      program: ``isobench`` or ``isobench-runtime``), then every environ entry.
     server -> client  "P <worker pid>\\n"  the command runs (the client forwards its signals to it)
                       "X <code>\\n"        the worker exited: exit N -> N, killed by signal N -> 128+N
                       "E <message>\\n"     refused (other version, malformed, peer not allowed): the
                                           client prints the message and exits 125
                       "F <reason>\\n"      not served here (the peer lives in other namespaces or
                                           another root): the client runs the Python CLI itself
+    worker -> client  "S <new|host|join> <argv0> <path>\\n" (isobench-runtime create) with SCM_RIGHTS:
+                                          a reply pipe, the fds 0..5 of a process to fork and exec as
+                                          the client's own child (in a new PID namespace, the client's,
+                                          or the one sent); the client writes "<pid>\\n" or
+                                          "E <message>\\n" to the pipe
+                      "F <reason>\\n"      (any time before its X) a verb that must be the caller's
+                                          own process: the client runs the Python CLI itself
 
 A connection the server closes before it read the whole request is reset (ECONNRESET): the client
 then knows nothing ran and falls back to the Python CLI. A plain EOF after the request was read means
