@@ -207,33 +207,32 @@ def main(argv: list[str], session=None) -> int:
         return 2
     from core.errors import IsobenchError
 
+    caller_must_run: type[Exception] | tuple = ()  # nothing to hand back without a server
+    command = f"`isobench-runtime {args.verb}`"
     if session is not None:
         if args.verb in CALLER_VERBS or getattr(args, "console_socket", None):
             _debug(args, f"{args.verb} handed back to the client's own process (it must be the caller's)")
-            session.decline(f"isobench-runtime {args.verb} runs in the caller's own process")
+            session.decline(f"{command} runs in the caller's own process")
         import os
 
         _debug(args, f"{args.verb} served by an isobench server's worker (pid {os.getpid()})")
         from runtime.lifecycle import process
 
         process.spawn_helpers_through(session.spawn)
+        caller_must_run = process.CallerMustRun
     try:
         from app import oci_verbs
 
         return oci_verbs.VERBS[args.verb](args)
+    except caller_must_run as exc:  # the container was removed on the way out (oci_verbs._create)
+        _debug(args, f"{args.verb} handed back to the client's own process: {exc}")
+        session.decline(f"{command}: {exc}")
+        return 1  # not reached: decline exits
     except IsobenchError as exc:
         _log_error(args, str(exc))
         return 1
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
-        from runtime.lifecycle.process import CallerMustRun
-
-        if session is None or not isinstance(exc, CallerMustRun):
-            raise
-        _debug(args, f"{args.verb} handed back to the client's own process: {exc}")
-        session.decline(str(exc))  # the container was removed on the way out (oci_verbs._create)
-        return 1  # not reached
 
 
 def _debug(args, msg: str) -> None:

@@ -249,7 +249,8 @@ def _launch_plan(b: bundle.Bundle, cid: str, paths: HostPaths, cgroup_plan: Any,
     overlay = b.overlay
     p = b.process
     rlimits = tuple((getattr(resource, kind), soft, hard) for kind, soft, hard in p.rlimits)
-    cg_dirs = tuple((name, str(d)) for name, d in _cgroup_mount_dirs(cgroup_plan, cgroupns))
+    cg_dirs = tuple((name, str(d)) for name, d in _cgroup_mount_dirs(cgroup_plan, cgroupns)
+                    ) if any(m.fstype == "cgroup" for m in mounts) else ()  # only a cgroup mount reads them
     return LaunchPlan(
         container_id=cid, hostname=b.hostname if b.namespace("uts") == "" else "", argv=p.args, env=p.env,
         workdir=p.cwd, uid=p.uid, gid=p.gid, groups=p.additional_gids, unshare_flags=flags, cgroupns=cgroupns,

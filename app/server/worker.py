@@ -11,6 +11,8 @@ from app.server.protocol import CLIENT_FDS, EXIT_CLIENT_SETUP, PROCESS_NAME, Req
 
 # ----------------------------------------------------------------------------- the worker
 
+_real_exit = os._exit  # taken at import, before _report_exit_early wraps it: decline() exits without X
+
 # Dispositions of a freshly started `isobench` (Python's own start-up choices), restored in a worker.
 def _fresh_dispositions() -> dict:
     import signal
@@ -191,9 +193,7 @@ def _report_exit_early(report_fd: int) -> None:
     import contextlib
     import sys
 
-    global _real_exit
     real_exit, me = os._exit, os.getpid()
-    _real_exit = real_exit
     # not the monitor's to hold; closed in our direct children only (by then the number may mean
     # another file in a grandchild, whose fork runs this hook again)
     os.register_at_fork(after_in_child=lambda: os.getppid() == me and _close_quietly(report_fd))
@@ -210,9 +210,6 @@ def _report_exit_early(report_fd: int) -> None:
     os._exit = exit_reporting
 
 
-_real_exit = os._exit  # os._exit before _report_exit_early wrapped it (decline() exits without X)
-
-
 class ClientSession:
     """What a worker can ask of its client beyond stdio and the exit code (protocol in
     :mod:`app.server.daemon`): run the command itself (``F``), or spawn a process as its own child
@@ -225,23 +222,24 @@ class ClientSession:
     def decline(self, reason: str) -> None:
         """Tell the client to run this command in its own Python CLI, and exit (no ``X``): for a
         command that must be the caller's own process. Nothing may have been written to its stdio.
-        Logged on the server log (when the worker kept it), so a test can tell served from declined."""
+        ``reason`` names the command; it is logged on the server log (when the worker kept it), so a
+        test can tell served from declined."""
         import contextlib
         import sys
         import time
 
+        reason = reason.replace("\n", " ")  # one line, on the log and to the client
         if self.log_fd >= 0:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            line = (f"{stamp} isobench-worker[{os.getpid()}]: hands `{' '.join(sys.argv[:1] + _verb_of(sys.argv))}` "
-                    f"back to client pid {self.peer_pid}: {reason}\n")
+            line = (f"{stamp} isobench-worker[{os.getpid()}]: hands a command back to client pid "
+                    f"{self.peer_pid}: {reason}\n")
             with contextlib.suppress(OSError):
                 os.write(self.log_fd, line.encode(errors="replace"))
-
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         with contextlib.suppress(OSError):
-            os.write(self.report_fd, ("F " + reason.replace("\n", " ") + "\n").encode(errors="replace"))
+            os.write(self.report_fd, f"F {reason}\n".encode(errors="replace"))
         _real_exit(0)
 
     def spawn(self, path: str, argv0: str, fds: list[int], pid_ns: str) -> int:
@@ -287,20 +285,6 @@ class ClientSession:
         if text.startswith("E "):
             raise ContainerError(f"the client could not start the container's process: {text[2:]}")
         raise ContainerError("the client went away before it started the container's process")
-
-
-def _verb_of(argv: list[str]) -> list[str]:
-    """The verb of an ``isobench-runtime`` command line: the first word after the global options."""
-    takes_value = ("--root", "--log", "--log-format", "--rootless")
-    skip = False
-    for a in argv[1:]:
-        if skip:
-            skip = False
-        elif a in takes_value:
-            skip = True
-        elif not a.startswith("-"):
-            return [a]
-    return []
 
 
 def is_monitor(pid: int) -> bool:

@@ -1,7 +1,7 @@
 """The worker's requests to its C client (app.server.worker.ClientSession), against a stand-in client
 on a socketpair: ``S`` carries the helper's fds and a reply pipe (SCM_RIGHTS), the pid or an error comes
-back on the pipe; ``F`` hands a command back. The real client (csrc/client.c) is exercised end to end by
-tests/integration/test_oci_cli.py and test_oci_podman.py."""
+back on the pipe; ``F`` hands a command back (logged on the server log). The real client
+(csrc/client.c) is exercised end to end by tests/integration/test_oci_cli.py and test_oci_podman.py."""
 
 from __future__ import annotations
 
@@ -84,11 +84,25 @@ def test_spawn_refuses_what_the_line_cannot_carry():
         session.spawn("/x/h\nS host a /bin/sh", "a", [0, 1, 2, 0, 1, 2], "")
 
 
-@pytest.mark.parametrize("argv,verb", [
-    (["isobench-runtime", "create", "--bundle", "b", "c1"], ["create"]),
-    (["isobench-runtime", "--root", "/r", "--log", "l", "--log-format", "json", "delete", "c1"], ["delete"]),
-    (["isobench-runtime", "--debug", "state", "c1"], ["state"]),
-    (["isobench-runtime", "--root"], []),
-])
-def test_verb_of_skips_global_options(argv, verb):
-    assert W._verb_of(argv) == verb
+def test_decline_logs_the_reason_sends_f_and_exits_without_x(monkeypatch):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    log_r, log_w = os.pipe()
+
+    def fake_exit(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(W, "_real_exit", fake_exit)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            session = W.ClientSession(ours.fileno(), log_w, 4242)
+            session.decline("`isobench-runtime exec` runs in the caller's\nown process")
+        assert exc.value.code == 0
+        assert theirs.recv(4096) == b"F `isobench-runtime exec` runs in the caller's own process\n"
+        log = os.read(log_r, 4096).decode()
+        assert log.endswith("isobench-worker[%d]: hands a command back to client pid 4242: `isobench-runtime exec` "
+                            "runs in the caller's own process\n" % os.getpid()), log
+    finally:
+        for fd in (log_r, log_w):
+            os.close(fd)
+        ours.close()
+        theirs.close()
