@@ -228,7 +228,7 @@ def _create_and_start(config: ContainerConfig, paths: HostPaths, stdio: tuple[in
 
         size = terminal_size(0) or terminal_size(1)
     c = api.create(config, paths, stdio=stdio, auto_remove=auto_remove, detached=detach, console_fd=console_fd,
-                   console_size=size)
+                   console_size=size, starting=True)
     try:
         with contextlib.suppress(OSError):
             syscalls.set_process_name(host_name(c.id))

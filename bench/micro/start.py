@@ -3,7 +3,11 @@
 Side by side in one run, interleaved so machine noise hits every contender alike:
 
 * **in-process start** of ``true`` from the busybox image with ``--network none`` through
-  :mod:`runtime.api` (call to workload exit; the harness is the monitor), with the phase breakdown;
+  :mod:`runtime.api` (call to workload exit; the harness is the monitor), with the phase breakdown.
+  The harness starts containers one after another, so it keeps a spare network namespace
+  (:func:`runtime.api.keep_spare_netns`): each start makes the *next* container's namespace while its
+  own builds its root, inside its own span. The same start with the namespace made inline (as a
+  process that starts one container gets it) is its own row, interleaved;
 * **runc run** of the same image's flat rootfs (bundle from ``runc spec``, its default namespaces,
   no network): the reference OCI runtime, as a subprocess (that *is* its cost);
 * **unshare -fpmiu true**: the floor (namespaces + fork + exec, no rootfs, no cgroup);
@@ -202,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from core import syscalls
 
+        api.keep_spare_netns()  # a harness starting containers in sequence: the next netns made ahead
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)  # the OCI CLI rows wait for the inits
         runtime_cli = str(Path(sys.executable).with_name("isobench-runtime"))
         oci_roots = {name: root / f"{name}-state" for name in ("isobench-runtime", "runc")}
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         auto_ms, runc_auto_ms, ocicli_ms, runc_ocicli_ms, ocipy_ms, runc_ocipy_ms = [], [], [], [], [], []
         oci_verbs: dict[str, dict[str, list[float]]] = {"isobench-runtime": {}, "isobench-runtime (no server)": {},
                                                         "runc": {}}
-        srv_ms, runc_srv_ms, idle_inproc, idle_runc = [], [], [], []
+        srv_ms, runc_srv_ms, idle_inproc, idle_runc, inline_ms = [], [], [], [], []
         phases: dict[str, list[float]] = {}
         for _ in range(args.n):
             t0 = time.perf_counter_ns()
@@ -240,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                     phases.setdefault(k, []).append(_ms(t[k] - t["call"]))
             runc_ms.append(runc_once())
             floor_ms.append(time_cmd(["unshare", "-fpmiu", "true"]))
+            api.keep_spare_netns(False)  # this one unshares its network namespace itself
+            r = api.run(cfg, paths)
+            inline_ms.append(_ms(r.timings_ns["exited"] - r.timings_ns["call"]))
+            api.keep_spare_netns()
+            api.make_spare_netns()  # outside every span: the next in-process start finds it
             cli_ms.append(time_cmd(cli, env))
             runc_cli_ms.append(runc_once())
             srv_ms.append(time_cmd(cli, server_env))
@@ -260,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             del prev
 
         # churn: N containers in sequence, then a leak check
+        api.make_spare_netns()  # there before and after, as each start takes one and makes the next
         fds_before = len(os.listdir("/proc/self/fd"))
         ids = []
         t0 = time.perf_counter()
@@ -309,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             (f"runc run after {args.gap:g} s idle", idle_runc),
             ("isobench-runtime c+s+d, no server", ocipy_ms),
             ("runc c+s+d (paired, no-server row)", runc_ocipy_ms),
+            ("in-process start, netns made inline", inline_ms),
         ]
         print(f"\nContainer start, {args.n} samples each, interleaved (ms)")
         print(f"{'contender':40} {'median':>8} {'p90':>8} {'min':>8}")
@@ -326,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nratios: in-process / runc = {r_inproc:.2f}   in-process / floor = {r_floor:.2f}   "
               f"CLI (no server) / runc = {r_cli:.2f}   CLI via server / runc = {r_srv:.2f}   "
               f"CLI default / runc = {r_auto:.2f}   isobench-runtime CLI / runc CLI = {r_ocicli:.2f} "
-              f"(no server: {r_ocipy:.2f})   after idle: in-process / runc = {r_idle:.2f}")
+              f"(no server: {r_ocipy:.2f})   after idle: in-process / runc = {r_idle:.2f}   "
+              f"netns made inline: in-process / floor = {med[rows[16][0]] / med[rows[3][0]]:.2f}")
         print(f"first default CLI command (starts the server, runs in Python): {first_default_ms:.1f} ms")
         verb_medians = {rt: {v: statistics.median(ms) for v, ms in per.items()} for rt, per in oci_verbs.items()}
         print("OCI CLI per verb, median ms: " + "   ".join(
@@ -342,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratios": {"inproc_over_runc": r_inproc, "inproc_over_floor": r_floor, "cli_over_runc": r_cli,
                        "cli_server_over_runc": r_srv, "cli_default_over_runc": r_auto,
                        "runtime_cli_over_runc_cli": r_ocicli, "runtime_cli_no_server_over_runc_cli": r_ocipy,
-                       "after_idle_inproc_over_runc": r_idle},
+                       "after_idle_inproc_over_runc": r_idle,
+                       "inline_netns_inproc_over_floor": med[rows[16][0]] / med[rows[3][0]]},
             "first_default_cli_ms": first_default_ms, "oci_cli_verbs_median_ms": verb_medians,
             "conditions": {"nice": os.nice(0), "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
                            "samples": args.n, "gap_s": args.gap},

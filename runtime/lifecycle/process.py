@@ -138,13 +138,15 @@ def _status_of_waitid(r: os.waitid_result) -> int:
 
 
 def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
-          on_forked: Callable[[int], None], on_ready: Callable[[int], None] | None) -> Spawned:
+          on_forked: Callable[[int], None], on_ready: Callable[[int], None] | None,
+          meanwhile: Callable[[], None] | None = None) -> Spawned:
     """Fork the container's PID 1 and run it up to ``execve``.
 
     ``on_forked(pid)`` runs while the child builds its rootfs (join the cgroup); ``on_ready(pid)`` runs
     once its namespaces and root exist (attach the network). Either raising kills the child. Without
     ``on_ready`` and uid maps to write, the go-ahead is sent right after the cgroup join, so the child
-    does not wait for a round trip through the parent."""
+    does not wait for a round trip through the parent. ``meanwhile()`` runs once the child has its
+    cgroup go-ahead, while it builds its root: work off the start's path (records on disk)."""
     timings: dict[str, int] = {}
     helper = helper_runs(plan)
     remote = _caller_spawner
@@ -180,6 +182,8 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         handshake = on_ready is not None or plan.userns_remap  # G only after R
         parent_lo = plan.loopback_up and not helper  # the C helper brings its lo up itself
         os.write(w_go, b"CG" if not handshake and not parent_lo else b"C")
+        if meanwhile is not None:
+            meanwhile()
         if parent_lo:
             msg = lines.next()
             if msg != "N":

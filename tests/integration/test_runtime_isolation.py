@@ -93,6 +93,49 @@ def test_only_loopback_with_network_none(paths, image, leak_check):
     assert int(lines[2], 16) & 1, "lo is not up"
 
 
+def test_spare_netns_is_fresh_per_container_and_leaks_nothing(paths, image, leak_check):
+    """keep_spare_netns: each start joins the namespace the previous start made ahead; every container
+    still gets its own, with only lo, up; the spare is an fd of this process, closed when turned off."""
+    host_ns = os.stat("/proc/self/ns/net").st_ino
+    fds = sorted(os.listdir("/proc/self/fd"))
+    api.keep_spare_netns()
+    try:
+        seen = []
+        for _ in range(3):
+            text = out(run(paths, "sh", "-c", "stat -L -c %i /proc/self/ns/net; ls /sys/class/net; "
+                                              "cat /sys/class/net/lo/flags"))
+            ino, names, flags = text.split()
+            assert names == "lo" and int(flags, 16) & 1, text
+            seen.append(int(ino))
+        assert len(set(seen)) == 3 and host_ns not in seen, seen
+        assert os.stat("/proc/self/ns/net").st_ino == host_ns  # the harness's thread came back
+    finally:
+        api.keep_spare_netns(False)
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+
+
+def test_run_mounts_its_throwaway_layer_volatile_and_keeps_records(paths, image, containers, leak_check):
+    """run (auto-remove): the overlay is volatile (no sync of the upper filesystem at unmount) and
+    config.json + state.json are written by start(); a kept container's overlay syncs as usual."""
+    r = run(paths, "sh", "-c", "grep ' / / ' /proc/self/mountinfo")
+    assert "volatile" in out(r)
+    c = containers("sh", "-c", "grep ' / / ' /proc/self/mountinfo")
+    api.start(c)
+    assert api.wait(c) == 0
+    assert "volatile" not in (c.dir / "stdout.log").read_text()
+    made = api.create(ContainerConfig(image=image, command=("true",), network=NetworkSpec(mode="none")), paths,
+                      auto_remove=True, starting=True)
+    _MADE.append(made.id)
+    try:
+        assert not (made.dir / "config.json").exists() and not (made.dir / "state.json").exists()
+        api.start(made)
+        assert (made.dir / "config.json").is_file()
+        assert S.read_state(made.dir)["status"] == "running"
+        assert api.wait(made) == 0
+    finally:
+        api.delete(made, force=True)
+
+
 def test_ipc_objects_invisible(paths, image, containers, leak_check):
     libc = ctypes.CDLL(None, use_errno=True)
     shmid = libc.shmget(0, 4096, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT
