@@ -52,9 +52,6 @@ if TYPE_CHECKING:
 # imported by the functions that use them: `isobench-runtime start|state|kill|delete` is a fresh
 # Python process per verb and needs none of them (~40 ms of imports of a ~90 ms verb).
 
-LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-
-
 @dataclass
 class RunResult:
     exit_code: int
@@ -110,20 +107,6 @@ class Container:
 
 # ----------------------------------------------------------------------------- create
 
-def _write_etc(cdir: Path, hostname: str, mode: str) -> tuple[tuple[str, str], ...]:
-    files = {"hostname": hostname + "\n", "hosts": LOCALHOST + f"127.0.1.1\t{hostname}\n", "resolv.conf": ""}
-    if mode == "host":
-        with contextlib.suppress(OSError):
-            files["resolv.conf"] = Path("/etc/resolv.conf").read_text()
-    for fname, text in files.items():  # os-level: three io.open stacks cost ~0.1 ms of every start
-        fd = os.open(f"{cdir}/{fname}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-    return tuple((f"/etc/{fname}", str(cdir / fname)) for fname in files)
-
-
 def _open_logs(cdir: Path) -> tuple[tuple[int, int, int], tuple[int, ...]]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
     fds = (os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), os.open(cdir / "stdout.log", flags, 0o640),
@@ -149,9 +132,13 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
     from runtime.oci.specconv import exposed_ports
     from runtime.validate import validate
 
+    from runtime.lifecycle import spares
+
     validate(config)
-    cid = new_id()
-    hostname = config.hostname or cid[:12]
+    cid = spares.take_dir(paths)  # made ahead by the previous start (keep_spares), or None
+    prepared = cid is not None
+    cid = cid or new_id()
+    hostname = config.hostname or spares.default_hostname(cid)
     cdir = S.container_dir(paths, cid)
     made = bundle.image_spec(paths, config, hostname=hostname, rootfs=_shared_mountpoint(paths),
                              overlay_dirs=(f"{cdir}/upper", f"{cdir}/work"),
@@ -171,7 +158,8 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
              "config": _config_dict(config), **(extra_state or {})}
     c = _instantiate(b, paths, cid, name=config.name, stdio=stdio, owner_pid=owner_pid, auto_remove=auto_remove,
                      detached=detached, state=state, network=net, write_bundle=True,
-                     etc=(hostname, config.network.mode), console_fd=console_fd, defer_records=starting)
+                     etc=(hostname, config.network.mode), console_fd=console_fd, defer_records=starting,
+                     prepared=prepared)
     c.config = config
     c.timings_ns["call"] = t_call
     return c
@@ -185,7 +173,7 @@ class _NetworkSetup:
     exposed: tuple[str, ...]
 
 
-ETC_FILES = ("hostname", "hosts", "resolv.conf")
+ETC_FILES = S.ETC_FILES
 EXEC_FIFO = "exec.fifo"
 RESUME_TIMEOUT_S = 10.0
 
@@ -288,33 +276,39 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
                  stdio: tuple[int, int, int] | None, owner_pid: int | None, auto_remove: bool, detached: bool,
                  state: dict[str, Any], network: _NetworkSetup | None, write_bundle: bool,
                  etc: tuple[str, str] | None, console_fd: int = -1, hold: bool = False,
-                 defer_records: bool = False) -> Container:
+                 defer_records: bool = False, prepared: bool = False) -> Container:
     """The host side of create, for every container: dirs, lease, cgroup plan, network plan, state.
-    ``defer_records``: config.json and state.json are left to start() (:func:`_write_records`)."""
+    ``defer_records``: config.json and state.json are left to start() (:func:`_write_records`).
+    ``prepared``: the dir is a spare (:mod:`runtime.lifecycle.spares`): it, its upper/work dirs, logs,
+    default /etc files and this process's lease exist already."""
+    from runtime.lifecycle.spares import default_hostname
+
     cdir = S.container_dir(paths, cid)
     c = Container(id=cid, paths=paths, config=None, name=name)
-    prepared = _security_of(b)
+    security = _security_of(b)
     with contextlib.ExitStack() as undo:
         if name:
             S.reserve_name(paths, name, cid)
             undo.callback(S.release_name, paths, name, cid)
-        try:
-            cdir.mkdir(parents=True)
-        except FileExistsError:
-            raise ContainerError(f"container {cid} already exists") from None
+        if not prepared:
+            try:
+                cdir.mkdir(parents=True)
+            except FileExistsError:
+                raise ContainerError(f"container {cid} already exists") from None
         undo.callback(S.remove_dir, paths, cid)
         exec_fifo = ""
         if hold:
             exec_fifo = f"{cdir}/{EXEC_FIFO}"
             os.mkfifo(exec_fifo, 0o600)
         overlay = b.overlay
-        if overlay is not None:
+        if overlay is not None and not prepared:
             for d in overlay[1:]:
                 os.makedirs(d, exist_ok=True)
-        leases.take(cid, pid=owner_pid, kind="container", root=str(paths.root))
+        if not prepared or owner_pid not in (None, os.getpid()):
+            leases.take(cid, pid=owner_pid, kind="container", root=str(paths.root))
         undo.callback(leases.release, cid)
-        if etc is not None:
-            _write_etc(cdir, etc[0], etc[1])
+        if etc is not None and not (prepared and etc[0] == default_hostname(cid) and etc[1] != "host"):
+            S.write_etc_files(cdir, etc[0], etc[1])  # a spare's are a default container's (no host resolv.conf)
         if stdio is None:
             stdio, owned = _open_logs(cdir)
             c._own_fds = owned
@@ -337,7 +331,7 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
                 os.chown(d, host_root, host_root)
         c._plan = _launch_plan(b, cid, paths, c._cgroup_plan, bridge=network is not None, console_fd=console_fd,
                                exec_fifo=exec_fifo)
-        c._security = prepared
+        c._security = security
         c._stdio = stdio
         c._is_parent = True
         p = b.process
@@ -391,19 +385,20 @@ def _joined(b: bundle.Bundle) -> list[str]:
     return [proc for kind, proc in _PROC_NS if b.namespace(kind) is not None]
 
 
-def keep_spare_netns(on: bool = True) -> None:
+def keep_spares(on: bool = True) -> None:
     """A process that starts containers one after another makes each next container's network
-    namespace while the current one builds its root (:func:`runtime.namespaces.keep_spare_netns`)."""
-    from runtime import namespaces
+    namespace and state directory while the current one builds its root (:mod:`runtime.lifecycle.spares`);
+    ``False`` stops and removes them."""
+    from runtime.lifecycle import spares
 
-    namespaces.keep_spare_netns(on)
+    spares.keep(on)
 
 
-def make_spare_netns() -> None:
-    """Make the spare network namespace now (if kept and missing), e.g. before a timed start."""
-    from runtime import namespaces
+def make_spares(paths: HostPaths) -> None:
+    """Make the spares now (if kept and missing), e.g. before a timed start."""
+    from runtime.lifecycle import spares
 
-    namespaces.make_spare_netns()
+    spares.make(paths)
 
 
 def warm_security() -> None:
@@ -480,17 +475,18 @@ def start(c: Container) -> None:
 
     from core import syscalls
     from runtime import namespaces
+    from runtime.lifecycle import spares
 
     plan = c._plan
     spare = namespaces.take_spare_netns() if plan.unshare_flags & syscalls.CLONE_NEWNET else None
-    if spare is not None:  # made ahead (keep_spare_netns): joined, not unshared; its lo is up already
+    if spare is not None:  # made ahead (keep_spares): joined, not unshared; its lo is up already
         plan = dataclasses.replace(plan, unshare_flags=plan.unshare_flags & ~syscalls.CLONE_NEWNET,
                                    loopback_up=False, join_ns=(f"/proc/{os.getpid()}/fd/{spare}", *plan.join_ns))
 
     def meanwhile() -> None:
         if c._records_pending:
             _write_records(c)
-        namespaces.make_spare_netns()  # the next container's, while this one builds its root
+        spares.make(c.paths)  # the next container's netns and dir (keep_spares), while this one builds its root
 
     try:
         spawned = spawn(plan, c._security, c._stdio, on_forked, on_ready if c._netplan is not None else None,

@@ -4,10 +4,10 @@ Side by side in one run, interleaved so machine noise hits every contender alike
 
 * **in-process start** of ``true`` from the busybox image with ``--network none`` through
   :mod:`runtime.api` (call to workload exit; the harness is the monitor), with the phase breakdown.
-  The harness starts containers one after another, so it keeps a spare network namespace
-  (:func:`runtime.api.keep_spare_netns`): each start makes the *next* container's namespace while its
-  own builds its root, inside its own span. The same start with the namespace made inline (as a
-  process that starts one container gets it) is its own row, interleaved;
+  The harness starts containers one after another, so it keeps spares (:func:`runtime.api.keep_spares`):
+  each start makes the *next* container's network namespace and state directory while its own child
+  builds its root, inside its own span. The same start with both made inline (as a process that starts
+  one container gets them) is its own row, interleaved;
 * **runc run** of the same image's flat rootfs (bundle from ``runc spec``, its default namespaces,
   no network): the reference OCI runtime, as a subprocess (that *is* its cost);
 * **unshare -fpmiu true**: the floor (namespaces + fork + exec, no rootfs, no cgroup);
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from core import syscalls
 
-        api.keep_spare_netns()  # a harness starting containers in sequence: the next netns made ahead
+        api.keep_spares()  # a harness starting containers in sequence: the next netns and dir made ahead
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)  # the OCI CLI rows wait for the inits
         runtime_cli = str(Path(sys.executable).with_name("isobench-runtime"))
         oci_roots = {name: root / f"{name}-state" for name in ("isobench-runtime", "runc")}
@@ -245,11 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                     phases.setdefault(k, []).append(_ms(t[k] - t["call"]))
             runc_ms.append(runc_once())
             floor_ms.append(time_cmd(["unshare", "-fpmiu", "true"]))
-            api.keep_spare_netns(False)  # this one unshares its network namespace itself
+            api.keep_spares(False)  # this one makes its network namespace and directory itself
             r = api.run(cfg, paths)
             inline_ms.append(_ms(r.timings_ns["exited"] - r.timings_ns["call"]))
-            api.keep_spare_netns()
-            api.make_spare_netns()  # outside every span: the next in-process start finds it
+            api.keep_spares()
+            api.make_spares(paths)  # outside every span: the next in-process start finds them
             cli_ms.append(time_cmd(cli, env))
             runc_cli_ms.append(runc_once())
             srv_ms.append(time_cmd(cli, server_env))
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             del prev
 
         # churn: N containers in sequence, then a leak check
-        api.make_spare_netns()  # there before and after, as each start takes one and makes the next
+        api.make_spares(paths)  # there before and after, as each start takes one and makes the next
         fds_before = len(os.listdir("/proc/self/fd"))
         ids = []
         t0 = time.perf_counter()
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             (f"runc run after {args.gap:g} s idle", idle_runc),
             ("isobench-runtime c+s+d, no server", ocipy_ms),
             ("runc c+s+d (paired, no-server row)", runc_ocipy_ms),
-            ("in-process start, netns made inline", inline_ms),
+            ("in-process start, netns+dir made inline", inline_ms),
         ]
         print(f"\nContainer start, {args.n} samples each, interleaved (ms)")
         print(f"{'contender':40} {'median':>8} {'p90':>8} {'min':>8}")
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
               f"CLI (no server) / runc = {r_cli:.2f}   CLI via server / runc = {r_srv:.2f}   "
               f"CLI default / runc = {r_auto:.2f}   isobench-runtime CLI / runc CLI = {r_ocicli:.2f} "
               f"(no server: {r_ocipy:.2f})   after idle: in-process / runc = {r_idle:.2f}   "
-              f"netns made inline: in-process / floor = {med[rows[16][0]] / med[rows[3][0]]:.2f}")
+              f"netns+dir made inline: in-process / floor = {med[rows[16][0]] / med[rows[3][0]]:.2f}")
         print(f"first default CLI command (starts the server, runs in Python): {first_default_ms:.1f} ms")
         verb_medians = {rt: {v: statistics.median(ms) for v, ms in per.items()} for rt, per in oci_verbs.items()}
         print("OCI CLI per verb, median ms: " + "   ".join(
@@ -383,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         from runtime.lifecycle.gc import gc
 
+        api.keep_spares(False)
         gc(paths)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -313,8 +313,26 @@ class ImageStore:
         cfg_digest, _, config, layers = parts
         return ImageRecord(name, man_digest, cfg_digest, config, layers)
 
+    _index_cache: dict[str, tuple[tuple[int, int, int], dict]] = {}  # index path -> (stat key, index)
+
+    def _read_index_for_lookup(self) -> dict:
+        """The index for read-only use, re-read only when index.json changed (every writer replaces it
+        by rename: a new inode): a stat instead of a read and a JSON parse on every container create."""
+        path = self.root / "index.json"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return self._read_index()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._index_cache.get(str(path))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        index = self._read_index()
+        self._index_cache[str(path)] = (key, index)
+        return index
+
     def _lookup(self, ref: str) -> ImageRecord | None:
-        manifests = self._read_index().get("manifests", [])
+        manifests = self._read_index_for_lookup().get("manifests", [])
         ref = ref.strip()
         if _DIGEST_RE.match(ref) or re.fullmatch(r"[0-9a-f]{12,64}", ref):
             hexpart = ref.split(":", 1)[-1]

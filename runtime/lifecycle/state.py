@@ -40,6 +40,26 @@ def names_dir(paths: HostPaths) -> Path:
     return paths.containers / ".names"
 
 
+ETC_FILES = ("hostname", "hosts", "resolv.conf")
+LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+def write_etc_files(cdir: Path, hostname: str, mode: str) -> tuple[tuple[str, str], ...]:
+    """The container's /etc/hostname, /etc/hosts and /etc/resolv.conf (bound into it by the start
+    helper); ``mode``: its network mode (``host`` copies the host's resolv.conf)."""
+    files = {"hostname": hostname + "\n", "hosts": LOCALHOST + f"127.0.1.1\t{hostname}\n", "resolv.conf": ""}
+    if mode == "host":
+        with contextlib.suppress(OSError):
+            files["resolv.conf"] = Path("/etc/resolv.conf").read_text()
+    for fname, text in files.items():  # os-level: three io.open stacks cost ~0.1 ms of every start
+        fd = os.open(f"{cdir}/{fname}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    return tuple((f"/etc/{fname}", str(cdir / fname)) for fname in files)
+
+
 def now_iso() -> str:
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"

@@ -214,10 +214,16 @@ def image_spec(paths: Any, config: Any, *, hostname: str, rootfs: str,
     for m in config.mounts:
         if m.type == "volume":
             (paths.volumes / m.source / "_data").mkdir(parents=True, exist_ok=True)  # persist: never undone
+    overlay = None
+    if overlay_dirs:  # isobench's own overlay: the image's layers under its mountpoints layer
+        from runtime.image.mountpoints import layer_for
+
+        mountpoints = layer_for(lowers, paths.root)
+        overlay = ((*lowers, mountpoints) if mountpoints else lowers,) + overlay_dirs
     host = specconv.SpecHost(
         rootfs=rootfs, hostname=hostname, uid=uid, gid=gid, home=home, cgroupns=cgroup_namespace_supported(),
-        cgroups_path=cgroups_path, overlay=(lowers,) + overlay_dirs if overlay_dirs else None,
-        volatile=volatile and overlay_dirs is not None, etc_files=etc_files, init_binary=init_bin, volumes_dir=str(paths.volumes), image_digest=img.manifest_digest)
+        cgroups_path=cgroups_path, overlay=overlay, volatile=volatile and overlay is not None, etc_files=etc_files,
+        init_binary=init_bin, volumes_dir=str(paths.volumes), image_digest=img.manifest_digest)
     return FromImage(spec=specconv.to_spec(config, proc, host), image=img, process=proc, lowerdirs=lowers)
 
 

@@ -9,6 +9,8 @@ prctl/capset calls made in the already-forked child, through the syscalls seam (
 
 from __future__ import annotations
 
+import functools
+
 import os
 
 from core import syscalls
@@ -68,8 +70,10 @@ def effective_set(cap_add: tuple[str, ...] = (), cap_drop: tuple[str, ...] = (),
     return frozenset(kept & known)
 
 
+@functools.lru_cache(maxsize=1)
 def cap_last_cap() -> int:
-    """Highest capability number of the running kernel (bounding-set drops must cover all of them)."""
+    """Highest capability number of the running kernel (bounding-set drops must cover all of them);
+    a constant of the booted kernel, so read once per process (it was two reads of every create)."""
     try:
         with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
             return int(f.read().strip())

@@ -93,24 +93,38 @@ def test_only_loopback_with_network_none(paths, image, leak_check):
     assert int(lines[2], 16) & 1, "lo is not up"
 
 
-def test_spare_netns_is_fresh_per_container_and_leaks_nothing(paths, image, leak_check):
-    """keep_spare_netns: each start joins the namespace the previous start made ahead; every container
-    still gets its own, with only lo, up; the spare is an fd of this process, closed when turned off."""
+def test_spares_are_fresh_per_container_and_leave_nothing(paths, image, leak_check):
+    """keep_spares: each start makes the next container's network namespace and directory; every
+    container still gets its own namespace (only lo, up) and its own options' /etc files; the spare dir
+    is not a container (ps does not list it) and turning spares off removes it and its lease."""
+    from runtime.lifecycle import spares
+
     host_ns = os.stat("/proc/self/ns/net").st_ino
     fds = sorted(os.listdir("/proc/self/fd"))
-    api.keep_spare_netns()
+    api.keep_spares()
     try:
+        api.make_spares(paths)
+        spare_id = spares._spare.container_id
+        assert spare_id not in [st["id"] for st in S.iter_states(paths)]
         seen = []
-        for _ in range(3):
-            text = out(run(paths, "sh", "-c", "stat -L -c %i /proc/self/ns/net; ls /sys/class/net; "
-                                              "cat /sys/class/net/lo/flags"))
-            ino, names, flags = text.split()
-            assert names == "lo" and int(flags, 16) & 1, text
+        for i in range(3):
+            kw = {"hostname": "named-box"} if i == 2 else {}
+            r = run(paths, "sh", "-c", "stat -L -c %i /proc/self/ns/net; ls /sys/class/net; "
+                                       "cat /sys/class/net/lo/flags /etc/hostname", **kw)
+            ino, names, flags, hostname = out(r).split()
+            assert names == "lo" and int(flags, 16) & 1, out(r)
+            assert hostname == kw.get("hostname", r.container_id[:12])
+            if i == 0:
+                assert r.container_id == spare_id  # the prepared directory was used
             seen.append(int(ino))
         assert len(set(seen)) == 3 and host_ns not in seen, seen
         assert os.stat("/proc/self/ns/net").st_ino == host_ns  # the harness's thread came back
+        spare_id = spares._spare.container_id
+        assert S.container_dir(paths, spare_id).is_dir() and (run_dir() / "leases" / f"{spare_id}.json").exists()
     finally:
-        api.keep_spare_netns(False)
+        api.keep_spares(False)
+    assert not S.container_dir(paths, spare_id).exists()
+    assert not (run_dir() / "leases" / f"{spare_id}.json").exists()
     assert sorted(os.listdir("/proc/self/fd")) == fds
 
 
