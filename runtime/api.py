@@ -91,6 +91,7 @@ class Container:
     _netplan: Any = None
     _stdio: tuple[int, int, int] | None = None
     _own_fds: tuple[int, ...] = ()
+    _root_fd: int = -1  # holds the container's root (its overlay) until delete: see process.hold_root
     _records_pending: bool = False
     _bundle_spec: dict[str, Any] | None = None  # create(starting=True): start() writes config.json and the state
     _is_parent: bool = False
@@ -142,8 +143,7 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
     cdir = S.container_dir(paths, cid)
     made = bundle.image_spec(paths, config, hostname=hostname, rootfs=_shared_mountpoint(paths),
                              overlay_dirs=(f"{cdir}/upper", f"{cdir}/work"),
-                             etc_files=tuple((f"/etc/{f}", f"{cdir}/{f}") for f in ETC_FILES),
-                             volatile=auto_remove)
+                             etc_files=tuple((f"/etc/{f}", f"{cdir}/{f}") for f in ETC_FILES))
     img, proc = made.image, made.process
     if console_fd >= 0:
         made.spec["process"]["terminal"] = True
@@ -256,7 +256,6 @@ def _launch_plan(b: bundle.Bundle, cid: str, paths: HostPaths, cgroup_plan: Any,
         console_fd=console_fd, console_size=p.console_size,
         rootfs=RootfsPlan(lowerdirs=overlay[0] if overlay else (), upper=overlay[1] if overlay else "",
                           work=overlay[2] if overlay else "", merged=_shared_mountpoint(paths),
-                          overlay_extra="volatile" if overlay and b.overlay_volatile else "",
                           read_only=b.root_readonly, oci_mounts=mounts, oci_devices=devices, cgroup_dirs=cg_dirs,
                           rootfs_dir=b.root_path))
 
@@ -486,7 +485,7 @@ def start(c: Container) -> None:
     def meanwhile() -> None:
         if c._records_pending:
             _write_records(c)
-        spares.make(c.paths)  # the next container's netns and dir (keep_spares), while this one builds its root
+        spares.make_netns()  # the next container's (keep_spares), while this one builds its root
 
     try:
         spawned = spawn(plan, c._security, c._stdio, on_forked, on_ready if c._netplan is not None else None,
@@ -501,6 +500,7 @@ def start(c: Container) -> None:
         if spare is not None:
             os.close(spare)
     c.pid = spawned.pid
+    c._root_fd = spawned.root_fd
     c.pid_start = S.proc_start_time(spawned.pid)
     c.timings_ns["start"] = t0
     c.timings_ns.update(spawned.timings_ns)
@@ -699,9 +699,16 @@ def delete(c: Container, force: bool = False) -> None:
         except (OSError, IsobenchError) as exc:
             errors.append(str(exc))
     _close_all(c._own_fds)
+    if c._root_fd >= 0:  # the overlay unmounts (and syncs) now, before its upper dir is removed
+        _close_all((c._root_fd,))
+        c._root_fd = -1
     S.release_name(c.paths, c.name, c.id)
     S.remove_dir(c.paths, c.id)
     leases.release(c.id)
+    if c._is_parent:
+        from runtime.lifecycle import spares
+
+        spares.make_dir(c.paths)  # the next container's directory (keep_spares), in place of this one
     if errors:
         raise ContainerError(f"container {c.id}: removal incomplete: {'; '.join(errors)}")
 
@@ -748,9 +755,8 @@ def load(paths: HostPaths, ref: str) -> Container:
 
 def run(config: ContainerConfig, paths: HostPaths, *, timeout_s: float | None = None,
         capture: bool = True, keep: bool = False) -> RunResult:
-    """create + start + wait + delete; stdout/stderr captured (from the log files) when ``capture``.
-    Without ``keep`` the container is created ``auto_remove`` (its writable layer dies with it)."""
-    c = create(config, paths, auto_remove=not keep, starting=True)
+    """create + start + wait + delete; stdout/stderr captured (from the log files) when ``capture``."""
+    c = create(config, paths, starting=True)
     try:
         start(c)
         code = wait(c, timeout_s=timeout_s)

@@ -5,9 +5,9 @@ Side by side in one run, interleaved so machine noise hits every contender alike
 * **in-process start** of ``true`` from the busybox image with ``--network none`` through
   :mod:`runtime.api` (call to workload exit; the harness is the monitor), with the phase breakdown.
   The harness starts containers one after another, so it keeps spares (:func:`runtime.api.keep_spares`):
-  each start makes the *next* container's network namespace and state directory while its own child
-  builds its root, inside its own span. The same start with both made inline (as a process that starts
-  one container gets them) is its own row, interleaved;
+  each start makes the *next* container's network namespace while its own child builds its root (inside
+  its span), each delete the next state directory (inside the "incl. delete" row). The same start with
+  both made inline (as a process that starts one container gets them) is its own row, interleaved;
 * **runc run** of the same image's flat rootfs (bundle from ``runc spec``, its default namespaces,
   no network): the reference OCI runtime, as a subprocess (that *is* its cost);
 * **unshare -fpmiu true**: the floor (namespaces + fork + exec, no rootfs, no cgroup);
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             t = r.timings_ns
             inproc.append(_ms(t["exited"] - t["call"]))
             prev = t["call"]
-            for k in ("created", "forked", "cgroup", "cgroup_joined", "loopback", "namespaces", "rootfs", "network",
+            for k in ("created", "forked", "cgroup", "child", "cgroup_joined", "loopback", "namespaces", "rootfs", "network",
                       "exec", "exited"):
                 if k in t:  # "loopback" only with --network none, "network" only with an attachment
                     phases.setdefault(k, []).append(_ms(t[k] - t["call"]))

@@ -4,9 +4,10 @@ Why: a process that starts containers one after another (a harness, the API in a
 a start's host-side work on things that do not depend on the next container's options: a network
 namespace (~0.5 ms of kernel work) and the container's directory with its writable-layer dirs, log
 files, /etc files and lease (about ten file creations: ~1 ms on a busy ext4). With spares kept, each
-start makes the *next* container's while its own child builds its root (``runtime.api.start``'s
-``meanwhile``), inside its own span, and the next ``create`` takes them instead of making them on its
-critical path. The work is the same; only its place moves (pipelining). Off by default: a process that
+start makes the *next* container's network namespace while its own child builds its root (inside its
+own span), each delete makes the next directory (after the exit, inside the "incl. delete" span: file
+creations beside the child's overlay mount would slow that mount down), and the next ``create`` takes
+them instead of making them on its critical path. The work is the same; only its place moves. Off by default: a process that
 starts one container (a CLI command) would waste them.
 
 What a spare is: a network namespace held by an fd of this process only, with lo up and nothing ever
@@ -54,14 +55,23 @@ def keep(on: bool = True) -> None:
 
 def make(paths: HostPaths) -> None:
     """Make what is missing of the spares (kept only): a network namespace and a directory in ``paths``."""
+    make_netns()
+    make_dir(paths)
+
+
+def make_netns() -> None:
+    """The spare network namespace, if kept and missing (``runtime.api.start`` makes it while the
+    current container builds its root: kernel work only, on the other CPU)."""
+    if _keep:
+        namespaces.make_spare_netns()
+
+
+def make_dir(paths: HostPaths) -> None:
+    """The spare directory in ``paths``, if kept and missing (``runtime.api.delete`` makes it: file
+    creations, which on the start path would compete with the container's own overlay mount)."""
+    global _spare, _atexit_registered
     if not _keep:
         return
-    namespaces.make_spare_netns()
-    _make_dir(paths)
-
-
-def _make_dir(paths: HostPaths) -> None:
-    global _spare, _atexit_registered
     if _spare is not None:
         if _spare.owner_pid == os.getpid() and _spare.paths.root == paths.root:
             return

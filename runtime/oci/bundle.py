@@ -106,12 +106,6 @@ class Bundle:
                 ann.get(specconv.ANN_WORKDIR, ""))
 
     @property
-    def overlay_volatile(self) -> bool:
-        """The writable layer is thrown away with the container: mount it ``volatile`` (no sync at
-        unmount, which overlayfs otherwise does for the *whole* upper filesystem)."""
-        return dict(self.annotations).get(specconv.ANN_VOLATILE) == "true"
-
-    @property
     def resources(self) -> Resources:
         return resources_of(((self.spec.get("linux") or {}).get("resources")) or {}, f"{self.dir}/{CONFIG}")
 
@@ -193,7 +187,7 @@ def resolve_user(user: str, lowerdirs: tuple[str, ...] | list) -> tuple[int, int
 
 def image_spec(paths: Any, config: Any, *, hostname: str, rootfs: str,
                overlay_dirs: tuple[str, str] | None = None, etc_files: tuple[tuple[str, str], ...] = (),
-               cgroups_path: str = "", volatile: bool = False) -> FromImage:
+               cgroups_path: str = "") -> FromImage:
     """The spec for running ``config`` (a :class:`runtime.spec.ContainerConfig`) from the image store
     under ``paths``. ``rootfs``: root.path; with ``overlay_dirs`` (upper, work) the image layers are
     named in isobench's annotations and mounted as an overlay at ``rootfs`` (isobench only), else
@@ -222,7 +216,7 @@ def image_spec(paths: Any, config: Any, *, hostname: str, rootfs: str,
         overlay = ((*lowers, mountpoints) if mountpoints else lowers,) + overlay_dirs
     host = specconv.SpecHost(
         rootfs=rootfs, hostname=hostname, uid=uid, gid=gid, home=home, cgroupns=cgroup_namespace_supported(),
-        cgroups_path=cgroups_path, overlay=overlay, volatile=volatile and overlay is not None, etc_files=etc_files,
+        cgroups_path=cgroups_path, overlay=overlay, etc_files=etc_files,
         init_binary=init_bin, volumes_dir=str(paths.volumes), image_digest=img.manifest_digest)
     return FromImage(spec=specconv.to_spec(config, proc, host), image=img, process=proc, lowerdirs=lowers)
 

@@ -36,9 +36,6 @@ OCI_VERSION = "1.0.2"
 ANN_LOWERDIRS = "org.isobench.rootfs.lowerdirs"   # ":"-joined image layer dirs, lowest first
 ANN_UPPERDIR = "org.isobench.rootfs.upperdir"
 ANN_WORKDIR = "org.isobench.rootfs.workdir"
-# "true": the writable layer is thrown away with the container (``--rm``), so its overlay is mounted
-# ``volatile``: no sync of the whole upper filesystem when the container's mount namespace ends
-ANN_VOLATILE = "org.isobench.rootfs.volatile"
 ANN_IMAGE = "org.opencontainers.image.ref.name"
 ANN_IMAGE_DIGEST = "org.isobench.image.digest"
 
@@ -94,7 +91,6 @@ class SpecHost:
     cgroupns: bool = False
     cgroups_path: str = ""                        # linux.cgroupsPath ("" = the runtime's isobench-<id>)
     overlay: tuple[tuple[str, ...], str, str] | None = None   # (lowerdirs lowest first, upper, work)
-    volatile: bool = False                        # the overlay's upper dies with the container (--rm)
     etc_files: tuple[tuple[str, str], ...] = ()  # (container path, host file) bind mounts
     init_binary: str = ""                         # --init: host path bound read-only at /dev/init
     volumes_dir: str = ""                         # named volumes: <volumes_dir>/<name>/_data
@@ -357,8 +353,6 @@ def to_spec(config: ContainerConfig, proc: ProcessSpec, host: SpecHost) -> dict[
     if host.overlay is not None:
         lowers, upper, work = host.overlay
         annotations.update({ANN_LOWERDIRS: ":".join(lowers), ANN_UPPERDIR: upper, ANN_WORKDIR: work})
-        if host.volatile:
-            annotations[ANN_VOLATILE] = "true"
     annotations.update(dict(config.labels))
     return {"ociVersion": OCI_VERSION, "process": process,
             "root": {"path": host.rootfs, "readonly": config.read_only_rootfs},

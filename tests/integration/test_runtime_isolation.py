@@ -93,6 +93,17 @@ def test_only_loopback_with_network_none(paths, image, leak_check):
     assert int(lines[2], 16) & 1, "lo is not up"
 
 
+def _open_fds() -> dict[str, str]:
+    """This process's open fds and what they point at (the listing's own fd is gone when read)."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            pass
+    return out
+
+
 def test_spares_are_fresh_per_container_and_leave_nothing(paths, image, leak_check):
     """keep_spares: each start makes the next container's network namespace and directory; every
     container still gets its own namespace (only lo, up) and its own options' /etc files; the spare dir
@@ -100,7 +111,8 @@ def test_spares_are_fresh_per_container_and_leave_nothing(paths, image, leak_che
     from runtime.lifecycle import spares
 
     host_ns = os.stat("/proc/self/ns/net").st_ino
-    fds = sorted(os.listdir("/proc/self/fd"))
+    out(run(paths, "true"))  # this process's lasting fds (its own PID namespace's) exist from now on
+    fds = _open_fds()
     api.keep_spares()
     try:
         api.make_spares(paths)
@@ -125,29 +137,30 @@ def test_spares_are_fresh_per_container_and_leave_nothing(paths, image, leak_che
         api.keep_spares(False)
     assert not S.container_dir(paths, spare_id).exists()
     assert not (run_dir() / "leases" / f"{spare_id}.json").exists()
-    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert _open_fds() == fds
 
 
-def test_run_mounts_its_throwaway_layer_volatile_and_keeps_records(paths, image, containers, leak_check):
-    """run (auto-remove): the overlay is volatile (no sync of the upper filesystem at unmount) and
-    config.json + state.json are written by start(); a kept container's overlay syncs as usual."""
-    r = run(paths, "sh", "-c", "grep ' / / ' /proc/self/mountinfo")
-    assert "volatile" in out(r)
-    c = containers("sh", "-c", "grep ' / / ' /proc/self/mountinfo")
-    api.start(c)
-    assert api.wait(c) == 0
-    assert "volatile" not in (c.dir / "stdout.log").read_text()
-    made = api.create(ContainerConfig(image=image, command=("true",), network=NetworkSpec(mode="none")), paths,
-                      auto_remove=True, starting=True)
-    _MADE.append(made.id)
+def test_root_is_held_until_delete_and_records_written_by_start(paths, image, leak_check):
+    """The runtime holds the container's root (its overlay) from the child's R until delete, so the
+    unmount and its sync happen at delete, not inside the exit; create(starting=True) leaves
+    config.json and state.json to start()."""
+    c = api.create(ContainerConfig(image=image, command=("sh", "-c", "echo kept > /marker"),
+                                   network=NetworkSpec(mode="none")), paths, starting=True)
+    _MADE.append(c.id)
     try:
-        assert not (made.dir / "config.json").exists() and not (made.dir / "state.json").exists()
-        api.start(made)
-        assert (made.dir / "config.json").is_file()
-        assert S.read_state(made.dir)["status"] == "running"
-        assert api.wait(made) == 0
+        assert not (c.dir / "config.json").exists() and not (c.dir / "state.json").exists()
+        api.start(c)
+        assert (c.dir / "config.json").is_file() and S.read_state(c.dir)["status"] in ("running", "exited")
+        assert api.wait(c) == 0
+        fd = c._root_fd
+        assert fd >= 0
+        held = f"/proc/self/fd/{fd}"
+        assert open(f"{held}/marker").read() == "kept\n" and os.path.isdir(f"{held}/bin")  # after the exit
+        fds_before_delete = set(os.listdir("/proc/self/fd"))
     finally:
-        api.delete(made, force=True)
+        api.delete(c, force=True)
+    assert c._root_fd == -1 and str(fd) in fds_before_delete - set(os.listdir("/proc/self/fd"))
+    assert not c.dir.exists()
 
 
 def test_ipc_objects_invisible(paths, image, containers, leak_check):

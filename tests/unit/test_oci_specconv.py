@@ -112,17 +112,6 @@ def test_overlay_annotations_round_trip(tmp_path):
     assert b.namespace("pid") == "" and b.namespace("user") is None
 
 
-def test_volatile_overlay_annotation_only_for_a_throwaway_layer(tmp_path):
-    kept = bundle.parse(json.loads(json.dumps(_spec(ContainerConfig(image="img"), overlay=(("/l",), "/u", "/w")))),
-                        tmp_path)
-    assert not kept.overlay_volatile and specconv.ANN_VOLATILE not in dict(kept.annotations)
-    s = _spec(ContainerConfig(image="img"), overlay=(("/l",), "/u", "/w"), volatile=True)
-    assert s["annotations"][specconv.ANN_VOLATILE] == "true"
-    assert bundle.parse(json.loads(json.dumps(s)), tmp_path).overlay_volatile
-    flat = _spec(ContainerConfig(image="img"), volatile=True)  # no overlay: nothing to mount volatile
-    assert specconv.ANN_VOLATILE not in flat["annotations"]
-
-
 def test_bundle_write_load_and_relative_root(tmp_path):
     s = _spec(ContainerConfig(image="img"), rootfs="rootfs")
     bundle.make(tmp_path / "b", s)
