@@ -11,7 +11,8 @@
  * The parent (runtime/lifecycle/process.py) computes everything: the plan arrives on fd 5 as
  * NUL-separated "key\0value\0..." records (see encode_plan there), then EOF. fds 0-2 are the
  * workload's stdio, fd 3 reads the parent's go-ahead bytes, fd 4 reports to the parent:
- *   "R <t_ns> <t_rootfs> <t_child> <t_joined> <t_lo>\n"   root built (CLOCK_MONOTONIC ns stamps; t_lo
+ *   "R <t_ns> <t_rootfs> <t_child> <t_joined> <t_lo>\n"   root built (CLOCK_MONOTONIC ns stamps: t_child when
+ *                                           the plan was read; t_lo
  *                                           0 unless it brought its new network namespace's lo up)
  *   "E <message>\n"                         a set-up step failed (exit 125)
  * and is close-on-exec: its EOF tells the parent the workload was exec'd. Parent bytes on fd 3:
@@ -701,9 +702,10 @@ static void reset_signals(void) {
 }
 
 int main(void) {
-    long long t_child = now_ns(), t_joined = 0, t_lo = 0;
+    long long t_child, t_joined = 0, t_lo = 0;
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);  /* nobody opens our /proc/<pid>/exe (the host binary) */
-    parse_plan();
+    parse_plan();  /* a helper spawned ahead (runtime.lifecycle.spares) waits here for its container */
+    t_child = now_ns();  /* the plan is in: this container's work starts */
     if (P.pdeathsig) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     reset_signals();
     for (int i = 0; i < P.joinns.n; i++) {  /* namespaces the spec names by path (podman's network) */

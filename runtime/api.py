@@ -92,6 +92,8 @@ class Container:
     _stdio: tuple[int, int, int] | None = None
     _own_fds: tuple[int, ...] = ()
     _root_fd: int = -1  # holds the container's root (its overlay) until delete: see process.hold_root
+    _prespawned: Any = None  # its start helper, spawned ahead with the spare dir (keep_spares)
+    _spare_cgroup: Any = None  # its cgroup made ahead without limits (spares.take_cgroup)
     _records_pending: bool = False
     _bundle_spec: dict[str, Any] | None = None  # create(starting=True): start() writes config.json and the state
     _is_parent: bool = False
@@ -129,16 +131,35 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
     while the container's process builds its root, not before it is spawned (~0.4 ms of every
     start)."""
     t_call = time.perf_counter_ns()
-    from runtime.oci import bundle
-    from runtime.oci.specconv import exposed_ports
+    from runtime.lifecycle import spares
     from runtime.validate import validate
 
-    from runtime.lifecycle import spares
-
     validate(config)
-    cid = spares.take_dir(paths)  # made ahead by the previous start (keep_spares), or None
-    prepared = cid is not None
-    cid = cid or new_id()
+    spare = spares.take_dir(paths)  # made ahead by the previous delete (keep_spares), or None
+    if spare is not None and spare.helper is not None and (stdio is not None or console_fd >= 0):
+        spares.discard_helper(spare.helper)  # it has the dir's logs as its stdio
+        spare.helper = None
+    cid = spare.container_id if spare is not None else new_id()
+    try:
+        c = _create(config, paths, cid, spare is not None, spare.helper if spare else None, t_call, stdio=stdio,
+                    owner_pid=owner_pid, auto_remove=auto_remove, detached=detached, extra_state=extra_state,
+                    console_fd=console_fd, console_size=console_size, starting=starting)
+    except BaseException:
+        if spare is not None:  # it was this container's: nothing of it stays
+            spares.release(spare)
+        raise
+    c._spare_cgroup = spare.cgroup if spare is not None else None
+    return c
+
+
+def _create(config: ContainerConfig, paths: HostPaths, cid: str, prepared: bool, helper: Any, t_call: int, *,
+            stdio: tuple[int, int, int] | None, owner_pid: int | None, auto_remove: bool, detached: bool,
+            extra_state: dict[str, Any] | None, console_fd: int, console_size: tuple[int, int] | None,
+            starting: bool) -> Container:
+    from runtime.lifecycle import spares
+    from runtime.oci import bundle
+    from runtime.oci.specconv import exposed_ports
+
     hostname = config.hostname or spares.default_hostname(cid)
     cdir = S.container_dir(paths, cid)
     made = bundle.image_spec(paths, config, hostname=hostname, rootfs=_shared_mountpoint(paths),
@@ -161,6 +182,7 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
                      etc=(hostname, config.network.mode), console_fd=console_fd, defer_records=starting,
                      prepared=prepared)
     c.config = config
+    c._prespawned = helper
     c.timings_ns["call"] = t_call
     return c
 
@@ -355,15 +377,16 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
     return c
 
 
-def _write_records(c: Container) -> None:
+def _write_records(c: Container, state: bool = True) -> None:
     """What only readers of the container's dir need: its bundle's config.json (when create made the
-    bundle) and the state record."""
+    bundle) and (``state``) the state record."""
     c._records_pending = False
     if c._bundle_spec is not None:
         from runtime.oci import bundle
 
         bundle.write(c.dir, c._bundle_spec)
-    S.write_state(c.dir, c.state)
+    if state:
+        S.write_state(c.dir, c.state)
 
 
 @functools.lru_cache(maxsize=1)
@@ -459,7 +482,10 @@ def start(c: Container) -> None:
     def on_forked(pid: int) -> None:
         # The child is unsharing meanwhile, then joins the cgroup itself (LaunchPlan.cgroup_join): the
         # mkdirs and limit writes overlap its unshare, and no process is moved from outside
-        c._cgroup = c._cgroup_plan.make()
+        from runtime.lifecycle import spares
+
+        spare, c._spare_cgroup = c._spare_cgroup, None
+        c._cgroup = spares.take_cgroup(spare, c._cgroup_plan) or c._cgroup_plan.make()
 
     def on_ready(pid: int) -> None:
         if c._netplan is not None:
@@ -474,7 +500,6 @@ def start(c: Container) -> None:
 
     from core import syscalls
     from runtime import namespaces
-    from runtime.lifecycle import spares
 
     plan = c._plan
     spare = namespaces.take_spare_netns() if plan.unshare_flags & syscalls.CLONE_NEWNET else None
@@ -483,13 +508,13 @@ def start(c: Container) -> None:
                                    loopback_up=False, join_ns=(f"/proc/{os.getpid()}/fd/{spare}", *plan.join_ns))
 
     def meanwhile() -> None:
-        if c._records_pending:
-            _write_records(c)
-        spares.make_netns()  # the next container's (keep_spares), while this one builds its root
+        if c._records_pending:  # config.json only: the state record is written once, below
+            _write_records(c, state=False)
 
     try:
+        prespawned, c._prespawned = c._prespawned, None
         spawned = spawn(plan, c._security, c._stdio, on_forked, on_ready if c._netplan is not None else None,
-                        meanwhile)
+                        meanwhile, prespawned)
     except BaseException:
         c.state.update(status="exited", exit_code=125, finished_at=S.now_iso())
         _after_exit(c)
@@ -699,6 +724,14 @@ def delete(c: Container, force: bool = False) -> None:
         except (OSError, IsobenchError) as exc:
             errors.append(str(exc))
     _close_all(c._own_fds)
+    if c._prespawned is not None:  # created, never started
+        from runtime.lifecycle import spares
+
+        spares.discard_helper(c._prespawned)
+        c._prespawned = None
+    if c._spare_cgroup is not None:
+        c._spare_cgroup[1].destroy()
+        c._spare_cgroup = None
     if c._root_fd >= 0:  # the overlay unmounts (and syncs) now, before its upper dir is removed
         _close_all((c._root_fd,))
         c._root_fd = -1
@@ -708,7 +741,7 @@ def delete(c: Container, force: bool = False) -> None:
     if c._is_parent:
         from runtime.lifecycle import spares
 
-        spares.make_dir(c.paths)  # the next container's directory (keep_spares), in place of this one
+        spares.make(c.paths)  # the next container's netns, directory and helper (keep_spares)
     if errors:
         raise ContainerError(f"container {c.id}: removal incomplete: {'; '.join(errors)}")
 

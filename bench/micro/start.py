@@ -5,9 +5,10 @@ Side by side in one run, interleaved so machine noise hits every contender alike
 * **in-process start** of ``true`` from the busybox image with ``--network none`` through
   :mod:`runtime.api` (call to workload exit; the harness is the monitor), with the phase breakdown.
   The harness starts containers one after another, so it keeps spares (:func:`runtime.api.keep_spares`):
-  each start makes the *next* container's network namespace while its own child builds its root (inside
-  its span), each delete the next state directory (inside the "incl. delete" row). The same start with
-  both made inline (as a process that starts one container gets them) is its own row, interleaved;
+  each delete makes the *next* container's network namespace, state directory, cgroup (no limits) and
+  start helper (spawned, waiting for its plan): that work is in the "incl. delete" row, not in the next
+  start's span. The same start with all of it made inline (as a process that starts one container
+  gets it) is its own row, interleaved;
 * **runc run** of the same image's flat rootfs (bundle from ``runc spec``, its default namespaces,
   no network): the reference OCI runtime, as a subprocess (that *is* its cost);
 * **unshare -fpmiu true**: the floor (namespaces + fork + exec, no rootfs, no cgroup);
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                     phases.setdefault(k, []).append(_ms(t[k] - t["call"]))
             runc_ms.append(runc_once())
             floor_ms.append(time_cmd(["unshare", "-fpmiu", "true"]))
-            api.keep_spares(False)  # this one makes its network namespace and directory itself
+            api.keep_spares(False)  # this one makes its netns, directory, cgroup and helper itself
             r = api.run(cfg, paths)
             inline_ms.append(_ms(r.timings_ns["exited"] - r.timings_ns["call"]))
             api.keep_spares()
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             (f"runc run after {args.gap:g} s idle", idle_runc),
             ("isobench-runtime c+s+d, no server", ocipy_ms),
             ("runc c+s+d (paired, no-server row)", runc_ocipy_ms),
-            ("in-process start, netns+dir made inline", inline_ms),
+            ("in-process start, no spares (all inline)", inline_ms),
         ]
         print(f"\nContainer start, {args.n} samples each, interleaved (ms)")
         print(f"{'contender':40} {'median':>8} {'p90':>8} {'min':>8}")
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
               f"CLI (no server) / runc = {r_cli:.2f}   CLI via server / runc = {r_srv:.2f}   "
               f"CLI default / runc = {r_auto:.2f}   isobench-runtime CLI / runc CLI = {r_ocicli:.2f} "
               f"(no server: {r_ocipy:.2f})   after idle: in-process / runc = {r_idle:.2f}   "
-              f"netns+dir made inline: in-process / floor = {med[rows[16][0]] / med[rows[3][0]]:.2f}")
+              f"no spares: in-process / floor = {med[rows[16][0]] / med[rows[3][0]]:.2f}")
         print(f"first default CLI command (starts the server, runs in Python): {first_default_ms:.1f} ms")
         verb_medians = {rt: {v: statistics.median(ms) for v, ms in per.items()} for rt, per in oci_verbs.items()}
         print("OCI CLI per verb, median ms: " + "   ".join(

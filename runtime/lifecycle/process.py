@@ -154,26 +154,116 @@ def _status_of_waitid(r: os.waitid_result) -> int:
     return (r.si_status & 0x7F) | (0x80 if r.si_code == os.CLD_DUMPED else 0)
 
 
+@dataclass
+class Prespawned:
+    """A start helper spawned ahead of its container (:mod:`runtime.lifecycle.spares`), PID 1 of a new
+    PID namespace, blocked reading its plan: our ends of its plan, report and go-ahead pipes."""
+
+    pid: int
+    w_plan: int
+    r_ready: int
+    w_go: int
+
+
+def prespawn_helper(argv0: str, stdio: tuple[int, int, int]) -> Prespawned:
+    """Spawn ``isobench-nsexec`` now, in a new PID namespace, with ``stdio`` as its 0-2; it waits for a
+    plan (:func:`spawn` with ``prespawned``). If this process dies first, the plan pipe's EOF ends it."""
+    r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
+    r_go, w_go = os.pipe2(os.O_CLOEXEC)
+    r_plan, w_plan = os.pipe2(os.O_CLOEXEC)
+    try:
+        pidns = namespaces.own_pidns_fd()
+        syscalls.unshare(syscalls.CLONE_NEWPID)
+        try:
+            pid = _posix_spawn_helper(argv0, [*stdio, r_go, w_ready, r_plan])
+        finally:
+            syscalls.setns(pidns, syscalls.CLONE_NEWPID)
+    except BaseException:
+        for fd in (r_ready, w_go, w_plan):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (w_ready, r_go, r_plan):
+            os.close(fd)
+    return Prespawned(pid=pid, w_plan=w_plan, r_ready=r_ready, w_go=w_go)
+
+
+def discard_prespawned(p: Prespawned) -> None:
+    """End an unused prespawned helper: without its plan it exits; it is killed to be sure, and reaped."""
+    for fd in (p.w_plan, p.w_go, p.r_ready):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _kill_and_reap(p.pid)
+
+
+def prespawned_fits(plan: LaunchPlan) -> bool:
+    """Can a prespawned helper (new PID namespace, spawned by this process) run ``plan``?"""
+    return _caller_spawner is None and not plan.pid_ns and helper_runs(plan)
+
+
+def _hand_plan(p: Prespawned, plan: LaunchPlan, security: object) -> bool:
+    """Give the prespawned helper its plan (then EOF); False if it is gone (then it is reaped)."""
+    try:
+        data = memoryview(encode_plan(plan, security))
+        if len(data) >= 65536:
+            fcntl.fcntl(p.w_plan, fcntl.F_SETPIPE_SZ, len(data) + 4096)
+        while data:
+            data = data[os.write(p.w_plan, data):]
+    except (BrokenPipeError, OSError):
+        discard_prespawned(p)
+        return False
+    os.close(p.w_plan)
+    return True
+
+
 def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
           on_forked: Callable[[int], None], on_ready: Callable[[int], None] | None,
-          meanwhile: Callable[[], None] | None = None) -> Spawned:
+          meanwhile: Callable[[], None] | None = None, prespawned: Prespawned | None = None) -> Spawned:
     """Fork the container's PID 1 and run it up to ``execve``.
 
     ``on_forked(pid)`` runs while the child builds its rootfs (join the cgroup); ``on_ready(pid)`` runs
     once its namespaces and root exist (attach the network). Either raising kills the child. Without
     ``on_ready`` and uid maps to write, the go-ahead is sent right after the cgroup join, so the child
     does not wait for a round trip through the parent. ``meanwhile()`` runs once the child has its
-    cgroup go-ahead, while it builds its root: work off the start's path (records on disk)."""
+    cgroup go-ahead, while it builds its root: work off the start's path (records on disk).
+    ``prespawned``: a helper spawned ahead (:func:`prespawn_helper`) gets the plan instead of a new
+    spawn when it can run it (:func:`prespawned_fits`); otherwise, or if it is gone, it is discarded."""
     timings: dict[str, int] = {}
     helper = helper_runs(plan)
     remote = _caller_spawner
     if remote is not None and not helper:
         raise CallerMustRun(f"container {plan.container_id}: its plan needs the Python child "
                             f"(fields the start helper lacks), which only the caller's own process can fork")
-    r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
-    r_go, w_go = os.pipe2(os.O_CLOEXEC)
+    handshake = on_ready is not None or plan.userns_remap  # G only after R
+    parent_lo = plan.loopback_up and not helper  # the C helper brings its lo up itself
+    go_ahead = b"CG" if not handshake and not parent_lo else b"C"
+    cgroup_made = False
+    if prespawned is not None and not prespawned_fits(plan):
+        discard_prespawned(prespawned)
+        prespawned = None
+    if prespawned is not None:
+        # Everything the helper waits for is ready before it is woken: its cgroup, its go-ahead, then
+        # its plan. It never waits on us, and we sleep (on its report) right after waking it.
+        try:
+            on_forked(prespawned.pid)
+            cgroup_made = True
+            timings["cgroup"] = time.perf_counter_ns()
+            os.write(prespawned.w_go, go_ahead)
+        except BaseException:
+            discard_prespawned(prespawned)
+            raise
+        if not _hand_plan(prespawned, plan, security):  # it is gone (killed): spawn one as usual
+            prespawned = None
+    if prespawned is not None:
+        pid, r_ready, w_go = prespawned.pid, prespawned.r_ready, prespawned.w_go
+        w_ready = r_go = -1  # the helper's ends, closed when it was spawned
+    else:
+        r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
+        r_go, w_go = os.pipe2(os.O_CLOEXEC)
     try:
-        if remote is not None:
+        if prespawned is not None:
+            pass
+        elif remote is not None:
             pid = _spawn_helper(plan, security, stdio, r_go, w_ready, remote)
         else:
             pidns = namespaces.own_pidns_fd()
@@ -187,19 +277,21 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
                 syscalls.setns(pidns, syscalls.CLONE_NEWPID)  # our next forks are ordinary again
     except BaseException:
         for fd in (r_ready, w_ready, r_go, w_go):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         raise
     timings["forked"] = time.perf_counter_ns()
-    os.close(w_ready)
-    os.close(r_go)
+    if prespawned is None:
+        os.close(w_ready)
+        os.close(r_go)
     lines = _Lines(r_ready)
     root_fd = -1
     try:
-        on_forked(pid)
-        timings["cgroup"] = time.perf_counter_ns()
-        handshake = on_ready is not None or plan.userns_remap  # G only after R
-        parent_lo = plan.loopback_up and not helper  # the C helper brings its lo up itself
-        os.write(w_go, b"CG" if not handshake and not parent_lo else b"C")
+        if not cgroup_made:
+            on_forked(pid)
+            timings["cgroup"] = time.perf_counter_ns()
+        if prespawned is None:
+            os.write(w_go, b"CG" if not handshake and not parent_lo else b"C")
         if meanwhile is not None:
             meanwhile()
         if parent_lo:
@@ -328,17 +420,22 @@ def _spawn_helper(plan: LaunchPlan, security: object, stdio: tuple[int, int, int
                            plan.pid_ns)
         finally:
             os.close(r_plan)
-    # the helper's fds 0-5 (see csrc/nsexec.c); a source already below 6 is moved up first, so no
-    # dup2 of the list overwrites a source a later one still needs
-    sources = [*stdio, r_go, w_ready, r_plan]
+    try:  # the helper's fds 0-5 (see csrc/nsexec.c)
+        return _posix_spawn_helper(f"isobench-{plan.container_id}", [*stdio, r_go, w_ready, r_plan])
+    finally:
+        os.close(r_plan)
+
+
+def _posix_spawn_helper(argv0: str, sources: list[int]) -> int:
+    """posix_spawn the helper with ``sources`` as its fds 0-5. A source already below 6 is moved up
+    first, so no dup2 of the list overwrites a source a later one still needs."""
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) if fd < 6 else -1 for fd in sources]
     actions = [(os.POSIX_SPAWN_DUP2, m if m >= 0 else fd, target)
                for target, (fd, m) in enumerate(zip(sources, moved))]
     try:
-        return os.posix_spawn(_nsexec(), [f"isobench-{plan.container_id}"], {}, file_actions=actions,
-                              setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+        return os.posix_spawn(_nsexec(), [argv0], {}, file_actions=actions, setsigmask=(),
+                              setsigdef=_DEFAULT_SIGNALS)
     finally:
-        os.close(r_plan)
         for m in moved:
             if m >= 0:
                 os.close(m)

@@ -1,21 +1,27 @@
-"""Made ahead: the next container's network namespace and state directory (``keep_spares``).
+"""Made ahead: the next container's network namespace, state directory and start helper (``keep_spares``).
 
-Why: a process that starts containers one after another (a harness, the API in a loop) spends most of
+Why: a process that starts containers one after another (a harness, the API in a loop) spends much of
 a start's host-side work on things that do not depend on the next container's options: a network
-namespace (~0.5 ms of kernel work) and the container's directory with its writable-layer dirs, log
-files, /etc files and lease (about ten file creations: ~1 ms on a busy ext4). With spares kept, each
-start makes the *next* container's network namespace while its own child builds its root (inside its
-own span), each delete makes the next directory (after the exit, inside the "incl. delete" span: file
-creations beside the child's overlay mount would slow that mount down), and the next ``create`` takes
-them instead of making them on its critical path. The work is the same; only its place moves. Off by default: a process that
+namespace (~0.5 ms of kernel work), the container's directory with its writable-layer dirs, log
+files, /etc files and lease (about ten file creations: ~1 ms on a busy ext4), and the posix_spawn of
+the static start helper (~0.3 ms) that then waits for its plan. With spares kept, each
+``delete`` makes the *next* container's network namespace, directory and start helper (after the exit:
+inside the "incl. delete" span of the benchmark, outside the next start's), and the next ``create`` and
+``start`` take them instead of making them on their critical path. The work is the same; only its
+place moves. Not overlapped with the start itself: on a host whose scheduler packs runnable tasks onto
+few vCPUs (this one: ``kernel.sched_vcpu_pack``), the child woken by the runtime waits for the
+runtime's CPU, so runtime work beside the child's is serial anyway. Off by default: a process that
 starts one container (a CLI command) would waste them.
 
 What a spare is: a network namespace held by an fd of this process only, with lo up and nothing ever
 run in it (:mod:`runtime.namespaces`); a container directory named by a fresh id, under this process's
 lease, holding ``upper/``, ``work/``, empty logs and the /etc files of a container with the default
-hostname (``create`` rewrites them when the options differ). No state file: ``ps`` does not list it,
-and if the process dies, ``gc`` removes it as a directory whose lease owner is gone. Turning spares off
-(or the process exiting normally) removes the spare directory.
+hostname (``create`` rewrites them when the options differ); and ``isobench-nsexec`` spawned with
+that directory's logs as its stdio, PID 1 of a new PID namespace, blocked reading its plan (a
+container with other stdio, or a plan it cannot run, discards it). No state file: ``ps`` does not list
+the directory, and if the process dies, the helper reads EOF and exits and ``gc`` removes the
+directory as one whose lease owner is gone. Turning spares off (or the process exiting normally)
+removes all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from core import leases
 from core.paths import HostPaths, new_id
@@ -32,11 +39,13 @@ from runtime.lifecycle import state as S
 LOGS = ("stdout.log", "stderr.log")
 
 
-@dataclass(frozen=True)
+@dataclass
 class SpareDir:
     owner_pid: int
     paths: HostPaths
     container_id: str
+    helper: Any = None  # runtime.lifecycle.process.Prespawned: the start helper, its stdio the dir's logs
+    cgroup: Any = None  # (CgroupPlan, Cgroup): isobench-<id> made without limits
 
 
 _keep = False
@@ -60,15 +69,13 @@ def make(paths: HostPaths) -> None:
 
 
 def make_netns() -> None:
-    """The spare network namespace, if kept and missing (``runtime.api.start`` makes it while the
-    current container builds its root: kernel work only, on the other CPU)."""
+    """The spare network namespace, if kept and missing."""
     if _keep:
         namespaces.make_spare_netns()
 
 
 def make_dir(paths: HostPaths) -> None:
-    """The spare directory in ``paths``, if kept and missing (``runtime.api.delete`` makes it: file
-    creations, which on the start path would compete with the container's own overlay mount)."""
+    """The spare directory in ``paths`` with its prespawned start helper, if kept and missing."""
     global _spare, _atexit_registered
     if not _keep:
         return
@@ -93,10 +100,61 @@ def make_dir(paths: HostPaths) -> None:
         S.remove_dir(paths, cid)
         leases.release(cid)
         raise
-    _spare = SpareDir(os.getpid(), paths, cid)
+    spare = SpareDir(os.getpid(), paths, cid)
+    try:
+        spare.cgroup = _make_cgroup(cid)
+        spare.helper = _prespawn(cdir, cid)
+    except BaseException:
+        _remove(spare)
+        raise
+    _spare = spare
     if not _atexit_registered:
         atexit.register(drop_dir)
         _atexit_registered = True
+
+
+def _prespawn(cdir: Any, cid: str) -> Any:
+    """The spare's start helper: spawned now, with /dev/null and the dir's logs as its stdio (what a
+    container created without ``stdio`` gets), waiting for its plan."""
+    from runtime.lifecycle import process
+
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    stdio = (os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), os.open(cdir / LOGS[0], flags),
+             os.open(cdir / LOGS[1], flags))
+    try:
+        return process.prespawn_helper(f"isobench-{cid}", stdio)
+    finally:
+        for fd in stdio:
+            os.close(fd)
+
+
+def _make_cgroup(cid: str) -> tuple[Any, Any]:
+    """The spare's cgroup as a container without limits gets it: (its plan, the made cgroup)."""
+    from core.paths import host_name
+    from runtime.cgroups import plan_cgroup
+    from runtime.spec import Resources
+
+    plan = plan_cgroup(host_name(cid), Resources())
+    return plan, plan.make()
+
+
+def take_cgroup(spare_cgroup: Any, plan: Any) -> Any:
+    """The spare cgroup if ``plan`` (the container's) would make exactly it (same directories, no
+    writes), else None; one that does not fit is removed."""
+    if spare_cgroup is None:
+        return None
+    made_plan, cg = spare_cgroup
+    if plan.paths == made_plan.paths and plan.writes == made_plan.writes == () and plan.layout == made_plan.layout:
+        return cg
+    cg.destroy()
+    return None
+
+
+def discard_helper(helper: Any) -> None:
+    """End a prespawned helper nobody will use (runtime.lifecycle.process.discard_prespawned)."""
+    from runtime.lifecycle import process
+
+    process.discard_prespawned(helper)
 
 
 def default_hostname(cid: str) -> str:
@@ -104,15 +162,21 @@ def default_hostname(cid: str) -> str:
     return cid[:12]
 
 
-def take_dir(paths: HostPaths) -> str | None:
-    """The spare directory's container id for a container of ``paths``, or None (none made, another
+def take_dir(paths: HostPaths) -> SpareDir | None:
+    """The spare directory for a container of ``paths`` (the caller owns it, its helper and its
+    cgroup from now on: :func:`take_cgroup`, :func:`discard_helper`), or None (none made, another
     state root's, or inherited through a fork)."""
     global _spare
     spare = _spare
     if spare is None or spare.owner_pid != os.getpid() or spare.paths.root != paths.root:
         return None
     _spare = None
-    return spare.container_id
+    return spare
+
+
+def release(spare: SpareDir) -> None:
+    """Undo a taken spare its container could not use (a failed create): all of it goes."""
+    _remove(spare)
 
 
 def drop_dir() -> None:
@@ -120,5 +184,15 @@ def drop_dir() -> None:
     global _spare
     spare, _spare = _spare, None
     if spare is not None and spare.owner_pid == os.getpid():
-        S.remove_dir(spare.paths, spare.container_id)
-        leases.release(spare.container_id)
+        _remove(spare)
+
+
+def _remove(spare: SpareDir) -> None:
+    if spare.helper is not None:
+        discard_helper(spare.helper)
+        spare.helper = None
+    if spare.cgroup is not None:
+        spare.cgroup[1].destroy()
+        spare.cgroup = None
+    S.remove_dir(spare.paths, spare.container_id)
+    leases.release(spare.container_id)

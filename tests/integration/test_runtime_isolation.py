@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import IsobenchError
 from core.paths import run_dir
 from runtime import api
 from runtime.lifecycle import state as S
-from runtime.spec import ContainerConfig, MountSpec, NetworkSpec
+from runtime.spec import ContainerConfig, MountSpec, NetworkSpec, Resources
 
 pytestmark = [pytest.mark.requires("root", "busybox"), pytest.mark.timeout(120)]
 
@@ -131,12 +132,37 @@ def test_spares_are_fresh_per_container_and_leave_nothing(paths, image, leak_che
             seen.append(int(ino))
         assert len(set(seen)) == 3 and host_ns not in seen, seen
         assert os.stat("/proc/self/ns/net").st_ino == host_ns  # the harness's thread came back
-        spare_id = spares._spare.container_id
+        spare = spares._spare
+        spare_id, helper_pid = spare.container_id, spare.helper.pid
         assert S.container_dir(paths, spare_id).is_dir() and (run_dir() / "leases" / f"{spare_id}.json").exists()
+        assert Path(f"/sys/fs/cgroup/pids/isobench-{spare_id}").is_dir()  # made without limits
+        assert Path(f"/proc/{helper_pid}/cmdline").read_bytes() == f"isobench-{spare_id}\0".encode()
+
+        # a container with limits, or one whose create fails, uses none of the spare or leaves nothing
+        limited = api.create(ContainerConfig(image=image, command=("sleep", "5"), network=NetworkSpec(mode="none"),
+                                             resources=Resources(pids_max=17)), paths)
+        _MADE.append(limited.id)
+        try:
+            api.start(limited)
+            assert limited.id == spare_id
+            assert Path(f"/sys/fs/cgroup/pids/isobench-{spare_id}/pids.max").read_text().strip() == "17"
+        finally:
+            api.delete(limited, force=True)
+        spare = spares._spare
+        with pytest.raises(IsobenchError):
+            api.create(ContainerConfig(image="no-such-image-here", command=("true",)), paths)
+        assert not S.container_dir(paths, spare.container_id).exists()
+        assert not Path(f"/sys/fs/cgroup/pids/isobench-{spare.container_id}").exists()
+        assert not (run_dir() / "leases" / f"{spare.container_id}.json").exists()
+        api.make_spares(paths)
+        spare = spares._spare
+        spare_id, helper_pid = spare.container_id, spare.helper.pid
     finally:
         api.keep_spares(False)
     assert not S.container_dir(paths, spare_id).exists()
     assert not (run_dir() / "leases" / f"{spare_id}.json").exists()
+    assert not Path(f"/sys/fs/cgroup/pids/isobench-{spare_id}").exists()
+    assert not Path(f"/proc/{helper_pid}").exists()  # ended and reaped
     assert _open_fds() == fds
 
 
