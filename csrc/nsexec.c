@@ -701,9 +701,20 @@ static void reset_signals(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-int main(void) {
+/* A helper spawned ahead (runtime.lifecycle.spares) joins its future container's cgroup (argv[1..]: the
+ * files to write "0" into, as join_cgroup) before it waits for its plan, which then lists none. */
+static void prejoin(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        int fd = open(argv[i], O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "0", 1) != 1) die("cannot join cgroup via %s: %s", argv[i], strerror(errno));
+        close(fd);
+    }
+}
+
+int main(int argc, char **argv) {
     long long t_child, t_joined = 0, t_lo = 0;
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);  /* nobody opens our /proc/<pid>/exe (the host binary) */
+    prejoin(argc, argv);
     parse_plan();  /* a helper spawned ahead (runtime.lifecycle.spares) waits here for its container */
     t_child = now_ns();  /* the plan is in: this container's work starts */
     if (P.pdeathsig) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);

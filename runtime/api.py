@@ -484,8 +484,11 @@ def start(c: Container) -> None:
         # mkdirs and limit writes overlap its unshare, and no process is moved from outside
         from runtime.lifecycle import spares
 
-        spare, c._spare_cgroup = c._spare_cgroup, None
-        c._cgroup = spares.take_cgroup(spare, c._cgroup_plan) or c._cgroup_plan.make()
+        c._cgroup = spares.take_cgroup(c._spare_cgroup, c._cgroup_plan)
+        if c._cgroup is not None:
+            c._spare_cgroup = None
+        else:  # none, or it does not fit (then delete removes it)
+            c._cgroup = c._cgroup_plan.make()
 
     def on_ready(pid: int) -> None:
         if c._netplan is not None:

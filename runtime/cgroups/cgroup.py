@@ -340,6 +340,20 @@ class CgroupPlan:
         return cg
 
 
+    def apply_limits(self, cg: Cgroup) -> Cgroup:
+        """This plan's limits written into ``cg``, the same directories made earlier without limits
+        (a spare made ahead: runtime.lifecycle.spares); what :meth:`make` does after its mkdirs."""
+        if self.writes and self.layout.driver == "v2":
+            _enable_v2_controllers(self.layout, self.resources)
+        for ctl, f, value in self.writes:
+            try:
+                fs.write(f, value)
+            except OSError as exc:
+                raise CgroupError(f"cgroup controller {ctl!r} rejected {value!r} for {f.name} "
+                                  f"({exc.strerror})") from exc
+        return cg
+
+
 def _make_parents(d: Path, layout: CgroupLayout) -> None:
     """Missing parents of a nested cgroup (an OCI ``cgroupsPath`` such as ``/machine/ctr``); a new v1
     cpuset parent gets its parent's cpus and mems, without which nothing can join below it."""

@@ -163,11 +163,13 @@ class Prespawned:
     w_plan: int
     r_ready: int
     w_go: int
+    joined: tuple[str, ...] = ()  # cgroup files it wrote "0" into at its start (its container's cgroup)
 
 
-def prespawn_helper(argv0: str, stdio: tuple[int, int, int]) -> Prespawned:
-    """Spawn ``isobench-nsexec`` now, in a new PID namespace, with ``stdio`` as its 0-2; it waits for a
-    plan (:func:`spawn` with ``prespawned``). If this process dies first, the plan pipe's EOF ends it."""
+def prespawn_helper(argv0: str, stdio: tuple[int, int, int], join: tuple[str, ...] = ()) -> Prespawned:
+    """Spawn ``isobench-nsexec`` now, in a new PID namespace, with ``stdio`` as its 0-2; it joins the
+    cgroup of ``join`` (``cgroup_join`` files) at once and waits for a plan (:func:`spawn` with
+    ``prespawned``). If this process dies first, the plan pipe's EOF ends it."""
     r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
     r_go, w_go = os.pipe2(os.O_CLOEXEC)
     r_plan, w_plan = os.pipe2(os.O_CLOEXEC)
@@ -175,7 +177,7 @@ def prespawn_helper(argv0: str, stdio: tuple[int, int, int]) -> Prespawned:
         pidns = namespaces.own_pidns_fd()
         syscalls.unshare(syscalls.CLONE_NEWPID)
         try:
-            pid = _posix_spawn_helper(argv0, [*stdio, r_go, w_ready, r_plan])
+            pid = _posix_spawn_helper(argv0, [*stdio, r_go, w_ready, r_plan], join)
         finally:
             syscalls.setns(pidns, syscalls.CLONE_NEWPID)
     except BaseException:
@@ -185,7 +187,7 @@ def prespawn_helper(argv0: str, stdio: tuple[int, int, int]) -> Prespawned:
     finally:
         for fd in (w_ready, r_go, r_plan):
             os.close(fd)
-    return Prespawned(pid=pid, w_plan=w_plan, r_ready=r_ready, w_go=w_go)
+    return Prespawned(pid=pid, w_plan=w_plan, r_ready=r_ready, w_go=w_go, joined=tuple(join))
 
 
 def discard_prespawned(p: Prespawned) -> None:
@@ -202,7 +204,10 @@ def prespawned_fits(plan: LaunchPlan) -> bool:
 
 
 def _hand_plan(p: Prespawned, plan: LaunchPlan, security: object) -> bool:
-    """Give the prespawned helper its plan (then EOF); False if it is gone (then it is reaped)."""
+    """Give the prespawned helper its plan (then EOF); False if it is gone (then it is reaped). The
+    cgroup it joined at its start is not joined again."""
+    if p.joined and p.joined == plan.cgroup_join:
+        plan = dataclasses.replace(plan, cgroup_join=())
     try:
         data = memoryview(encode_plan(plan, security))
         if len(data) >= 65536:
@@ -426,14 +431,14 @@ def _spawn_helper(plan: LaunchPlan, security: object, stdio: tuple[int, int, int
         os.close(r_plan)
 
 
-def _posix_spawn_helper(argv0: str, sources: list[int]) -> int:
-    """posix_spawn the helper with ``sources`` as its fds 0-5. A source already below 6 is moved up
-    first, so no dup2 of the list overwrites a source a later one still needs."""
+def _posix_spawn_helper(argv0: str, sources: list[int], args: tuple[str, ...] = ()) -> int:
+    """posix_spawn the helper with ``sources`` as its fds 0-5 (and ``args`` after ``argv0``). A source
+    already below 6 is moved up first, so no dup2 of the list overwrites a source a later one needs."""
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) if fd < 6 else -1 for fd in sources]
     actions = [(os.POSIX_SPAWN_DUP2, m if m >= 0 else fd, target)
                for target, (fd, m) in enumerate(zip(sources, moved))]
     try:
-        return os.posix_spawn(_nsexec(), [argv0], {}, file_actions=actions, setsigmask=(),
+        return os.posix_spawn(_nsexec(), [argv0, *args], {}, file_actions=actions, setsigmask=(),
                               setsigdef=_DEFAULT_SIGNALS)
     finally:
         for m in moved:

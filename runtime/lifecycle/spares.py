@@ -103,7 +103,7 @@ def make_dir(paths: HostPaths) -> None:
     spare = SpareDir(os.getpid(), paths, cid)
     try:
         spare.cgroup = _make_cgroup(cid)
-        spare.helper = _prespawn(cdir, cid)
+        spare.helper = _prespawn(cdir, cid, spare.cgroup[0].self_join_files())
     except BaseException:
         _remove(spare)
         raise
@@ -113,16 +113,17 @@ def make_dir(paths: HostPaths) -> None:
         _atexit_registered = True
 
 
-def _prespawn(cdir: Any, cid: str) -> Any:
+def _prespawn(cdir: Any, cid: str, join: tuple[str, ...]) -> Any:
     """The spare's start helper: spawned now, with /dev/null and the dir's logs as its stdio (what a
-    container created without ``stdio`` gets), waiting for its plan."""
+    container created without ``stdio`` gets), in the spare cgroup (``join``: its cgroup_join files,
+    written by the helper itself), waiting for its plan."""
     from runtime.lifecycle import process
 
     flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
     stdio = (os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), os.open(cdir / LOGS[0], flags),
              os.open(cdir / LOGS[1], flags))
     try:
-        return process.prespawn_helper(f"isobench-{cid}", stdio)
+        return process.prespawn_helper(f"isobench-{cid}", stdio, join)
     finally:
         for fd in stdio:
             os.close(fd)
@@ -139,15 +140,15 @@ def _make_cgroup(cid: str) -> tuple[Any, Any]:
 
 
 def take_cgroup(spare_cgroup: Any, plan: Any) -> Any:
-    """The spare cgroup if ``plan`` (the container's) would make exactly it (same directories, no
-    writes), else None; one that does not fit is removed."""
+    """The spare cgroup with ``plan``'s limits written into it when ``plan`` (the container's) names
+    the same directories (it does: the same id), else None (then the caller keeps and later removes
+    it: the spare helper may be inside it)."""
     if spare_cgroup is None:
         return None
     made_plan, cg = spare_cgroup
-    if plan.paths == made_plan.paths and plan.writes == made_plan.writes == () and plan.layout == made_plan.layout:
-        return cg
-    cg.destroy()
-    return None
+    if plan.paths != made_plan.paths or plan.layout != made_plan.layout:
+        return None
+    return plan.apply_limits(cg)
 
 
 def discard_helper(helper: Any) -> None:

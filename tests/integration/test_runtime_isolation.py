@@ -136,7 +136,12 @@ def test_spares_are_fresh_per_container_and_leave_nothing(paths, image, leak_che
         spare_id, helper_pid = spare.container_id, spare.helper.pid
         assert S.container_dir(paths, spare_id).is_dir() and (run_dir() / "leases" / f"{spare_id}.json").exists()
         assert Path(f"/sys/fs/cgroup/pids/isobench-{spare_id}").is_dir()  # made without limits
-        assert Path(f"/proc/{helper_pid}/cmdline").read_bytes() == f"isobench-{spare_id}\0".encode()
+        assert Path(f"/proc/{helper_pid}/cmdline").read_bytes().split(b"\0")[0] == f"isobench-{spare_id}".encode()
+        tasks = Path(f"/sys/fs/cgroup/pids/isobench-{spare_id}/tasks")
+        deadline = time.monotonic() + 5
+        while str(helper_pid) not in tasks.read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the helper joins its cgroup itself, right after its spawn
+        assert str(helper_pid) in tasks.read_text().split()
 
         # a container with limits, or one whose create fails, uses none of the spare or leaves nothing
         limited = api.create(ContainerConfig(image=image, command=("sleep", "5"), network=NetworkSpec(mode="none"),
