@@ -7,6 +7,7 @@ Host objects are named ``isobench-<id>``; :data:`PREFIX` is that prefix.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,8 @@ def host_name(obj_id: str) -> str:
 
 @dataclass(frozen=True)
 class HostPaths:
-    """All state-directory paths, from one root. Construct with :meth:`from_env` in production."""
+    """All state-directory paths, from one root. Construct with :meth:`from_env` in production.
+    The root-derived paths are computed once per instance (every container create asked for several)."""
 
     root: Path
     cgroup_root: Path = CGROUP_ROOT
@@ -64,21 +66,21 @@ class HostPaths:
         return cls(root=Path(os.environ.get("ISOBENCH_ROOT", str(DEFAULT_ROOT))))
 
     # image store (OCI layout) and derived, content-addressed caches
-    @property
+    @functools.cached_property
     def images(self) -> Path:
         return self.root / "images"
 
-    @property
+    @functools.cached_property
     def layers(self) -> Path:
         """Unpacked read-only layers, one dir per layer digest (overlayfs lowerdirs)."""
         return self.root / "layers"
 
-    @property
+    @functools.cached_property
     def flat(self) -> Path:
         """Flattened rootfs per image digest (native chroot, runc bundles, VM disks)."""
         return self.root / "flat"
 
-    @property
+    @functools.cached_property
     def build_cache(self) -> Path:
         return self.root / "build-cache"
 
@@ -88,31 +90,31 @@ class HostPaths:
         share one minutes-long debootstrap. ``ISOBENCH_CACHE`` overrides /var/cache/isobench."""
         return Path(os.environ.get("ISOBENCH_CACHE", "/var/cache/isobench")) / "base"
 
-    @property
+    @functools.cached_property
     def containers(self) -> Path:
         return self.root / "containers"
 
-    @property
+    @functools.cached_property
     def volumes(self) -> Path:
         return self.root / "volumes"
 
-    @property
+    @functools.cached_property
     def network(self) -> Path:
         return self.root / "network"
 
-    @property
+    @functools.cached_property
     def vms(self) -> Path:
         return self.root / "vms"
 
-    @property
+    @functools.cached_property
     def vm_artifacts(self) -> Path:
         return self.root / "vm-artifacts"
 
-    @property
+    @functools.cached_property
     def tmp(self) -> Path:
         return self.root / "tmp"
 
-    @property
+    @functools.cached_property
     def locks(self) -> Path:
         return self.root / "locks"
 

@@ -175,7 +175,20 @@ def remove_dir(paths: HostPaths, cid: str) -> None:
 
 
 def proc_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` (clock ticks since boot), to tell a live process from a recycled pid."""
+    """Start time of ``pid`` (clock ticks since boot), to tell a live process from a recycled pid.
+    This process's own is read once (it records itself as the monitor of every container it makes)."""
+    if pid == os.getpid():
+        own = _OWN_START.get(pid)
+        if own is None:
+            own = _OWN_START[pid] = _read_start_time(pid)
+        return own
+    return _read_start_time(pid)
+
+
+_OWN_START: dict[int, int | None] = {}  # keyed by pid: a forked child reads its own
+
+
+def _read_start_time(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()

@@ -22,6 +22,7 @@ everything else in the spec is ignored, as runc ignores fields it does not know.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -193,9 +194,8 @@ def image_spec(paths: Any, config: Any, *, hostname: str, rootfs: str,
     named in isobench's annotations and mounted as an overlay at ``rootfs`` (isobench only), else
     ``rootfs`` must be a directory holding the image (:func:`from_image` makes one)."""
     from runtime.cgroups import cgroup_namespace_supported
-    from runtime.image.store import ImageStore
 
-    store = ImageStore(paths)
+    store = _store(paths)
     img = store.resolve(config.image)
     lowers = tuple(str(d) for d in store.layer_dirs(img))
     proc = specconv.process_spec(config, img.config, hostname)
@@ -219,6 +219,15 @@ def image_spec(paths: Any, config: Any, *, hostname: str, rootfs: str,
         cgroups_path=cgroups_path, overlay=overlay, etc_files=etc_files,
         init_binary=init_bin, volumes_dir=str(paths.volumes), image_digest=img.manifest_digest)
     return FromImage(spec=specconv.to_spec(config, proc, host), image=img, process=proc, lowerdirs=lowers)
+
+
+@functools.lru_cache(maxsize=8)
+def _store(paths: Any) -> Any:
+    """The image store of ``paths``, one per state root in this process (cheap, but made on every
+    container create otherwise)."""
+    from runtime.image.store import ImageStore
+
+    return ImageStore(paths)
 
 
 def from_image(paths: Any, config: Any, bundle_dir: Path | str, rootfs_dir: Path | str | None = None,
