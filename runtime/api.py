@@ -514,12 +514,27 @@ def start(c: Container) -> None:
         if c._records_pending:  # config.json only: the state record is written once, below
             _write_records(c, state=False)
 
+    def on_released(pid: int) -> None:  # the last step before it may exec: recorded as running
+        c.pid = pid
+        c.pid_start = S.proc_start_time(pid)
+        if attachment:
+            att = attachment[0]
+            c.ip_address = att.ip
+            c.state["ip"] = att.ip
+            c.state["ports"] = [[p.host_ip, p.host_port, p.container_port, p.protocol] for p in att.ports]
+        if c._plan.exec_fifo:  # waiting at the fifo: "created" until `start` (resume) reads it
+            c.state.update(pid=c.pid, pid_start=c.pid_start)
+        else:
+            c.state.update(status="running", pid=c.pid, pid_start=c.pid_start, started_at=S.now_iso())
+        S.write_state(c.dir, c.state)
+
     try:
         prespawned, c._prespawned = c._prespawned, None
         spawned = spawn(plan, c._security, c._stdio, on_forked, on_ready if c._netplan is not None else None,
-                        meanwhile, prespawned)
+                        meanwhile, prespawned, on_released)
     except BaseException:
-        c.state.update(status="exited", exit_code=125, finished_at=S.now_iso())
+        c.pid = c.pid_start = None  # set by on_released, but its helper was killed and reaped
+        c.state.update(status="exited", exit_code=125, finished_at=S.now_iso(), pid=None, pid_start=None)
         _after_exit(c)
         raise
     finally:
@@ -527,21 +542,9 @@ def start(c: Container) -> None:
         c._own_fds = ()
         if spare is not None:
             os.close(spare)
-    c.pid = spawned.pid
     c._root_fd = spawned.root_fd
-    c.pid_start = S.proc_start_time(spawned.pid)
     c.timings_ns["start"] = t0
     c.timings_ns.update(spawned.timings_ns)
-    if attachment:
-        att = attachment[0]
-        c.ip_address = att.ip
-        c.state["ip"] = att.ip
-        c.state["ports"] = [[p.host_ip, p.host_port, p.container_port, p.protocol] for p in att.ports]
-    if c._plan.exec_fifo:  # waiting at the fifo: "created" until `start` (resume) reads it
-        c.state.update(pid=c.pid, pid_start=c.pid_start)
-    else:
-        c.state.update(status="running", pid=c.pid, pid_start=c.pid_start, started_at=S.now_iso())
-    S.write_state(c.dir, c.state)
 
 
 def resume(c: Container) -> None:

@@ -223,7 +223,8 @@ def _hand_plan(p: Prespawned, plan: LaunchPlan, security: object) -> bool:
 
 def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
           on_forked: Callable[[int], None], on_ready: Callable[[int], None] | None,
-          meanwhile: Callable[[], None] | None = None, prespawned: Prespawned | None = None) -> Spawned:
+          meanwhile: Callable[[], None] | None = None, prespawned: Prespawned | None = None,
+          on_released: Callable[[int], None] | None = None) -> Spawned:
     """Fork the container's PID 1 and run it up to ``execve``.
 
     ``on_forked(pid)`` runs while the child builds its rootfs (join the cgroup); ``on_ready(pid)`` runs
@@ -232,14 +233,21 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
     does not wait for a round trip through the parent. ``meanwhile()`` runs once the child has its
     cgroup go-ahead, while it builds its root: work off the start's path (records on disk).
     ``prespawned``: a helper spawned ahead (:func:`prespawn_helper`) gets the plan instead of a new
-    spawn when it can run it (:func:`prespawned_fits`); otherwise, or if it is gone, it is discarded."""
+    spawn when it can run it (:func:`prespawned_fits`); otherwise, or if it is gone, it is discarded.
+    ``on_released(pid)`` runs last before the child may exec (record it as running).
+
+    A child with an overlay root reports ``R`` and waits for ``G``: the runtime takes its hold on the
+    root (:func:`hold_root`) in between, so the hold never races the workload's exit. The round trip
+    is two context switches; on a host that packs a woken task onto the waker's vCPU (this one) the
+    alternative, the runtime working beside a child that no longer waits, was slower anyway."""
     timings: dict[str, int] = {}
     helper = helper_runs(plan)
     remote = _caller_spawner
     if remote is not None and not helper:
         raise CallerMustRun(f"container {plan.container_id}: its plan needs the Python child "
                             f"(fields the start helper lacks), which only the caller's own process can fork")
-    handshake = on_ready is not None or plan.userns_remap  # G only after R
+    hold = bool(plan.rootfs.lowerdirs)
+    handshake = on_ready is not None or plan.userns_remap or hold or on_released is not None  # G only after R
     parent_lo = plan.loopback_up and not helper  # the C helper brings its lo up itself
     go_ahead = b"CG" if not handshake and not parent_lo else b"C"
     cgroup_made = False
@@ -254,6 +262,9 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
             cgroup_made = True
             timings["cgroup"] = time.perf_counter_ns()
             os.write(prespawned.w_go, go_ahead)
+            if meanwhile is not None:  # before the helper is woken: after, it would wait for our CPU
+                meanwhile()
+                meanwhile = None
         except BaseException:
             discard_prespawned(prespawned)
             raise
@@ -317,7 +328,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         stamps = msg.split()
         timings["namespaces"], timings["rootfs"], timings["child"] = int(stamps[1]), int(stamps[2]), int(stamps[3])
         timings["cgroup_joined"] = int(stamps[4])
-        if plan.rootfs.lowerdirs:
+        if hold:
             root_fd = hold_root(pid)
         if len(stamps) > 5 and int(stamps[5]):  # the helper's own lo up
             timings["loopback"] = int(stamps[5])
@@ -326,6 +337,8 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         if on_ready is not None:
             on_ready(pid)
         timings["network"] = time.perf_counter_ns()
+        if on_released is not None:
+            on_released(pid)
         if handshake:
             os.write(w_go, b"G")
         os.close(w_go)
