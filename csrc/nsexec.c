@@ -702,11 +702,28 @@ static void reset_signals(void) {
 }
 
 /* A helper spawned ahead (runtime.lifecycle.spares) joins its future container's cgroup (argv[1..]: the
- * files to write "0" into, as join_cgroup) before it waits for its plan, which then lists none. */
-static void prejoin(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        int fd = open(argv[i], O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, "0", 1) != 1) die("cannot join cgroup via %s: %s", argv[i], strerror(errno));
+ * files to write "0" into, as join_cgroup) before it waits for its plan, which then lists none. A join
+ * that fails here is not fatal yet (the spare would be lost): it is retried once the plan is in, and
+ * a failure then is reported as any set-up failure. */
+static int prejoin_files;
+static char **prejoin_argv;
+
+static int prejoin(int argc, char **argv) {
+    prejoin_files = argc - 1;
+    prejoin_argv = argv + 1;
+    for (int i = 0; i < prejoin_files; i++) {
+        int fd = open(prejoin_argv[i], O_WRONLY | O_CLOEXEC);
+        int ok = fd >= 0 && write(fd, "0", 1) == 1;
+        if (fd >= 0) close(fd);
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
+static void prejoin_again(void) {
+    for (int i = 0; i < prejoin_files; i++) {
+        int fd = open(prejoin_argv[i], O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "0", 1) != 1) die("cannot join cgroup via %s: %s", prejoin_argv[i], strerror(errno));
         close(fd);
     }
 }
@@ -714,9 +731,10 @@ static void prejoin(int argc, char **argv) {
 int main(int argc, char **argv) {
     long long t_child, t_joined = 0, t_lo = 0;
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);  /* nobody opens our /proc/<pid>/exe (the host binary) */
-    prejoin(argc, argv);
+    int prejoined = prejoin(argc, argv);
     parse_plan();  /* a helper spawned ahead (runtime.lifecycle.spares) waits here for its container */
     t_child = now_ns();  /* the plan is in: this container's work starts */
+    if (!prejoined) prejoin_again();
     if (P.pdeathsig) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     reset_signals();
     for (int i = 0; i < P.joinns.n; i++) {  /* namespaces the spec names by path (podman's network) */

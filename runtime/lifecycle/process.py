@@ -259,16 +259,20 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         # its plan. It never waits on us, and we sleep (on its report) right after waking it.
         try:
             on_forked(prespawned.pid)
-            cgroup_made = True
-            timings["cgroup"] = time.perf_counter_ns()
-            os.write(prespawned.w_go, go_ahead)
-            if meanwhile is not None:  # before the helper is woken: after, it would wait for our CPU
-                meanwhile()
-                meanwhile = None
         except BaseException:
             discard_prespawned(prespawned)
             raise
-        if not _hand_plan(prespawned, plan, security):  # it is gone (killed): spawn one as usual
+        cgroup_made = True
+        timings["cgroup"] = time.perf_counter_ns()
+        try:
+            os.write(prespawned.w_go, go_ahead)
+        except OSError:  # it is gone (killed): spawn one as usual
+            discard_prespawned(prespawned)
+            prespawned = None
+        if meanwhile is not None:  # before the helper is woken: after, it would wait for our CPU
+            meanwhile()
+            meanwhile = None
+        if prespawned is not None and not _hand_plan(prespawned, plan, security):  # gone: as above
             prespawned = None
     if prespawned is not None:
         pid, r_ready, w_go = prespawned.pid, prespawned.r_ready, prespawned.w_go

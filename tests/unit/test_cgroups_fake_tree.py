@@ -254,3 +254,21 @@ def test_v2_child_joins_by_cgroup_procs(v2_tree):
     lay, _ = v2_tree
     plan = plan_cgroup("isobench-k", Resources(), lay)
     assert plan.self_join_files() == (str(lay.unified / "isobench-k" / "cgroup.procs"),)
+
+
+@pytest.mark.parametrize("tree", ["v1_tree", "v2_tree"])
+def test_limits_written_into_a_cgroup_made_ahead_without_them(tree, request, tmp_path):
+    """A spare cgroup (runtime.lifecycle.spares) is made with no limits; a container's plan with
+    limits writes exactly its limit files into it, as make() would have after its mkdirs."""
+    lay, fake = request.getfixturevalue(tree)
+    limits = Resources(memory_bytes=64 << 20, pids_max=17, cpu_quota_us=50_000)
+    spare = plan_cgroup("isobench-spare", Resources(), layout=lay).make()
+    fake.writes.clear()
+    plan = plan_cgroup("isobench-spare", limits, layout=lay)
+    assert plan.apply_limits(spare) is spare
+    adopted = list(fake.writes)
+    fake.writes.clear()
+    spare.destroy()
+    plan.make()
+    made_limits = [w for w in fake.writes if w in adopted]
+    assert adopted and made_limits == adopted  # the same files and values, in the same order

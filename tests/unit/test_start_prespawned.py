@@ -1,0 +1,86 @@
+"""The prespawned start helper's plan hand-off (runtime.lifecycle.process): a cgroup the helper joined at
+its spawn is not in the plan it gets; a helper that is gone is reported, not waited for. Pipes only."""
+
+from __future__ import annotations
+
+import os
+
+from runtime.lifecycle import process
+from runtime.lifecycle.process import LaunchPlan, Prespawned
+from runtime.rootfs.mounts import RootfsPlan
+from runtime.security import prepare
+from runtime.spec import SecuritySpec
+
+JOIN = ("/sys/fs/cgroup/pids/isobench-abc/tasks", "/sys/fs/cgroup/memory/isobench-abc/tasks")
+
+
+def _plan(**kw) -> LaunchPlan:
+    kw.setdefault("cgroup_join", JOIN)
+    return LaunchPlan(container_id="abc", hostname="abc", argv=("true",), env=(), workdir="/", uid=0, gid=0,
+                      groups=(), rootfs=RootfsPlan(lowerdirs=("/l",), upper="/u", work="/w", merged="/m"),
+                      unshare_flags=0, **kw)
+
+
+def _records(data: bytes) -> list[str]:
+    head = data.split(b"seccomp\0", 1)[0]  # the seccomp program is raw bytes at the end
+    return head.decode().split("\0")
+
+
+def _prespawned() -> tuple[Prespawned, int]:
+    r_plan, w_plan = os.pipe2(os.O_CLOEXEC)
+    r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
+    r_go, w_go = os.pipe2(os.O_CLOEXEC)
+    for fd in (w_ready, r_go):
+        os.close(fd)
+    return Prespawned(pid=-1, w_plan=w_plan, r_ready=r_ready, w_go=w_go, joined=JOIN), r_plan
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    while chunk := os.read(fd, 65536):
+        out += chunk
+    os.close(fd)
+    return out
+
+
+def test_a_cgroup_joined_at_spawn_is_not_joined_again():
+    p, r_plan = _prespawned()
+    assert process._hand_plan(p, _plan(), prepare(SecuritySpec()))
+    fields = _records(_read_all(r_plan))
+    assert "cgjoin" not in fields and "true" in fields  # the plan, then EOF: its write end was closed
+    for fd in (p.r_ready, p.w_go):
+        os.close(fd)
+
+
+def test_another_cgroup_is_still_joined():
+    p, r_plan = _prespawned()
+    other = _plan(cgroup_join=("/sys/fs/cgroup/pids/isobench-other/tasks",))
+    assert process._hand_plan(p, other, prepare(SecuritySpec()))
+    fields = _records(_read_all(r_plan))
+    assert fields[fields.index("cgjoin") + 1] == "/sys/fs/cgroup/pids/isobench-other/tasks"
+    for fd in (p.r_ready, p.w_go):
+        os.close(fd)
+
+
+def test_a_gone_helper_is_reported_and_its_pipes_closed(monkeypatch):
+    p, r_plan = _prespawned()
+    os.close(r_plan)  # nobody reads: the helper is gone
+    reaped = []
+    monkeypatch.setattr(process, "_kill_and_reap", reaped.append)
+    assert not process._hand_plan(p, _plan(), prepare(SecuritySpec()))
+    assert reaped == [-1]
+    for fd in (p.w_plan, p.r_ready, p.w_go):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        raise AssertionError(f"fd {fd} left open")
+
+
+def test_only_a_plan_with_a_new_pid_namespace_fits(monkeypatch):
+    monkeypatch.setattr(process, "_caller_spawner", None)
+    assert process.prespawned_fits(_plan())
+    assert not process.prespawned_fits(_plan(pid_ns="host"))
+    assert not process.prespawned_fits(_plan(console_fd=5))  # needs the Python child
+    monkeypatch.setattr(process, "_caller_spawner", lambda *a: 1)
+    assert not process.prespawned_fits(_plan())
