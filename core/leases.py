@@ -90,3 +90,29 @@ def owner_alive(name: str) -> bool:
     if not key:
         return False
     return any(i.startswith(key) or key.startswith(i) for i in live_ids())
+
+
+def gc(paths: object = None) -> list[str]:
+    """``isobench gc``'s last area: lease files whose owner is dead, and lease temp files of dead
+    writers (``.<id>.<pid>.tmp``). A dead owner's lease guards nothing (every area already treats its
+    objects as orphans), but killed runs leave them, and :func:`live_ids` reads every lease file."""
+    d = lease_dir()
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(d))
+    except FileNotFoundError:
+        return removed
+    for e in entries:
+        name = e.name
+        if name.endswith(".json") and not name.startswith("."):
+            stale = not is_live(name[:-5])
+        elif name.startswith(".") and name.endswith(".tmp"):
+            writer = name[:-4].rsplit(".", 1)[-1]
+            stale = writer.isdigit() and not pid_alive(int(writer))
+        else:
+            continue
+        if stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(e.path)
+                removed.append(f"stale lease {name}")
+    return removed

@@ -17,6 +17,7 @@ GC_AREAS: tuple[str, ...] = (
     "vmharness.gc",
     "runtime.image.gc",      # temp dirs of crashed unpacks and builds
     "app.server.protocol",  # socket and pidfile of a dead `isobench server` (never a live one's)
+    "core.leases",           # last: lease files of dead owners (every area above has judged by them)
 )
 
 
