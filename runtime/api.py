@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import resource
 import signal
@@ -96,6 +97,7 @@ class Container:
     _spare_cgroup: Any = None  # its cgroup made ahead without limits (spares.take_cgroup)
     _records_pending: bool = False
     _bundle_spec: dict[str, Any] | None = None  # create(starting=True): start() writes config.json
+    _prepared_config: bool = False  # its dir is a spare with an empty config.json to write into
     _is_parent: bool = False
     _wait_memo: dict[int, int] = field(default_factory=dict)  # reap_child's: survives a Ctrl-C mid-wait
 
@@ -143,7 +145,8 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
     try:
         c = _create(config, paths, cid, spare is not None, spare.helper if spare else None, t_call, stdio=stdio,
                     owner_pid=owner_pid, auto_remove=auto_remove, detached=detached, extra_state=extra_state,
-                    console_fd=console_fd, console_size=console_size, starting=starting)
+                    console_fd=console_fd, console_size=console_size, starting=starting,
+                    spare_cgroup_plan=spare.cgroup[0] if spare is not None and spare.cgroup else None)
     except BaseException:
         if spare is not None:  # it was this container's: nothing of it stays
             spares.release(spare)
@@ -155,7 +158,7 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
 def _create(config: ContainerConfig, paths: HostPaths, cid: str, prepared: bool, helper: Any, t_call: int, *,
             stdio: tuple[int, int, int] | None, owner_pid: int | None, auto_remove: bool, detached: bool,
             extra_state: dict[str, Any] | None, console_fd: int, console_size: tuple[int, int] | None,
-            starting: bool) -> Container:
+            starting: bool, spare_cgroup_plan: Any = None) -> Container:
     from runtime.lifecycle import spares
     from runtime.oci import bundle
     from runtime.oci.specconv import exposed_ports
@@ -180,7 +183,7 @@ def _create(config: ContainerConfig, paths: HostPaths, cid: str, prepared: bool,
     c = _instantiate(b, paths, cid, name=config.name, stdio=stdio, owner_pid=owner_pid, auto_remove=auto_remove,
                      detached=detached, state=state, network=net, write_bundle=True,
                      etc=(hostname, config.network.mode), console_fd=console_fd, defer_records=starting,
-                     prepared=prepared)
+                     prepared=prepared, spare_cgroup_plan=spare_cgroup_plan, prespawned=helper is not None)
     c.config = config
     c._prespawned = helper
     c.timings_ns["call"] = t_call
@@ -297,11 +300,14 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
                  stdio: tuple[int, int, int] | None, owner_pid: int | None, auto_remove: bool, detached: bool,
                  state: dict[str, Any], network: _NetworkSetup | None, write_bundle: bool,
                  etc: tuple[str, str] | None, console_fd: int = -1, hold: bool = False,
-                 defer_records: bool = False, prepared: bool = False) -> Container:
+                 defer_records: bool = False, prepared: bool = False, spare_cgroup_plan: Any = None,
+                 prespawned: bool = False) -> Container:
     """The host side of create, for every container: dirs, lease, cgroup plan, network plan, state.
     ``defer_records``: config.json and state.json are left to start() (:func:`_write_records`).
     ``prepared``: the dir is a spare (:mod:`runtime.lifecycle.spares`): it, its upper/work dirs, logs,
-    default /etc files and this process's lease exist already."""
+    default /etc files and this process's lease exist already; ``spare_cgroup_plan``: the plan its
+    cgroup was made by (a container without limits takes it as is); ``prespawned``: its start helper
+    has the dir's logs as its stdio (opened here only if that helper cannot be used)."""
     from runtime.lifecycle.spares import default_hostname
 
     cdir = S.container_dir(paths, cid)
@@ -330,14 +336,19 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
         undo.callback(leases.release, cid)
         if etc is not None and not (prepared and etc[0] == default_hostname(cid) and etc[1] != "host"):
             S.write_etc_files(cdir, etc[0], etc[1])  # a spare's are a default container's (no host resolv.conf)
-        if stdio is None:
+        if stdio is None and not prespawned:
             stdio, owned = _open_logs(cdir)
             c._own_fds = owned
             undo.callback(_close_all, owned)
         from runtime.cgroups import plan_cgroup
+        from runtime.spec import Resources
 
         # validated now (bad values fail here), made by start() while the child builds its root
-        c._cgroup_plan = plan_cgroup(c.host_name, b.resources, path=b.cgroups_path or None)
+        resources = b.resources
+        if spare_cgroup_plan is not None and not b.cgroups_path and resources == Resources():
+            c._cgroup_plan = spare_cgroup_plan  # what plan_cgroup would compute again
+        else:
+            c._cgroup_plan = plan_cgroup(c.host_name, resources, path=b.cgroups_path or None)
         if network is not None:
             from runtime import network as net
 
@@ -368,6 +379,7 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
             **state,
         }
         c._bundle_spec = b.spec if write_bundle else None  # `isobench run` makes a bundle: the dir is it
+        c._prepared_config = prepared
         if defer_records:
             c._records_pending = True
         else:
@@ -381,7 +393,14 @@ def _write_records(c: Container, state: bool = True) -> None:
     """What only readers of the container's dir need: its bundle's config.json (when create made the
     bundle) and (``state``) the state record."""
     c._records_pending = False
-    if c._bundle_spec is not None:
+    if c._bundle_spec is not None and c._prepared_config:
+        # a spare dir's empty config.json, written in place: no reader before the state record
+        fd = os.open(c.dir / "config.json", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, json.dumps(c._bundle_spec).encode())
+        finally:
+            os.close(fd)
+    elif c._bundle_spec is not None:
         from runtime.oci import bundle
 
         bundle.write(c.dir, c._bundle_spec)
@@ -528,10 +547,14 @@ def start(c: Container) -> None:
             c.state.update(status="running", pid=c.pid, pid_start=c.pid_start, started_at=S.now_iso())
         S.write_state(c.dir, c.state)
 
+    def logs() -> tuple[int, int, int]:  # its prespawned helper has them: opened only if it cannot run it
+        fds, c._own_fds = _open_logs(c.dir)
+        return fds
+
     try:
         prespawned, c._prespawned = c._prespawned, None
-        spawned = spawn(plan, c._security, c._stdio, on_forked, on_ready if c._netplan is not None else None,
-                        meanwhile, prespawned, on_released)
+        spawned = spawn(plan, c._security, c._stdio if c._stdio is not None else logs, on_forked,
+                        on_ready if c._netplan is not None else None, meanwhile, prespawned, on_released)
     except BaseException:
         c.pid = c.pid_start = None  # set by on_released, but its helper was killed and reaped
         c.state.update(status="exited", exit_code=125, finished_at=S.now_iso(), pid=None, pid_start=None)

@@ -221,7 +221,7 @@ def _hand_plan(p: Prespawned, plan: LaunchPlan, security: object) -> bool:
     return True
 
 
-def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
+def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int] | Callable[[], tuple[int, int, int]],
           on_forked: Callable[[int], None], on_ready: Callable[[int], None] | None,
           meanwhile: Callable[[], None] | None = None, prespawned: Prespawned | None = None,
           on_released: Callable[[int], None] | None = None) -> Spawned:
@@ -234,6 +234,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
     cgroup go-ahead, while it builds its root: work off the start's path (records on disk).
     ``prespawned``: a helper spawned ahead (:func:`prespawn_helper`) gets the plan instead of a new
     spawn when it can run it (:func:`prespawned_fits`); otherwise, or if it is gone, it is discarded.
+    ``stdio`` may be a function giving them, called only when a helper is spawned here.
     ``on_released(pid)`` runs last before the child may exec (record it as running).
 
     A child with an overlay root reports ``R`` and waits for ``G``: the runtime takes its hold on the
@@ -278,6 +279,8 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int],
         pid, r_ready, w_go = prespawned.pid, prespawned.r_ready, prespawned.w_go
         w_ready = r_go = -1  # the helper's ends, closed when it was spawned
     else:
+        if callable(stdio):
+            stdio = stdio()
         r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
         r_go, w_go = os.pipe2(os.O_CLOEXEC)
     try:

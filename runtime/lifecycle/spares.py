@@ -16,8 +16,9 @@ starts one container (a CLI command) would waste them.
 What a spare is: a network namespace held by an fd of this process only, with lo up and nothing ever
 run in it (:mod:`runtime.namespaces`); a container directory named by a fresh id, under this process's
 lease, holding ``upper/``, ``work/``, empty logs and the /etc files of a container with the default
-hostname (``create`` rewrites them when the options differ), and the empty temp files its first
-``state.json`` and ``config.json`` writes fill and rename (a file creation is ~0.1-0.3 ms on this
+hostname (``create`` rewrites them when the options differ), an empty ``config.json`` the container's
+bundle config is written into (in place: nothing reads a container's dir before its state record)
+and the empty temp file its first ``state.json`` write fills and renames (a file creation is ~0.1-0.3 ms on this
 host's journal-less ext4, which scans recently deleted inodes on every allocation); and ``isobench-nsexec`` spawned with
 that directory's logs as its stdio, PID 1 of a new PID namespace, blocked reading its plan (a
 container with other stdio, or a plan it cannot run, discards it). No state file: ``ps`` does not list
@@ -39,6 +40,7 @@ from runtime import namespaces
 from runtime.lifecycle import state as S
 
 LOGS = ("stdout.log", "stderr.log")
+CONFIG = "config.json"  # made empty here; runtime.api writes the container's bundle config into it
 
 
 @dataclass
@@ -97,8 +99,9 @@ def make_dir(paths: HostPaths) -> None:
         os.mkdir(cdir / "work")
         for name in LOGS:
             os.close(os.open(cdir / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
-        for name in (S.STATE_FILE, "config.json"):  # the temp files start's writes fill and rename
-            os.close(os.open(cdir / f".{name}.{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        # the files start's first writes fill: state.json's temp (renamed over), config.json itself
+        for name in (f".{S.STATE_FILE}.{os.getpid()}", CONFIG):
+            os.close(os.open(cdir / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         S.write_etc_files(cdir, default_hostname(cid), "none")
     except BaseException:
         S.remove_dir(paths, cid)

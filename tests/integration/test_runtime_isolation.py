@@ -159,7 +159,11 @@ def test_spares_are_fresh_per_container_and_leave_nothing(paths, image, leak_che
             spare = spares._spare
             spare_id, helper_pid = spare.container_id, spare.helper.pid
             assert not _ended(spare.helper), _ended(spare.helper)
-        assert Path(f"/proc/{helper_pid}/cmdline").read_bytes().split(b"\0")[0] == f"isobench-{spare_id}".encode()
+        cmdline = Path(f"/proc/{helper_pid}/cmdline")
+        deadline = time.monotonic() + 5
+        while not cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # posix_spawn returns before execve has set the new image's arguments
+        assert cmdline.read_bytes().split(b"\0")[0] == f"isobench-{spare_id}".encode()
         tasks = Path(f"/sys/fs/cgroup/pids/isobench-{spare_id}/tasks")
         deadline = time.monotonic() + 5
         while str(helper_pid) not in tasks.read_text().split() and time.monotonic() < deadline:
@@ -185,6 +189,7 @@ def test_spares_are_fresh_per_container_and_leave_nothing(paths, image, leak_che
         api.make_spares(paths)
         spare = spares._spare
         os.kill(spare.helper.pid, signal.SIGKILL)  # a spare helper gone before use: started as usual
+        os.waitid(os.P_PID, spare.helper.pid, os.WEXITED | os.WNOWAIT)  # gone (not reaped: that is discard's)
         r = run(paths, "cat", "/proc/self/cgroup")
         assert r.container_id == spare.container_id and f"isobench-{spare.container_id}" in out(r)
         spare = spares._spare
