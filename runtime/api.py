@@ -95,6 +95,7 @@ class Container:
     _root_fd: int = -1  # holds the container's root (its overlay) until delete: see process.hold_root
     _prespawned: Any = None  # its start helper, spawned ahead with the spare dir (keep_spares)
     _spare_cgroup: Any = None  # its cgroup made ahead without limits (spares.take_cgroup)
+    _prespawned_start: int | None = None  # the prespawned helper's start time, read when it was made
     _records_pending: bool = False
     _bundle_spec: dict[str, Any] | None = None  # create(starting=True): start() writes config.json
     _prepared_config: bool = False  # its dir is a spare with an empty config.json to write into
@@ -146,7 +147,8 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
         c = _create(config, paths, cid, spare is not None, spare.helper if spare else None, t_call, stdio=stdio,
                     owner_pid=owner_pid, auto_remove=auto_remove, detached=detached, extra_state=extra_state,
                     console_fd=console_fd, console_size=console_size, starting=starting,
-                    spare_cgroup_plan=spare.cgroup[0] if spare is not None and spare.cgroup else None)
+                    spare_cgroup_plan=spare.cgroup[0] if spare is not None and spare.cgroup else None,
+                    spare_start=spare.helper_start if spare is not None else None)
     except BaseException:
         if spare is not None:  # it was this container's: nothing of it stays
             spares.release(spare)
@@ -158,7 +160,7 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
 def _create(config: ContainerConfig, paths: HostPaths, cid: str, prepared: bool, helper: Any, t_call: int, *,
             stdio: tuple[int, int, int] | None, owner_pid: int | None, auto_remove: bool, detached: bool,
             extra_state: dict[str, Any] | None, console_fd: int, console_size: tuple[int, int] | None,
-            starting: bool, spare_cgroup_plan: Any = None) -> Container:
+            starting: bool, spare_cgroup_plan: Any = None, spare_start: int | None = None) -> Container:
     from runtime.lifecycle import spares
     from runtime.oci import bundle
     from runtime.oci.specconv import exposed_ports
@@ -186,6 +188,7 @@ def _create(config: ContainerConfig, paths: HostPaths, cid: str, prepared: bool,
                      prepared=prepared, spare_cgroup_plan=spare_cgroup_plan, prespawned=helper is not None)
     c.config = config
     c._prespawned = helper
+    c._prespawned_start = spare_start
     c.timings_ns["call"] = t_call
     return c
 
@@ -389,6 +392,29 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
     return c
 
 
+_SECCOMP_TOKEN = f"isobench-seccomp-{os.urandom(8).hex()}"  # unguessable: a spec cannot hold it by chance
+_seccomp_text: dict[int, tuple[Any, str]] = {}
+
+
+def _spec_json(spec: dict[str, Any]) -> str:
+    """``json.dumps(spec)``, with the seccomp profile's text (two thirds of a default spec) serialized
+    once per profile object: specconv hands out the same cached dict for the same options."""
+    linux = spec.get("linux") or {}
+    profile = linux.get("seccomp")
+    if not isinstance(profile, dict):
+        return json.dumps(spec)
+    hit = _seccomp_text.get(id(profile))
+    if hit is None or hit[0] is not profile:
+        if len(_seccomp_text) > 64:
+            _seccomp_text.clear()
+        hit = _seccomp_text[id(profile)] = (profile, json.dumps(profile))
+    text = json.dumps({**spec, "linux": {**linux, "seccomp": _SECCOMP_TOKEN}})
+    quoted = f'"{_SECCOMP_TOKEN}"'
+    if text.count(quoted) != 1:  # the spec holds the token elsewhere too: no shortcut
+        return json.dumps(spec)
+    return text.replace(quoted, hit[1])
+
+
 def _write_records(c: Container, state: bool = True) -> None:
     """What only readers of the container's dir need: its bundle's config.json (when create made the
     bundle) and (``state``) the state record."""
@@ -397,7 +423,7 @@ def _write_records(c: Container, state: bool = True) -> None:
         # a spare dir's empty config.json, written in place: no reader before the state record
         fd = os.open(c.dir / "config.json", os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.write(fd, json.dumps(c._bundle_spec).encode())
+            os.write(fd, _spec_json(c._bundle_spec).encode())
         finally:
             os.close(fd)
     elif c._bundle_spec is not None:
@@ -533,9 +559,11 @@ def start(c: Container) -> None:
         if c._records_pending:  # config.json only: the state record is written once, below
             _write_records(c, state=False)
 
+    known_start = (c._prespawned.pid, c._prespawned_start) if c._prespawned is not None else (0, None)
+
     def on_released(pid: int) -> None:  # the last step before it may exec: recorded as running
         c.pid = pid
-        c.pid_start = S.proc_start_time(pid)
+        c.pid_start = known_start[1] if pid == known_start[0] else S.proc_start_time(pid)
         if attachment:
             att = attachment[0]
             c.ip_address = att.ip

@@ -50,6 +50,7 @@ class SpareDir:
     container_id: str
     helper: Any = None  # runtime.lifecycle.process.Prespawned: the start helper, its stdio the dir's logs
     cgroup: Any = None  # (CgroupPlan, Cgroup): isobench-<id> made without limits
+    helper_start: int | None = None  # the helper's start time (clock ticks), as state records a pid
 
 
 _keep = False
@@ -111,6 +112,7 @@ def make_dir(paths: HostPaths) -> None:
     try:
         spare.cgroup = _make_cgroup(cid)
         spare.helper = _prespawn(cdir, cid, spare.cgroup[0].self_join_files())
+        spare.helper_start = S.proc_start_time(spare.helper.pid)
     except BaseException:
         _remove(spare)
         raise

@@ -3,6 +3,7 @@ its spawn is not in the plan it gets; a helper that is gone is reported, not wai
 
 from __future__ import annotations
 
+import json
 import os
 
 from runtime.lifecycle import process
@@ -84,3 +85,19 @@ def test_only_a_plan_with_a_new_pid_namespace_fits(monkeypatch):
     assert not process.prespawned_fits(_plan(console_fd=5))  # needs the Python child
     monkeypatch.setattr(process, "_caller_spawner", lambda *a: 1)
     assert not process.prespawned_fits(_plan())
+
+
+def test_spec_json_is_json_dumps_with_the_profile_text_reused():
+    from runtime import api
+    from runtime.oci import specconv
+    from runtime.security import caps
+
+    profile = specconv.seccomp_json(SecuritySpec(), caps.effective_set(last_cap=caps.cap_last_cap()))
+    spec = {"ociVersion": "1.0.2", "process": {"env": [f"X={api._SECCOMP_TOKEN}"]},
+            "linux": {"namespaces": [{"type": "pid"}], "seccomp": profile, "maskedPaths": ["/proc/kcore"]},
+            "annotations": {"a": "b"}}
+    for _ in range(2):  # the second time from the cached text
+        assert api._spec_json(spec) == json.dumps(spec)
+    assert api._spec_json({"linux": {"seccomp": None}}) == json.dumps({"linux": {"seccomp": None}})
+    spec["process"]["env"] = [api._SECCOMP_TOKEN]  # the token itself elsewhere: plain json.dumps
+    assert api._spec_json(spec) == json.dumps(spec)
