@@ -535,20 +535,30 @@ static void await(char want, const char *gone) {
     }
 }
 
-static long long join_cgroup(void) {
-    await('C', "the runtime went away before the container's cgroup was ready");
-    for (int i = 0; i < P.cgjoin.n; i++) {
-        const char *f = P.cgjoin.v[i];
-        int fd = open(f, O_WRONLY | O_CLOEXEC);
+/* Join a cgroup by writing "0" into each of its cgroup_join files; a failure ends the helper when
+ * ``fatal``, else it is returned (0). */
+static int join_files(char **files, int n, int fatal) {
+    for (int i = 0; i < n; i++) {
+        int fd = open(files[i], O_WRONLY | O_CLOEXEC);
         if (fd < 0 || write(fd, "0", 1) != 1) {
+            if (!fatal) {
+                if (fd >= 0) close(fd);
+                return 0;
+            }
             char dir[PATH_MAX];
-            snprintf(dir, sizeof dir, "%s", f);
+            snprintf(dir, sizeof dir, "%s", files[i]);
             char *slash = strrchr(dir, '/');
             if (slash) *slash = 0;
             die("cannot join cgroup %s: %s", dir, strerror(errno));
         }
         close(fd);
     }
+    return 1;
+}
+
+static long long join_cgroup(void) {
+    await('C', "the runtime went away before the container's cgroup was ready");
+    join_files(P.cgjoin.v, P.cgjoin.n, 1);
     return now_ns();
 }
 
@@ -701,40 +711,16 @@ static void reset_signals(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* A helper spawned ahead (runtime.lifecycle.spares) joins its future container's cgroup (argv[1..]: the
- * files to write "0" into, as join_cgroup) before it waits for its plan, which then lists none. A join
- * that fails here is not fatal yet (the spare would be lost): it is retried once the plan is in, and
- * a failure then is reported as any set-up failure. */
-static int prejoin_files;
-static char **prejoin_argv;
-
-static int prejoin(int argc, char **argv) {
-    prejoin_files = argc - 1;
-    prejoin_argv = argv + 1;
-    for (int i = 0; i < prejoin_files; i++) {
-        int fd = open(prejoin_argv[i], O_WRONLY | O_CLOEXEC);
-        int ok = fd >= 0 && write(fd, "0", 1) == 1;
-        if (fd >= 0) close(fd);
-        if (!ok) return 0;
-    }
-    return 1;
-}
-
-static void prejoin_again(void) {
-    for (int i = 0; i < prejoin_files; i++) {
-        int fd = open(prejoin_argv[i], O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, "0", 1) != 1) die("cannot join cgroup via %s: %s", prejoin_argv[i], strerror(errno));
-        close(fd);
-    }
-}
-
 int main(int argc, char **argv) {
     long long t_child, t_joined = 0, t_lo = 0;
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);  /* nobody opens our /proc/<pid>/exe (the host binary) */
-    int prejoined = prejoin(argc, argv);
-    parse_plan();  /* a helper spawned ahead (runtime.lifecycle.spares) waits here for its container */
+    /* A helper spawned ahead (runtime.lifecycle.spares) joins its future container's cgroup (argv[1..]:
+     * its cgroup_join files) before it waits for its plan, which then lists none. A failed join is not
+     * fatal yet (the spare would be lost): it is retried once the plan is in, and reported then. */
+    int prejoined = join_files(argv + 1, argc - 1, 0);
+    parse_plan();  /* a helper spawned ahead waits here for its container */
     t_child = now_ns();  /* the plan is in: this container's work starts */
-    if (!prejoined) prejoin_again();
+    if (!prejoined) join_files(argv + 1, argc - 1, 1);
     if (P.pdeathsig) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     reset_signals();
     for (int i = 0; i < P.joinns.n; i++) {  /* namespaces the spec names by path (podman's network) */

@@ -95,7 +95,6 @@ class Container:
     _root_fd: int = -1  # holds the container's root (its overlay) until delete: see process.hold_root
     _prespawned: Any = None  # its start helper, spawned ahead with the spare dir (keep_spares)
     _spare_cgroup: Any = None  # its cgroup made ahead without limits (spares.take_cgroup)
-    _prespawned_start: int | None = None  # the prespawned helper's start time, read when it was made
     _records_pending: bool = False
     _bundle_spec: dict[str, Any] | None = None  # create(starting=True): start() writes config.json
     _prepared_config: bool = False  # its dir is a spare with an empty config.json to write into
@@ -142,29 +141,29 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
     if spare is not None and spare.helper is not None and (stdio is not None or console_fd >= 0):
         spares.discard_helper(spare.helper)  # it has the dir's logs as its stdio
         spare.helper = None
-    cid = spare.container_id if spare is not None else new_id()
     try:
-        c = _create(config, paths, cid, spare is not None, spare.helper if spare else None, t_call, stdio=stdio,
-                    owner_pid=owner_pid, auto_remove=auto_remove, detached=detached, extra_state=extra_state,
-                    console_fd=console_fd, console_size=console_size, starting=starting,
-                    spare_cgroup_plan=spare.cgroup[0] if spare is not None and spare.cgroup else None,
-                    spare_start=spare.helper_start if spare is not None else None)
+        c = _create(config, paths, spare, t_call, stdio=stdio, owner_pid=owner_pid, auto_remove=auto_remove,
+                    detached=detached, extra_state=extra_state, console_fd=console_fd, console_size=console_size,
+                    starting=starting)
     except BaseException:
         if spare is not None:  # it was this container's: nothing of it stays
             spares.release(spare)
         raise
-    c._spare_cgroup = spare.cgroup if spare is not None else None
+    if spare is not None:
+        c._prespawned, c._spare_cgroup = spare.helper, spare.cgroup
     return c
 
 
-def _create(config: ContainerConfig, paths: HostPaths, cid: str, prepared: bool, helper: Any, t_call: int, *,
+def _create(config: ContainerConfig, paths: HostPaths, spare: Any, t_call: int, *,
             stdio: tuple[int, int, int] | None, owner_pid: int | None, auto_remove: bool, detached: bool,
             extra_state: dict[str, Any] | None, console_fd: int, console_size: tuple[int, int] | None,
-            starting: bool, spare_cgroup_plan: Any = None, spare_start: int | None = None) -> Container:
+            starting: bool) -> Container:
+    """:func:`create` in a new directory, or in ``spare`` (a :class:`runtime.lifecycle.spares.SpareDir`)."""
     from runtime.lifecycle import spares
     from runtime.oci import bundle
     from runtime.oci.specconv import exposed_ports
 
+    cid = spare.container_id if spare is not None else new_id()
     hostname = config.hostname or spares.default_hostname(cid)
     cdir = S.container_dir(paths, cid)
     made = bundle.image_spec(paths, config, hostname=hostname, rootfs=_shared_mountpoint(paths),
@@ -185,10 +184,8 @@ def _create(config: ContainerConfig, paths: HostPaths, cid: str, prepared: bool,
     c = _instantiate(b, paths, cid, name=config.name, stdio=stdio, owner_pid=owner_pid, auto_remove=auto_remove,
                      detached=detached, state=state, network=net, write_bundle=True,
                      etc=(hostname, config.network.mode), console_fd=console_fd, defer_records=starting,
-                     prepared=prepared, spare_cgroup_plan=spare_cgroup_plan, prespawned=helper is not None)
+                     spare=spare)
     c.config = config
-    c._prespawned = helper
-    c._prespawned_start = spare_start
     c.timings_ns["call"] = t_call
     return c
 
@@ -303,15 +300,16 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
                  stdio: tuple[int, int, int] | None, owner_pid: int | None, auto_remove: bool, detached: bool,
                  state: dict[str, Any], network: _NetworkSetup | None, write_bundle: bool,
                  etc: tuple[str, str] | None, console_fd: int = -1, hold: bool = False,
-                 defer_records: bool = False, prepared: bool = False, spare_cgroup_plan: Any = None,
-                 prespawned: bool = False) -> Container:
+                 defer_records: bool = False, spare: Any = None) -> Container:
     """The host side of create, for every container: dirs, lease, cgroup plan, network plan, state.
     ``defer_records``: config.json and state.json are left to start() (:func:`_write_records`).
-    ``prepared``: the dir is a spare (:mod:`runtime.lifecycle.spares`): it, its upper/work dirs, logs,
-    default /etc files and this process's lease exist already; ``spare_cgroup_plan``: the plan its
-    cgroup was made by (a container without limits takes it as is); ``prespawned``: its start helper
-    has the dir's logs as its stdio (opened here only if that helper cannot be used)."""
+    ``spare``: the dir is a spare (:mod:`runtime.lifecycle.spares`): it, its upper/work dirs, logs,
+    default /etc files and this process's lease exist already; a container without limits takes the
+    plan its cgroup was made by; its start helper, if any, has the dir's logs as its stdio (opened
+    here only if that helper cannot be used)."""
     from runtime.lifecycle.spares import default_hostname
+
+    prepared = spare is not None
 
     cdir = S.container_dir(paths, cid)
     c = Container(id=cid, paths=paths, config=None, name=name)
@@ -339,7 +337,7 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
         undo.callback(leases.release, cid)
         if etc is not None and not (prepared and etc[0] == default_hostname(cid) and etc[1] != "host"):
             S.write_etc_files(cdir, etc[0], etc[1])  # a spare's are a default container's (no host resolv.conf)
-        if stdio is None and not prespawned:
+        if stdio is None and not (prepared and spare.helper is not None):
             stdio, owned = _open_logs(cdir)
             c._own_fds = owned
             undo.callback(_close_all, owned)
@@ -348,8 +346,8 @@ def _instantiate(b: bundle.Bundle, paths: HostPaths, cid: str, *, name: str | No
 
         # validated now (bad values fail here), made by start() while the child builds its root
         resources = b.resources
-        if spare_cgroup_plan is not None and not b.cgroups_path and resources == Resources():
-            c._cgroup_plan = spare_cgroup_plan  # what plan_cgroup would compute again
+        if prepared and spare.cgroup is not None and not b.cgroups_path and resources == Resources():
+            c._cgroup_plan = spare.cgroup[0]  # what plan_cgroup would compute again
         else:
             c._cgroup_plan = plan_cgroup(c.host_name, resources, path=b.cgroups_path or None)
         if network is not None:
@@ -453,8 +451,8 @@ def _joined(b: bundle.Bundle) -> list[str]:
 
 
 def keep_spares(on: bool = True) -> None:
-    """A process that starts containers one after another makes each next container's network
-    namespace and state directory while the current one builds its root (:mod:`runtime.lifecycle.spares`);
+    """A process that starts containers one after another has each ``delete`` make the next
+    container's network namespace, directory, cgroup and start helper (:mod:`runtime.lifecycle.spares`);
     ``False`` stops and removes them."""
     from runtime.lifecycle import spares
 
@@ -550,20 +548,21 @@ def start(c: Container) -> None:
     from runtime import namespaces
 
     plan = c._plan
-    spare = namespaces.take_spare_netns() if plan.unshare_flags & syscalls.CLONE_NEWNET else None
-    if spare is not None:  # made ahead (keep_spares): joined, not unshared; its lo is up already
-        plan = dataclasses.replace(plan, unshare_flags=plan.unshare_flags & ~syscalls.CLONE_NEWNET,
-                                   loopback_up=False, join_ns=(f"/proc/{os.getpid()}/fd/{spare}", *plan.join_ns))
+    netns_fd = namespaces.take_spare_netns() if plan.unshare_flags & syscalls.CLONE_NEWNET else None
+    if netns_fd is not None:  # made ahead (keep_spares): joined, not unshared; its lo is up already
+        plan = dataclasses.replace(plan, unshare_flags=plan.unshare_flags & ~syscalls.CLONE_NEWNET, loopback_up=False,
+                                   join_ns=(f"/proc/{os.getpid()}/fd/{netns_fd}", *plan.join_ns))
+
+    prespawned, c._prespawned = c._prespawned, None  # spawn() uses or discards it
 
     def meanwhile() -> None:
         if c._records_pending:  # config.json only: the state record is written once, below
             _write_records(c, state=False)
 
-    known_start = (c._prespawned.pid, c._prespawned_start) if c._prespawned is not None else (0, None)
-
     def on_released(pid: int) -> None:  # the last step before it may exec: recorded as running
         c.pid = pid
-        c.pid_start = known_start[1] if pid == known_start[0] else S.proc_start_time(pid)
+        c.pid_start = prespawned.start_time if prespawned is not None and pid == prespawned.pid \
+            else S.proc_start_time(pid)
         if attachment:
             att = attachment[0]
             c.ip_address = att.ip
@@ -580,9 +579,9 @@ def start(c: Container) -> None:
         return fds
 
     try:
-        prespawned, c._prespawned = c._prespawned, None
         spawned = spawn(plan, c._security, c._stdio if c._stdio is not None else logs, on_forked,
-                        on_ready if c._netplan is not None else None, meanwhile, prespawned, on_released)
+                        on_ready if c._netplan is not None else None, meanwhile, prespawned, on_released,
+                        hold=True)
     except BaseException:
         c.pid = c.pid_start = None  # set by on_released, but its helper was killed and reaped
         c.state.update(status="exited", exit_code=125, finished_at=S.now_iso(), pid=None, pid_start=None)
@@ -591,8 +590,8 @@ def start(c: Container) -> None:
     finally:
         _close_all(c._own_fds)
         c._own_fds = ()
-        if spare is not None:
-            os.close(spare)
+        if netns_fd is not None:
+            os.close(netns_fd)
     c._root_fd = spawned.root_fd
     c.timings_ns["start"] = t0
     c.timings_ns.update(spawned.timings_ns)
@@ -798,7 +797,10 @@ def delete(c: Container, force: bool = False) -> None:
     if c._is_parent:
         from runtime.lifecycle import spares
 
-        spares.make(c.paths)  # the next container's netns, directory and helper (keep_spares)
+        try:  # the next container's netns, directory and helper (keep_spares, else nothing)
+            spares.make(c.paths)
+        except (OSError, IsobenchError):
+            pass  # an optimisation only: this delete is done, the next create makes its own inline
     if errors:
         raise ContainerError(f"container {c.id}: removal incomplete: {'; '.join(errors)}")
 

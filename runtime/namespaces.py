@@ -92,54 +92,21 @@ def own_pidns_fd() -> int:
 # ----------------------------------------------------------------------------- a network namespace made ahead
 
 _spare_netns: tuple[int, int] | None = None   # (owner pid, fd): one fresh namespace, lo up, never entered
-_keep_spare_netns = False
-
-
-def keep_spare_netns(on: bool = True) -> None:
-    """Have this process make the *next* container's network namespace ahead of time.
-
-    Why: a new network namespace costs ~0.4-0.5 ms of kernel work (every per-namespace subsystem
-    initialised), on the start path of every container that gets one. A process that starts
-    containers one after another (a harness, the API in a loop) makes the next one's namespace
-    while it waits for the current container to build its root (:func:`make_spare_netns`), so the
-    work leaves the start's critical path; the container then joins it instead of unsharing one.
-    The namespace is fresh (nothing ever ran in it) and has its loopback up, as ``--network none``
-    gives. It is held by an fd of this process only: it dies with the process, no host object
-    leaks. Off by default: a process that starts one container (a CLI command) would waste it."""
-    global _keep_spare_netns
-    _keep_spare_netns = on
-    if not on:
-        _drop_spare()
-
-
-def _drop_spare() -> None:
-    global _spare_netns
-    if _spare_netns is not None:
-        owner, fd = _spare_netns
-        _spare_netns = None
-        if owner == os.getpid():
-            os.close(fd)
-
-
-def take_spare_netns() -> int | None:
-    """The spare namespace's fd (the caller closes it once the container joined), or None."""
-    global _spare_netns
-    spare, _spare_netns = _spare_netns, None
-    if spare is None:
-        return None
-    owner, fd = spare
-    if owner != os.getpid():  # inherited through a fork: the parent's, which may hand it out too
-        os.close(fd)
-        return None
-    return fd
 
 
 def make_spare_netns() -> None:
-    """Make the spare network namespace if this process keeps one and has none (see
-    :func:`keep_spare_netns`): this thread unshares it and switches straight back."""
+    """Make the *next* container's network namespace now, unless this process holds one already
+    (runtime.lifecycle.spares decides when): this thread unshares it and switches straight back.
+
+    Why: a new network namespace costs ~0.4-0.5 ms of kernel work (every per-namespace subsystem
+    initialised) on the start path of every container that gets one; a container given this one joins
+    it instead. It is fresh (nothing ever ran in it) with its loopback up, as ``--network none``
+    gives, and held by an fd of this process only: it dies with the process, no host object leaks."""
     global _spare_netns
-    if not _keep_spare_netns or (_spare_netns is not None and _spare_netns[0] == os.getpid()):
-        return
+    if _spare_netns is not None:
+        if _spare_netns[0] == os.getpid():
+            return
+        drop_spare_netns()  # inherited through a fork: this process's copy of the parent's fd
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         syscalls.unshare(syscalls.CLONE_NEWNET)
@@ -155,3 +122,23 @@ def make_spare_netns() -> None:
         os.close(fd)
         raise
     _spare_netns = (os.getpid(), fd)
+
+
+def take_spare_netns() -> int | None:
+    """The spare namespace's fd (the caller closes it once the container joined), or None."""
+    global _spare_netns
+    spare, _spare_netns = _spare_netns, None
+    if spare is None:
+        return None
+    owner, fd = spare
+    if owner != os.getpid():  # inherited through a fork: the parent's, which may hand it out too
+        os.close(fd)
+        return None
+    return fd
+
+
+def drop_spare_netns() -> None:
+    """Close the spare namespace's fd (the namespace ends with it), if there is one."""
+    fd = take_spare_netns()
+    if fd is not None:
+        os.close(fd)

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from core import syscalls
 
-        api.keep_spares()  # a harness starting containers in sequence: the next netns and dir made ahead
+        api.keep_spares()  # a harness starting containers in sequence: each delete prepares the next
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)  # the OCI CLI rows wait for the inits
         runtime_cli = str(Path(sys.executable).with_name("isobench-runtime"))
         oci_roots = {name: root / f"{name}-state" for name in ("isobench-runtime", "runc")}
@@ -336,11 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         r_idle = med[rows[12][0]] / med[rows[13][0]]
         r_auto = med[rows[8][0]] / med[rows[9][0]]
         r_ocipy = med[rows[14][0]] / med[rows[15][0]]
+        r_no_spares = med[rows[16][0]] / med[rows[3][0]]
         print(f"\nratios: in-process / runc = {r_inproc:.2f}   in-process / floor = {r_floor:.2f}   "
               f"CLI (no server) / runc = {r_cli:.2f}   CLI via server / runc = {r_srv:.2f}   "
               f"CLI default / runc = {r_auto:.2f}   isobench-runtime CLI / runc CLI = {r_ocicli:.2f} "
               f"(no server: {r_ocipy:.2f})   after idle: in-process / runc = {r_idle:.2f}   "
-              f"no spares: in-process / floor = {med[rows[16][0]] / med[rows[3][0]]:.2f}")
+              f"no spares: in-process / floor = {r_no_spares:.2f}")
         print(f"first default CLI command (starts the server, runs in Python): {first_default_ms:.1f} ms")
         verb_medians = {rt: {v: statistics.median(ms) for v, ms in per.items()} for rt, per in oci_verbs.items()}
         print("OCI CLI per verb, median ms: " + "   ".join(
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                        "cli_server_over_runc": r_srv, "cli_default_over_runc": r_auto,
                        "runtime_cli_over_runc_cli": r_ocicli, "runtime_cli_no_server_over_runc_cli": r_ocipy,
                        "after_idle_inproc_over_runc": r_idle,
-                       "inline_netns_inproc_over_floor": med[rows[16][0]] / med[rows[3][0]]},
+                       "no_spares_inproc_over_floor": r_no_spares},
             "first_default_cli_ms": first_default_ms, "oci_cli_verbs_median_ms": verb_medians,
             "conditions": {"nice": os.nice(0), "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
                            "samples": args.n, "gap_s": args.gap},

@@ -330,28 +330,25 @@ class CgroupPlan:
                 except OSError as exc:
                     raise CgroupError(f"cannot create cgroup {d}: {exc.strerror}") from exc
                 undo.callback(_remove_quietly, d)
-            for ctl, f, value in self.writes:
-                try:
-                    fs.write(f, value)
-                except OSError as exc:
-                    raise CgroupError(f"cgroup controller {ctl!r} rejected {value!r} for {f.name} "
-                                      f"({exc.strerror})") from exc
+            self._write_limits()
             undo.pop_all()
         return cg
-
 
     def apply_limits(self, cg: Cgroup) -> Cgroup:
         """This plan's limits written into ``cg``, the same directories made earlier without limits
         (a spare made ahead: runtime.lifecycle.spares); what :meth:`make` does after its mkdirs."""
         if self.writes and self.layout.driver == "v2":
             _enable_v2_controllers(self.layout, self.resources)
+        self._write_limits()
+        return cg
+
+    def _write_limits(self) -> None:
         for ctl, f, value in self.writes:
             try:
                 fs.write(f, value)
             except OSError as exc:
                 raise CgroupError(f"cgroup controller {ctl!r} rejected {value!r} for {f.name} "
                                   f"({exc.strerror})") from exc
-        return cg
 
 
 def _make_parents(d: Path, layout: CgroupLayout) -> None:

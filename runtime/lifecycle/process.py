@@ -164,6 +164,7 @@ class Prespawned:
     r_ready: int
     w_go: int
     joined: tuple[str, ...] = ()  # cgroup files it wrote "0" into at its start (its container's cgroup)
+    start_time: int | None = None  # clock ticks since boot, as a container's state records its pid
 
 
 def prespawn_helper(argv0: str, stdio: tuple[int, int, int], join: tuple[str, ...] = ()) -> Prespawned:
@@ -209,12 +210,8 @@ def _hand_plan(p: Prespawned, plan: LaunchPlan, security: object) -> bool:
     if p.joined and p.joined == plan.cgroup_join:
         plan = dataclasses.replace(plan, cgroup_join=())
     try:
-        data = memoryview(encode_plan(plan, security))
-        if len(data) >= 65536:
-            fcntl.fcntl(p.w_plan, fcntl.F_SETPIPE_SZ, len(data) + 4096)
-        while data:
-            data = data[os.write(p.w_plan, data):]
-    except (BrokenPipeError, OSError):
+        _fill_pipe(p.w_plan, encode_plan(plan, security))
+    except OSError:
         discard_prespawned(p)
         return False
     os.close(p.w_plan)
@@ -224,7 +221,7 @@ def _hand_plan(p: Prespawned, plan: LaunchPlan, security: object) -> bool:
 def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int] | Callable[[], tuple[int, int, int]],
           on_forked: Callable[[int], None], on_ready: Callable[[int], None] | None,
           meanwhile: Callable[[], None] | None = None, prespawned: Prespawned | None = None,
-          on_released: Callable[[int], None] | None = None) -> Spawned:
+          on_released: Callable[[int], None] | None = None, hold: bool = False) -> Spawned:
     """Fork the container's PID 1 and run it up to ``execve``.
 
     ``on_forked(pid)`` runs while the child builds its rootfs (join the cgroup); ``on_ready(pid)`` runs
@@ -237,8 +234,9 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int] | Call
     ``stdio`` may be a function giving them, called only when a helper is spawned here.
     ``on_released(pid)`` runs last before the child may exec (record it as running).
 
-    A child with an overlay root reports ``R`` and waits for ``G``: the runtime takes its hold on the
-    root (:func:`hold_root`) in between, so the hold never races the workload's exit. The round trip
+    ``hold``: the child (with an overlay root) reports ``R`` and waits for ``G``; the runtime takes its
+    hold on the root (:func:`hold_root`, ``Spawned.root_fd``, the caller's to close) in between, so
+    the hold never races the workload's exit. The round trip
     is two context switches; on a host that packs a woken task onto the waker's vCPU (this one) the
     alternative, the runtime working beside a child that no longer waits, was slower anyway."""
     timings: dict[str, int] = {}
@@ -247,7 +245,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int] | Call
     if remote is not None and not helper:
         raise CallerMustRun(f"container {plan.container_id}: its plan needs the Python child "
                             f"(fields the start helper lacks), which only the caller's own process can fork")
-    hold = bool(plan.rootfs.lowerdirs)
+    hold = hold and bool(plan.rootfs.lowerdirs)
     handshake = on_ready is not None or plan.userns_remap or hold or on_released is not None  # G only after R
     parent_lo = plan.loopback_up and not helper  # the C helper brings its lo up itself
     go_ahead = b"CG" if not handshake and not parent_lo else b"C"
@@ -277,36 +275,31 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int] | Call
             prespawned = None
     if prespawned is not None:
         pid, r_ready, w_go = prespawned.pid, prespawned.r_ready, prespawned.w_go
-        w_ready = r_go = -1  # the helper's ends, closed when it was spawned
     else:
         if callable(stdio):
             stdio = stdio()
         r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
         r_go, w_go = os.pipe2(os.O_CLOEXEC)
-    try:
-        if prespawned is not None:
-            pass
-        elif remote is not None:
-            pid = _spawn_helper(plan, security, stdio, r_go, w_ready, remote)
-        else:
-            pidns = namespaces.own_pidns_fd()
-            _enter_pidns_for_child(plan)  # only pid_for_children: a new one makes the child PID 1 there
-            try:
-                if helper:
-                    pid = _spawn_helper(plan, security, stdio, r_go, w_ready)
-                else:
-                    pid = _fork_child(plan, security, stdio, (r_ready, w_go), r_go, w_ready)
-            finally:
-                syscalls.setns(pidns, syscalls.CLONE_NEWPID)  # our next forks are ordinary again
-    except BaseException:
-        for fd in (r_ready, w_ready, r_go, w_go):
-            if fd >= 0:
+        try:
+            if remote is not None:
+                pid = _spawn_helper(plan, security, stdio, r_go, w_ready, remote)
+            else:
+                pidns = namespaces.own_pidns_fd()
+                _enter_pidns_for_child(plan)  # only pid_for_children: a new one makes the child PID 1 there
+                try:
+                    if helper:
+                        pid = _spawn_helper(plan, security, stdio, r_go, w_ready)
+                    else:
+                        pid = _fork_child(plan, security, stdio, (r_ready, w_go), r_go, w_ready)
+                finally:
+                    syscalls.setns(pidns, syscalls.CLONE_NEWPID)  # our next forks are ordinary again
+        except BaseException:
+            for fd in (r_ready, w_ready, r_go, w_go):
                 os.close(fd)
-        raise
-    timings["forked"] = time.perf_counter_ns()
-    if prespawned is None:
+            raise
         os.close(w_ready)
         os.close(r_go)
+    timings["forked"] = time.perf_counter_ns()
     lines = _Lines(r_ready)
     root_fd = -1
     try:
@@ -314,7 +307,7 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int] | Call
             on_forked(pid)
             timings["cgroup"] = time.perf_counter_ns()
         if prespawned is None:
-            os.write(w_go, b"CG" if not handshake and not parent_lo else b"C")
+            os.write(w_go, go_ahead)
         if meanwhile is not None:
             meanwhile()
         if parent_lo:
@@ -499,17 +492,22 @@ def _plan_pipe(data: bytes) -> int:
     waiting for us. Grown past the default 64 KiB when a plan (huge env, seccomp program) needs it."""
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
-        if len(data) >= 65536:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, len(data) + 4096)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(w, view):]
+        _fill_pipe(w, data)
     except OSError as exc:
         os.close(r)
         raise ContainerError(f"container plan of {len(data)} bytes does not fit a pipe: {exc.strerror}") from exc
     finally:
         os.close(w)
     return r
+
+
+def _fill_pipe(w: int, data: bytes) -> None:
+    """All of ``data`` into the pipe ``w``, grown past the default 64 KiB first when it needs it."""
+    if len(data) >= 65536:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, len(data) + 4096)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(w, view):]
 
 
 def _fields(*pairs: tuple[str, object]) -> bytes:

@@ -50,7 +50,6 @@ class SpareDir:
     container_id: str
     helper: Any = None  # runtime.lifecycle.process.Prespawned: the start helper, its stdio the dir's logs
     cgroup: Any = None  # (CgroupPlan, Cgroup): isobench-<id> made without limits
-    helper_start: int | None = None  # the helper's start time (clock ticks), as state records a pid
 
 
 _keep = False
@@ -62,28 +61,22 @@ def keep(on: bool = True) -> None:
     """Keep spares from now on (``False``: stop, and drop the ones made)."""
     global _keep
     _keep = on
-    namespaces.keep_spare_netns(on)
     if not on:
+        namespaces.drop_spare_netns()
         drop_dir()
 
 
 def make(paths: HostPaths) -> None:
-    """Make what is missing of the spares (kept only): a network namespace and a directory in ``paths``."""
-    make_netns()
-    make_dir(paths)
-
-
-def make_netns() -> None:
-    """The spare network namespace, if kept and missing."""
-    if _keep:
-        namespaces.make_spare_netns()
-
-
-def make_dir(paths: HostPaths) -> None:
-    """The spare directory in ``paths`` with its prespawned start helper, if kept and missing."""
-    global _spare, _atexit_registered
+    """Make what is missing of the spares (kept only): a network namespace, and a directory in
+    ``paths`` with its cgroup and prespawned start helper. A failure leaves nothing half-made."""
     if not _keep:
         return
+    namespaces.make_spare_netns()
+    _make_dir(paths)
+
+
+def _make_dir(paths: HostPaths) -> None:
+    global _spare, _atexit_registered
     if _spare is not None:
         if _spare.owner_pid == os.getpid() and _spare.paths.root == paths.root:
             return
@@ -93,6 +86,7 @@ def make_dir(paths: HostPaths) -> None:
             _spare = None  # inherited through a fork: the parent's to use and remove
     cid = new_id()
     cdir = S.container_dir(paths, cid)
+    spare = SpareDir(os.getpid(), paths, cid)
     leases.take(cid, kind="container", root=str(paths.root))
     try:
         cdir.mkdir(parents=True)
@@ -104,15 +98,9 @@ def make_dir(paths: HostPaths) -> None:
         for name in (f".{S.STATE_FILE}.{os.getpid()}", CONFIG):
             os.close(os.open(cdir / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         S.write_etc_files(cdir, default_hostname(cid), "none")
-    except BaseException:
-        S.remove_dir(paths, cid)
-        leases.release(cid)
-        raise
-    spare = SpareDir(os.getpid(), paths, cid)
-    try:
         spare.cgroup = _make_cgroup(cid)
         spare.helper = _prespawn(cdir, cid, spare.cgroup[0].self_join_files())
-        spare.helper_start = S.proc_start_time(spare.helper.pid)
+        spare.helper.start_time = S.proc_start_time(spare.helper.pid)
     except BaseException:
         _remove(spare)
         raise

@@ -34,9 +34,22 @@ def step(paths, step_dirs, argv, uid=0, gid=0):
     return code, lines
 
 
+def _open_fds() -> dict[str, str]:
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:  # the listing's own
+            pass
+    return out
+
+
 def test_build_step_output_and_changes(paths, step_dirs, leak_check):
+    step(paths, step_dirs, ["true"])  # this process's lasting fds (its own PID namespace's) exist from now on
+    fds = _open_fds()
     code, lines = step(paths, step_dirs, ["sh", "-c", "hostname; echo $A; mkdir -p /opt/x; echo d > /opt/x/f"])
     assert code == 0 and lines == ["isobench-build", "1"]
+    assert _open_fds() == fds  # nothing held: the step's overlay is gone with it
     upper = step_dirs[1]["upper"]
     assert sorted(str(p.relative_to(upper)) for p in upper.rglob("*")) == ["opt", "opt/x", "opt/x/f"]
     assert not any("isobench-build" in ln for ln in Path("/proc/self/mountinfo").read_text().splitlines())
