@@ -50,7 +50,7 @@ from __future__ import annotations
 import os
 import struct
 
-from app.server.protocol import CLIENT_FDS, CRASH_SIGNALS, HEADER, MAX_ANCILLARY_FDS, PEER_NAMESPACES, PROCESS_NAME, REQUEST_TIMEOUT_S, Request, code_from_status, decode_payload, format_pidfile, logfile_path, parse_header, pidfile_path, protocol_error, read_pidfile, start_time, unlink_quiet
+from app.server.protocol import CLIENT_FDS, CRASH_SIGNALS, HEADER, MAX_ANCILLARY_FDS, PEER_NAMESPACES, PROCESS_NAME, REQUEST_TIMEOUT_S, Request, code_from_status, decode_payload, format_pidfile, logfile_path, parse_header, pidfile_path, protocol_error, read_pidfile, send_with_fds, start_time, unlink_quiet
 from app.server.worker import is_monitor, run_worker, spare_main
 
 # The CLI the server serves is passed in (``app.cli``): ``preload() -> parser`` imports and
@@ -473,14 +473,11 @@ class Server:
         client connection (for its early ``X``). False when the spare is unusable (then reaped)."""
         import selectors
         import signal
-        import socket
 
         payload = bytes(conn.buf[HEADER.size:])
         head = struct.pack(">iI", conn.peer_pid, len(payload))
         try:
-            sent = spare.chan.sendmsg([head + payload[:1 << 16]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                      struct.pack(f"{CLIENT_FDS + 1}i", *conn.fds, conn.sock.fileno()))])
-            spare.chan.sendall((head + payload)[sent:])
+            send_with_fds(spare.chan, head + payload, [*conn.fds, conn.sock.fileno()])
         except OSError as exc:
             _log(f"spare worker {spare.pid} unusable ({exc}): forking one for this request")
             with __import__("contextlib").suppress(OSError):

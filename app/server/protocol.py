@@ -119,6 +119,24 @@ def system_exit_code(exc: BaseException) -> int:
     return 1
 
 
+def send_with_fds(chan, data: bytes, fds: list[int], first_bytes: int = 1 << 16) -> None:
+    """Send ``data`` on a stream socket, ``fds`` (SCM_RIGHTS) with its first ``first_bytes``; raises
+    OSError when the peer is gone before it has everything.
+
+    Why not ``sendmsg`` then ``sendall(rest)`` unconditionally: ``sendall(b"")`` still makes one
+    send(2), and on a Unix socket whose peer has already read the whole request and closed its end
+    that send fails with EPIPE. A spare worker does exactly that when the request fits in the first
+    send: the server took the spare for unusable, killed it while it was already running the
+    command, and forked a second worker for the same request (seen about once in 50 server starts
+    followed at once by a command, and as the "unusable spare" of commands in a row)."""
+    import socket
+
+    sent = chan.sendmsg([data[:first_bytes]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                struct.pack(f"{len(fds)}i", *fds))])
+    if sent < len(data):
+        chan.sendall(data[sent:])
+
+
 # ----------------------------------------------------------------------------- socket, pidfile
 
 def socket_path(option: str | None = None) -> str:

@@ -234,3 +234,41 @@ def test_is_monitor_by_name(monkeypatch):
 
     monkeypatch.setattr(builtins, "open", fake_open)
     assert [W.is_monitor(p) for p in (1, 2, 3, 4, 5)] == [True, False, False, False, False]
+
+
+class _PeerReadsAtOnce:
+    """A channel whose peer (a spare worker) reads the whole request and closes its end as soon as the
+    first send returns: the interleaving that made the server take a working spare for a dead one."""
+
+    def __init__(self):
+        self.ours, self.theirs = socket.socketpair()
+        self.received = b""
+
+    def sendmsg(self, buffers, ancdata):
+        sent = self.ours.sendmsg(buffers, ancdata)
+        self.received, _, _, _ = self.theirs.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
+        self.theirs.close()
+        return sent
+
+    def sendall(self, data):
+        return self.ours.sendall(data)
+
+
+def test_send_with_fds_whole_request_in_one_send_survives_the_peer_closing():
+    chan = _PeerReadsAtOnce()
+    try:
+        P.send_with_fds(chan, b"x" * 100, [0, 1, 2])
+        assert chan.received == b"x" * 100
+    finally:
+        chan.ours.close()
+
+
+def test_send_with_fds_sends_the_rest_and_reports_a_peer_gone_mid_request():
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        P.send_with_fds(ours, b"abcdefgh", [0], first_bytes=3)
+        assert theirs.recv(3) == b"abc" and theirs.recv(16) == b"defgh"
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    with ours, pytest.raises(OSError):
+        P.send_with_fds(ours, b"abcdefgh", [0], first_bytes=3)
