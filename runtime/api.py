@@ -139,7 +139,9 @@ def create(config: ContainerConfig, paths: HostPaths, *, stdio: tuple[int, int, 
     validate(config)
     spare = spares.take_dir(paths)  # made ahead by the previous delete (keep_spares), or None
     if spare is not None and spare.helper is not None and (stdio is not None or console_fd >= 0):
-        spares.discard_helper(spare.helper)  # it has the dir's logs as its stdio
+        from runtime.lifecycle import process
+
+        process.discard_prespawned(spare.helper)  # it has the dir's logs as its stdio
         spare.helper = None
     try:
         c = _create(config, paths, spare, t_call, stdio=stdio, owner_pid=owner_pid, auto_remove=auto_remove,
@@ -781,9 +783,9 @@ def delete(c: Container, force: bool = False) -> None:
             errors.append(str(exc))
     _close_all(c._own_fds)
     if c._prespawned is not None:  # created, never started
-        from runtime.lifecycle import spares
+        from runtime.lifecycle import process
 
-        spares.discard_helper(c._prespawned)
+        process.discard_prespawned(c._prespawned)
         c._prespawned = None
     if c._spare_cgroup is not None:
         c._spare_cgroup[1].destroy()

@@ -269,7 +269,12 @@ def spawn(plan: LaunchPlan, security: object, stdio: tuple[int, int, int] | Call
             discard_prespawned(prespawned)
             prespawned = None
         if meanwhile is not None:  # before the helper is woken: after, it would wait for our CPU
-            meanwhile()
+            try:
+                meanwhile()
+            except BaseException:
+                if prespawned is not None:  # not handed its plan yet: it would wait for one for ever
+                    discard_prespawned(prespawned)
+                raise
             meanwhile = None
         if prespawned is not None and not _hand_plan(prespawned, plan, security):  # gone: as above
             prespawned = None

@@ -102,7 +102,7 @@ def _make_dir(paths: HostPaths) -> None:
         spare.helper = _prespawn(cdir, cid, spare.cgroup[0].self_join_files())
         spare.helper.start_time = S.proc_start_time(spare.helper.pid)
     except BaseException:
-        _remove(spare)
+        release(spare)
         raise
     _spare = spare
     if not _atexit_registered:
@@ -148,13 +148,6 @@ def take_cgroup(spare_cgroup: Any, plan: Any) -> Any:
     return plan.apply_limits(cg)
 
 
-def discard_helper(helper: Any) -> None:
-    """End a prespawned helper nobody will use (runtime.lifecycle.process.discard_prespawned)."""
-    from runtime.lifecycle import process
-
-    process.discard_prespawned(helper)
-
-
 def default_hostname(cid: str) -> str:
     """A container's hostname without ``--hostname``: its id's first 12 characters, as Docker's."""
     return cid[:12]
@@ -162,7 +155,7 @@ def default_hostname(cid: str) -> str:
 
 def take_dir(paths: HostPaths) -> SpareDir | None:
     """The spare directory for a container of ``paths`` (the caller owns it, its helper and its
-    cgroup from now on: :func:`take_cgroup`, :func:`discard_helper`), or None (none made, another
+    cgroup from now on: :func:`take_cgroup`, ``process.discard_prespawned``), or None (none made, another
     state root's, or inherited through a fork)."""
     global _spare
     spare = _spare
@@ -172,22 +165,21 @@ def take_dir(paths: HostPaths) -> SpareDir | None:
     return spare
 
 
-def release(spare: SpareDir) -> None:
-    """Undo a taken spare its container could not use (a failed create): all of it goes."""
-    _remove(spare)
-
-
 def drop_dir() -> None:
     """Remove this process's spare directory and its lease (nothing when there is none)."""
     global _spare
     spare, _spare = _spare, None
     if spare is not None and spare.owner_pid == os.getpid():
-        _remove(spare)
+        release(spare)
 
 
-def _remove(spare: SpareDir) -> None:
+def release(spare: SpareDir) -> None:
+    """Remove a spare and all of it: one being made that failed, one taken that its container could
+    not use (a failed create), or this process's own when spares stop."""
     if spare.helper is not None:
-        discard_helper(spare.helper)
+        from runtime.lifecycle import process
+
+        process.discard_prespawned(spare.helper)
         spare.helper = None
     if spare.cgroup is not None:
         spare.cgroup[1].destroy()

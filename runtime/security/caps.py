@@ -10,7 +10,6 @@ prctl/capset calls made in the already-forked child, through the syscalls seam (
 from __future__ import annotations
 
 import functools
-
 import os
 
 from core import syscalls

@@ -44,6 +44,15 @@ def _read_all(fd: int) -> bytes:
     return out
 
 
+def _assert_closed(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        raise AssertionError(f"fd {fd} left open")
+
+
 def test_a_cgroup_joined_at_spawn_is_not_joined_again():
     p, r_plan = _prespawned()
     assert process._hand_plan(p, _plan(), prepare(SecuritySpec()))
@@ -70,12 +79,7 @@ def test_a_gone_helper_is_reported_and_its_pipes_closed(monkeypatch):
     monkeypatch.setattr(process, "_kill_and_reap", reaped.append)
     assert not process._hand_plan(p, _plan(), prepare(SecuritySpec()))
     assert reaped == [-1]
-    for fd in (p.w_plan, p.r_ready, p.w_go):
-        try:
-            os.fstat(fd)
-        except OSError:
-            continue
-        raise AssertionError(f"fd {fd} left open")
+    _assert_closed(p.w_plan, p.r_ready, p.w_go)
 
 
 def test_only_a_plan_with_a_new_pid_namespace_fits(monkeypatch):
@@ -101,3 +105,30 @@ def test_spec_json_is_json_dumps_with_the_profile_text_reused():
     assert api._spec_json({"linux": {"seccomp": None}}) == json.dumps({"linux": {"seccomp": None}})
     spec["process"]["env"] = [api._SECCOMP_TOKEN]  # the token itself elsewhere: plain json.dumps
     assert api._spec_json(spec) == json.dumps(spec)
+
+
+def test_a_failing_meanwhile_discards_the_prespawned_helper(monkeypatch):
+    """Work done before the helper gets its plan (config.json) fails: the helper, which would wait
+    for a plan for ever, is killed and reaped and its pipes closed; the error reaches the caller."""
+    r_plan, w_plan = os.pipe2(os.O_CLOEXEC)
+    r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
+    r_go, w_go = os.pipe2(os.O_CLOEXEC)  # the helper's end stays open: it takes its go-ahead
+    p = Prespawned(pid=-1, w_plan=w_plan, r_ready=r_ready, w_go=w_go, joined=JOIN)
+    reaped = []
+    monkeypatch.setattr(process, "_caller_spawner", None)
+    monkeypatch.setattr(process, "_kill_and_reap", reaped.append)
+
+    def meanwhile():
+        raise OSError(28, "No space left on device")
+
+    try:
+        process.spawn(_plan(), prepare(SecuritySpec()), (0, 1, 2), lambda pid: None, None, meanwhile, p)
+    except OSError as exc:
+        assert exc.errno == 28
+    else:
+        raise AssertionError("spawn did not raise")
+    assert reaped == [-1]
+    assert _read_all(r_plan) == b""  # no plan was handed over, and its write end is closed
+    assert _read_all(r_go) == b"CG"  # its go-ahead (cgroup ready, no handshake) came before the failure
+    os.close(w_ready)
+    _assert_closed(p.w_plan, p.r_ready, p.w_go)
